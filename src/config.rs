@@ -1,0 +1,916 @@
+//! The agent's configuration: one TOML tree, every key optional, validated once with
+//! `file:line:col` errors shared by `warden check-config` and `warden run`.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The five models a GPU host serves when `[[models]]` is absent.
+pub const DEFAULT_MODELS: [(&str, u16); 5] = [
+    ("connection-designer", 8001),
+    ("section-optimizer", 8002),
+    ("clash-detector", 8003),
+    ("compliance-checker", 8004),
+    ("risk-analyzer", 8005),
+];
+
+/// The default alert rules, shipped inside the binary so the embedded default needs no files.
+pub const DEFAULT_ALERT_RULES: &str = include_str!("../alerts/default.toml");
+
+/// A configuration problem located in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in one configuration file (at least one).
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret string (webhook URL, key material): never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub gpu: GpuConfig,
+    pub models: Vec<ModelConfig>,
+    pub aws: AwsConfig,
+    pub cloudwatch: CloudWatchConfig,
+    pub logs: LogsConfig,
+    pub alerts: AlertsConfig,
+    pub notify: NotifyConfig,
+    pub auth: Option<AuthConfig>,
+    pub api: ApiConfig,
+    /// Where the file was read from; relative paths inside it resolve against its directory.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub host_id: Option<String>,
+    pub listen: SocketAddr,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub models_dir: PathBuf,
+    #[serde(deserialize_with = "duration")]
+    pub sample_interval: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            host_id: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            control_socket: PathBuf::from("/run/warden/control.sock"),
+            state_dir: PathBuf::from("/var/lib/warden"),
+            models_dir: PathBuf::from("/var/lib/warden/models"),
+            sample_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The host id used as a dimension and log stream: configured, else the hostname.
+    pub fn host_id(&self) -> String {
+        if let Some(id) = &self.host_id {
+            return id.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    pub nvml_library: PathBuf,
+    /// A blocking NVML call taking longer than this is abandoned for the round.
+    #[serde(deserialize_with = "duration")]
+    pub call_timeout: Duration,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            nvml_library: PathBuf::from("libnvidia-ml.so.1"),
+            call_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub port: u16,
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
+    #[serde(default)]
+    pub device: Device,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default_batch_timeout", deserialize_with = "duration")]
+    pub batch_timeout: Duration,
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    pub health_interval: Duration,
+    #[serde(default = "default_health_failures")]
+    pub health_failures: u32,
+    #[serde(default = "default_stop_timeout", deserialize_with = "duration")]
+    pub stop_timeout: Duration,
+    /// Overrides what is spawned (argv); default is `warden serve-model NAME --port N ...`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+fn default_max_batch() -> usize {
+    32
+}
+fn default_batch_timeout() -> Duration {
+    Duration::from_millis(2)
+}
+fn default_queue_capacity() -> usize {
+    1024
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_health_failures() -> u32 {
+    3
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ModelConfig {
+    pub fn new(name: &str, port: u16) -> Self {
+        ModelConfig {
+            name: name.to_string(),
+            port,
+            weights: None,
+            device: Device::Auto,
+            threads: None,
+            max_batch: default_max_batch(),
+            batch_timeout: default_batch_timeout(),
+            queue_capacity: default_queue_capacity(),
+            health_interval: default_health_interval(),
+            health_failures: default_health_failures(),
+            stop_timeout: default_stop_timeout(),
+            command: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    /// Per-attempt and per-operation timeouts: the SDK has no read timeout by default.
+    #[serde(deserialize_with = "duration")]
+    pub attempt_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub operation_timeout: Duration,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            region: "us-east-1".to_string(),
+            endpoint_url: None,
+            attempt_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudWatchConfig {
+    pub enabled: bool,
+    pub namespace: String,
+    #[serde(deserialize_with = "duration")]
+    pub flush_interval: Duration,
+    pub high_resolution: bool,
+    pub max_spool_bytes: u64,
+}
+
+impl Default for CloudWatchConfig {
+    fn default() -> Self {
+        CloudWatchConfig {
+            enabled: true,
+            namespace: "Warden".to_string(),
+            flush_interval: Duration::from_secs(60),
+            high_resolution: false,
+            max_spool_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    pub enabled: bool,
+    pub model_group_prefix: String,
+    pub api_group: String,
+    pub agent_group: Option<String>,
+    pub retention_days: u32,
+    #[serde(deserialize_with = "duration")]
+    pub flush_interval: Duration,
+    pub max_spool_bytes: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            enabled: true,
+            model_group_prefix: "/aws/ec2/models/".to_string(),
+            api_group: "/aws/apigateway/structural-design-api".to_string(),
+            agent_group: None,
+            retention_days: 90,
+            flush_interval: Duration::from_secs(5),
+            max_spool_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Retention values CloudWatch Logs accepts for PutRetentionPolicy.
+pub const VALID_RETENTION_DAYS: [u32; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Rule files; absent means the built-in `alerts/default.toml` ([`DEFAULT_ALERT_RULES`]).
+    pub rules: Option<Vec<PathBuf>>,
+    #[serde(deserialize_with = "duration")]
+    pub evaluation_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub repeat_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub group_wait: Duration,
+    pub runbook_url: String,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            rules: None,
+            evaluation_interval: Duration::from_secs(1),
+            repeat_interval: Duration::from_secs(4 * 3600),
+            group_wait: Duration::ZERO,
+            runbook_url: "https://github.com/warden/warden/blob/main/docs/runbook.md".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    pub sns: Option<SnsConfig>,
+    pub slack: Option<SlackConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnsConfig {
+    pub info_topic_arn: Option<String>,
+    pub warning_topic_arn: Option<String>,
+    pub critical_topic_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    pub webhook_url: Option<Secret>,
+    pub channel: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwt_private_key: Option<PathBuf>,
+    pub api_keys_file: Option<PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    pub rate_limit_per_hour: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            jwt_public_key: None,
+            jwt_private_key: None,
+            api_keys_file: None,
+            issuer: "warden".to_string(),
+            audience: "structural-design-api".to_string(),
+            rate_limit_per_hour: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Requests in flight across the gateway before it sheds load with 503.
+    pub max_concurrency: usize,
+    pub body_limit_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_concurrency: 2048,
+            body_limit_bytes: 2 << 20,
+            request_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses "2ms", "1s", "5m", "4h", "1h 30m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. \"500ms\", \"5s\", \"1m\""))
+}
+
+impl Config {
+    /// The configuration `warden run` uses with no file: the five models, API on
+    /// 127.0.0.1:8000, state under the user's state dir, no AWS, open API.
+    pub fn embedded() -> Config {
+        let state_dir = embedded_state_dir();
+        let mut config = Config::default();
+        config.agent.models_dir = state_dir.join("models");
+        config.agent.control_socket = state_dir.join("control.sock");
+        config.agent.state_dir = state_dir;
+        config.cloudwatch.enabled = false;
+        config.logs.enabled = false;
+        config
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let (line, col) = line_col(text, offset);
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line,
+                col,
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        config.source = Some(path.to_path_buf());
+        config.apply_env();
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            let locator = Locator::new(text);
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|p| {
+                        let (line, col) = locator.locate(&p.path);
+                        ConfigError {
+                            file: path.to_path_buf(),
+                            line,
+                            col,
+                            message: p.message,
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Secrets may come from the environment rather than the file.
+    pub fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var("WARDEN_SLACK_WEBHOOK_URL")
+            && !url.is_empty()
+        {
+            let slack = self.notify.slack.get_or_insert_with(SlackConfig::default);
+            if slack.webhook_url.is_none() {
+                slack.webhook_url = Some(Secret::new(url));
+            }
+        }
+    }
+
+    /// The models to run: configured, else the five defaults.
+    pub fn effective_models(&self) -> Vec<ModelConfig> {
+        if self.models.is_empty() {
+            DEFAULT_MODELS
+                .iter()
+                .map(|(name, port)| ModelConfig::new(name, *port))
+                .collect()
+        } else {
+            self.models.clone()
+        }
+    }
+
+    /// Resolves a path from the file against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.source.as_ref().and_then(|s| s.parent()) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Auth settings when auth is on; `None` means the API is open.
+    pub fn auth_enabled(&self) -> Option<&AuthConfig> {
+        self.auth.as_ref().filter(|a| a.enabled)
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut push =
+            |path: Vec<PathPart>, message: String| problems.push(Problem { path, message });
+        use PathPart::{Idx, Key};
+
+        if let Some(id) = &self.agent.host_id
+            && (id.is_empty() || id.len() > 255)
+        {
+            push(
+                vec![Key("agent"), Key("host_id")],
+                "host_id must be 1 to 255 characters".into(),
+            );
+        }
+        if self.agent.sample_interval < Duration::from_millis(100) {
+            push(
+                vec![Key("agent"), Key("sample_interval")],
+                "sample_interval must be at least 100ms".into(),
+            );
+        }
+
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut ports: HashMap<u16, usize> = HashMap::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let at = |k: &'static str| vec![Key("models"), Idx(i), Key(k)];
+            if !valid_model_name(&m.name) {
+                push(
+                    at("name"),
+                    format!(
+                        "model name {:?} must be 1-64 characters of a-z, 0-9 and '-'",
+                        m.name
+                    ),
+                );
+            } else if let Some(first) = names.insert(&m.name, i) {
+                push(
+                    at("name"),
+                    format!("duplicate model name {:?} (also models[{first}])", m.name),
+                );
+            }
+            if m.port == 0 {
+                push(at("port"), "port must be 1-65535".into());
+            } else if m.port == self.agent.listen.port() {
+                push(
+                    at("port"),
+                    format!("port {} is the API's agent.listen port", m.port),
+                );
+            } else if let Some(first) = ports.insert(m.port, i) {
+                push(
+                    at("port"),
+                    format!("duplicate port {} (also models[{first}])", m.port),
+                );
+            }
+            if m.max_batch == 0 || m.max_batch > 1024 {
+                push(
+                    at("max_batch"),
+                    format!("max_batch {} out of range 1-1024", m.max_batch),
+                );
+            }
+            if m.batch_timeout > Duration::from_secs(1) {
+                push(
+                    at("batch_timeout"),
+                    "batch_timeout must be at most 1s".into(),
+                );
+            }
+            if m.queue_capacity == 0 {
+                push(
+                    at("queue_capacity"),
+                    "queue_capacity must be at least 1".into(),
+                );
+            }
+            if m.threads == Some(0) {
+                push(at("threads"), "threads must be at least 1".into());
+            }
+            if m.health_failures == 0 {
+                push(
+                    at("health_failures"),
+                    "health_failures must be at least 1".into(),
+                );
+            }
+            if m.health_interval < Duration::from_millis(50) {
+                push(
+                    at("health_interval"),
+                    "health_interval must be at least 50ms".into(),
+                );
+            }
+            if let Some(w) = &m.weights
+                && !self.resolve(w).exists()
+            {
+                push(
+                    at("weights"),
+                    format!("weights file {} does not exist", w.display()),
+                );
+            }
+            if let Some(cmd) = &m.command
+                && cmd.first().is_none_or(|c| c.is_empty())
+            {
+                push(at("command"), "command must name a program".into());
+            }
+            let known = DEFAULT_MODELS.iter().any(|(n, _)| *n == m.name);
+            if !known && m.weights.is_none() && m.command.is_none() {
+                push(
+                    at("name"),
+                    format!(
+                        "model {:?} is not one of the built-in models; give `weights` (TorchScript) or `command`",
+                        m.name
+                    ),
+                );
+            }
+        }
+
+        let lib = &self.gpu.nvml_library;
+        if lib.components().count() > 1 && !self.resolve(lib).exists() {
+            push(
+                vec![Key("gpu"), Key("nvml_library")],
+                format!("nvml_library {} does not exist", lib.display()),
+            );
+        }
+
+        if let Some(url) = &self.aws.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            push(
+                vec![Key("aws"), Key("endpoint_url")],
+                format!("endpoint_url {url:?} must be an http(s) URL"),
+            );
+        }
+        if self.aws.region.is_empty() {
+            push(
+                vec![Key("aws"), Key("region")],
+                "region must not be empty".into(),
+            );
+        }
+        if self.cloudwatch.namespace.is_empty() || self.cloudwatch.namespace.starts_with("AWS/") {
+            push(
+                vec![Key("cloudwatch"), Key("namespace")],
+                "namespace must be non-empty and not start with \"AWS/\"".into(),
+            );
+        }
+        if self.cloudwatch.flush_interval < Duration::from_secs(1) {
+            push(
+                vec![Key("cloudwatch"), Key("flush_interval")],
+                "flush_interval must be at least 1s".into(),
+            );
+        }
+        if !VALID_RETENTION_DAYS.contains(&self.logs.retention_days) {
+            push(
+                vec![Key("logs"), Key("retention_days")],
+                format!(
+                    "retention_days {} is not one CloudWatch Logs accepts ({:?})",
+                    self.logs.retention_days, VALID_RETENTION_DAYS
+                ),
+            );
+        }
+        if !self.logs.api_group.starts_with('/') && !self.logs.api_group.is_empty() {
+            // CloudWatch accepts it, but our dashboards assume the AWS-style path.
+        }
+        for (i, rules) in self.alerts.rules.iter().flatten().enumerate() {
+            if !self.resolve(rules).exists() {
+                push(
+                    vec![Key("alerts"), Key("rules"), Idx(i)],
+                    format!("rules file {} does not exist", rules.display()),
+                );
+            }
+        }
+        if self.alerts.evaluation_interval < Duration::from_millis(100) {
+            push(
+                vec![Key("alerts"), Key("evaluation_interval")],
+                "evaluation_interval must be at least 100ms".into(),
+            );
+        }
+        if let Some(sns) = &self.notify.sns {
+            for (key, arn) in [
+                ("info_topic_arn", &sns.info_topic_arn),
+                ("warning_topic_arn", &sns.warning_topic_arn),
+                ("critical_topic_arn", &sns.critical_topic_arn),
+            ] {
+                if let Some(arn) = arn
+                    && !valid_sns_arn(arn)
+                {
+                    push(
+                        vec![Key("notify"), Key("sns"), Key(key)],
+                        format!(
+                            "{arn:?} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(slack) = &self.notify.slack
+            && let Some(url) = &slack.webhook_url
+            && !(url.expose().starts_with("https://") || url.expose().starts_with("http://"))
+        {
+            // The value is a secret: say what is wrong without echoing it.
+            push(
+                vec![Key("notify"), Key("slack"), Key("webhook_url")],
+                "webhook_url must be an http(s) URL".into(),
+            );
+        }
+        if let Some(auth) = &self.auth {
+            let at = |k: &'static str| vec![Key("auth"), Key(k)];
+            if auth.enabled && auth.jwt_public_key.is_none() && auth.api_keys_file.is_none() {
+                push(
+                    at("enabled"),
+                    "auth is enabled but neither jwt_public_key nor api_keys_file is set".into(),
+                );
+            }
+            for (key, path) in [
+                ("jwt_public_key", &auth.jwt_public_key),
+                ("jwt_private_key", &auth.jwt_private_key),
+            ] {
+                if let Some(p) = path
+                    && !self.resolve(p).exists()
+                {
+                    push(
+                        at(key),
+                        format!("{key} file {} does not exist", p.display()),
+                    );
+                }
+            }
+            if let Some(p) = &auth.api_keys_file {
+                let resolved = self.resolve(p);
+                let parent_ok = resolved
+                    .parent()
+                    .is_none_or(|d| d.as_os_str().is_empty() || d.exists());
+                if !parent_ok {
+                    push(
+                        at("api_keys_file"),
+                        format!("directory of api_keys_file {} does not exist", p.display()),
+                    );
+                }
+            }
+            if auth.rate_limit_per_hour == 0 {
+                push(
+                    at("rate_limit_per_hour"),
+                    "rate_limit_per_hour must be at least 1".into(),
+                );
+            }
+        }
+        if self.api.max_concurrency == 0 {
+            push(
+                vec![Key("api"), Key("max_concurrency")],
+                "max_concurrency must be at least 1".into(),
+            );
+        }
+        if self.api.body_limit_bytes < 1024 {
+            push(
+                vec![Key("api"), Key("body_limit_bytes")],
+                "body_limit_bytes must be at least 1024".into(),
+            );
+        }
+        problems
+    }
+}
+
+fn embedded_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WARDEN_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("warden");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/warden"),
+        None => PathBuf::from(".warden"),
+    }
+}
+
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn valid_sns_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    parts.len() == 6 && parts[0] == "arn" && parts[2] == "sns" && !parts[5].is_empty()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PathPart {
+    Key(&'static str),
+    Idx(usize),
+}
+
+struct Problem {
+    path: Vec<PathPart>,
+    message: String,
+}
+
+/// Finds where a key path sits in the source, for semantic errors after deserialising.
+struct Locator<'a> {
+    text: &'a str,
+    root: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str) -> Self {
+        Locator {
+            text,
+            root: toml::de::DeTable::parse(text).ok(),
+        }
+    }
+
+    fn locate(&self, path: &[PathPart]) -> (usize, usize) {
+        let Some(root) = &self.root else {
+            return (1, 1);
+        };
+        let mut best = 0usize;
+        let mut table: Option<&toml::de::DeTable<'a>> = Some(root.get_ref());
+        let mut value: Option<&toml::Spanned<toml::de::DeValue<'a>>> = None;
+        for part in path {
+            let next = match (part, table, value) {
+                (PathPart::Key(k), Some(t), _) => t.get(*k),
+                (PathPart::Key(k), None, Some(v)) => v.get_ref().get(*k),
+                (PathPart::Idx(i), _, Some(v)) => v.get_ref().get(*i),
+                _ => None,
+            };
+            let Some(next) = next else { break };
+            best = next.span().start;
+            value = Some(next);
+            table = None;
+        }
+        line_col(self.text, best)
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_design_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.agent.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.effective_models().len(), 5);
+        assert_eq!(c.cloudwatch.flush_interval, Duration::from_secs(60));
+        assert_eq!(c.logs.retention_days, 90);
+        assert!(c.auth_enabled().is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = parse("[agent]\nlisten = \"127.0.0.1:9000\"\nbogus = 1\n").unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (3, 1), "{e}");
+        assert!(e.0[0].message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_points_at_the_value() {
+        let text = "[[models]]\nname = \"a\"\nport = 9001\ncommand = [\"x\"]\n\n[[models]]\nname = \"b\"\nport = 9001\ncommand = [\"x\"]\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (8, 8), "{e}");
+        assert!(e.0[0].message.contains("duplicate port"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = parse("[notify.slack]\nwebhook_url = \"https://hooks.example/secret-token\"\n")
+            .unwrap();
+        assert!(!format!("{c:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_col("x", 0), (1, 1));
+    }
+}

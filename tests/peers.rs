@@ -1,0 +1,118 @@
+//! The real local peers the suite relies on, each proven against its real client:
+//! moto (AWS SDK), the Slack receiver (reqwest) and libtorch (tch).
+
+mod support;
+
+use std::time::Duration;
+use support::{moto::Moto, slack::SlackReceiver};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_accepts_and_returns_a_cloudwatch_datum() {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit, Statistic};
+
+    let moto = Moto::start();
+    let client = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
+    let now = std::time::SystemTime::now();
+    client
+        .put_metric_data()
+        .namespace("WardenTest")
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name("GPUUtilization")
+                .dimensions(Dimension::builder().name("GPU").value("0").build())
+                .value(42.5)
+                .unit(StandardUnit::Percent)
+                .timestamp(DateTime::from(now))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("PutMetricData against moto");
+
+    let stats = client
+        .get_metric_statistics()
+        .namespace("WardenTest")
+        .metric_name("GPUUtilization")
+        .dimensions(Dimension::builder().name("GPU").value("0").build())
+        .start_time(DateTime::from(now - Duration::from_secs(600)))
+        .end_time(DateTime::from(now + Duration::from_secs(600)))
+        .period(60)
+        .statistics(Statistic::Maximum)
+        .send()
+        .await
+        .expect("GetMetricStatistics against moto");
+    let maxima: Vec<f64> = stats
+        .datapoints()
+        .iter()
+        .filter_map(|d| d.maximum())
+        .collect();
+    assert_eq!(maxima, vec![42.5]);
+}
+
+#[tokio::test]
+async fn slack_receiver_records_posts_and_plays_outages() {
+    warden::tls::install_crypto_provider();
+    let slack = SlackReceiver::start();
+    let http = reqwest::Client::new();
+    slack.set_status(500);
+    let failed = http
+        .post(slack.url())
+        .body("{\"text\":\"lost\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status().as_u16(), 500);
+    slack.set_status(200);
+    let ok = http
+        .post(slack.url())
+        .body("{\"text\":\"hello\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(slack.posts(), vec!["{\"text\":\"hello\"}".to_string()]);
+    assert_eq!(slack.attempts(), 2);
+}
+
+#[test]
+fn tch_forward_pass_survives_save_and_load() {
+    use tch::nn::{self, Module, OptimizerConfig};
+    use tch::{Device, Kind, Tensor};
+
+    tch::manual_seed(7);
+    let build = |vs: &nn::VarStore| {
+        let root = vs.root();
+        nn::seq()
+            .add(nn::linear(&root / "l1", 4, 16, Default::default()))
+            .add_fn(|x| x.relu())
+            .add(nn::linear(&root / "l2", 16, 3, Default::default()))
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = build(&vs);
+    // One optimiser step so the saved weights are not just the initialisation.
+    let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
+    let x = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
+    let loss = net.forward(&x).pow_tensor_scalar(2).mean(Kind::Float);
+    opt.backward_step(&loss);
+    let before = tch::no_grad(|| net.forward(&x));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.safetensors");
+    vs.save(&path).unwrap();
+
+    tch::manual_seed(99);
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let net2 = build(&vs2);
+    let fresh = tch::no_grad(|| net2.forward(&x));
+    assert!(
+        !fresh.allclose(&before, 1e-6, 1e-6, false),
+        "a fresh init must differ"
+    );
+    vs2.load(&path).unwrap();
+    let after = tch::no_grad(|| net2.forward(&x));
+    assert_eq!(
+        Vec::<f32>::try_from(after.flatten(0, -1)).unwrap(),
+        Vec::<f32>::try_from(before.flatten(0, -1)).unwrap()
+    );
+}
