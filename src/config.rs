@@ -197,6 +197,26 @@ pub struct ModelConfig {
     /// Overrides what is spawned (argv); default is `warden serve-model NAME --port N ...`.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// Delay before the second consecutive restart (the first one after a stable run is
+    /// immediate); doubles per further failure up to `restart_max_backoff`.
+    #[serde(
+        default = "default_restart_initial_backoff",
+        deserialize_with = "duration"
+    )]
+    pub restart_initial_backoff: Duration,
+    #[serde(default = "default_restart_max_backoff", deserialize_with = "duration")]
+    pub restart_max_backoff: Duration,
+    /// Fraction (0-1) by which each backoff delay is randomly stretched or shrunk.
+    #[serde(default = "default_restart_jitter")]
+    pub restart_jitter: f64,
+    /// This many unexpected exits within `crash_loop_window` make the state `crash-loop`.
+    #[serde(default = "default_crash_loop_exits")]
+    pub crash_loop_exits: u32,
+    #[serde(default = "default_crash_loop_window", deserialize_with = "duration")]
+    pub crash_loop_window: Duration,
+    /// A child that ran this long before exiting resets the backoff.
+    #[serde(default = "default_stable_after", deserialize_with = "duration")]
+    pub stable_after: Duration,
 }
 
 fn default_max_batch() -> usize {
@@ -217,6 +237,24 @@ fn default_health_failures() -> u32 {
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_restart_initial_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_restart_max_backoff() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_restart_jitter() -> f64 {
+    0.1
+}
+fn default_crash_loop_exits() -> u32 {
+    5
+}
+fn default_crash_loop_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_stable_after() -> Duration {
+    Duration::from_secs(60)
+}
 
 impl ModelConfig {
     pub fn new(name: &str, port: u16) -> Self {
@@ -233,6 +271,12 @@ impl ModelConfig {
             health_failures: default_health_failures(),
             stop_timeout: default_stop_timeout(),
             command: None,
+            restart_initial_backoff: default_restart_initial_backoff(),
+            restart_max_backoff: default_restart_max_backoff(),
+            restart_jitter: default_restart_jitter(),
+            crash_loop_exits: default_crash_loop_exits(),
+            crash_loop_window: default_crash_loop_window(),
+            stable_after: default_stable_after(),
         }
     }
 }
@@ -609,6 +653,36 @@ impl Config {
                 push(
                     at("health_interval"),
                     "health_interval must be at least 50ms".into(),
+                );
+            }
+            if m.restart_initial_backoff.is_zero() {
+                push(
+                    at("restart_initial_backoff"),
+                    "restart_initial_backoff must be more than 0s".into(),
+                );
+            }
+            if m.restart_max_backoff < m.restart_initial_backoff {
+                push(
+                    at("restart_max_backoff"),
+                    "restart_max_backoff must be at least restart_initial_backoff".into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&m.restart_jitter) {
+                push(
+                    at("restart_jitter"),
+                    format!("restart_jitter {} out of range 0-1", m.restart_jitter),
+                );
+            }
+            if m.crash_loop_exits < 2 {
+                push(
+                    at("crash_loop_exits"),
+                    "crash_loop_exits must be at least 2".into(),
+                );
+            }
+            if m.crash_loop_window.is_zero() {
+                push(
+                    at("crash_loop_window"),
+                    "crash_loop_window must be more than 0s".into(),
                 );
             }
             if let Some(w) = &m.weights
