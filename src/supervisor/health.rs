@@ -27,6 +27,7 @@ pub struct Prober {
 
 impl Prober {
     pub fn new() -> Result<Self, ProbeError> {
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             // Fresh connections: a respawned child must not be judged by a stale socket.
             .pool_max_idle_per_host(0)

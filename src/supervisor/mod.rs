@@ -227,6 +227,11 @@ impl SupervisorHandle {
         Ok(self.inner.logs.tail(name, n))
     }
 
+    /// The sender behind [`Self::subscribe`], for fan-out points such as the control socket.
+    pub fn event_sender(&self) -> broadcast::Sender<SupervisorEvent> {
+        self.inner.events.clone()
+    }
+
     /// Output lines the log shipper's channel had no room for.
     pub fn dropped_log_lines(&self) -> u64 {
         self.inner.logs.dropped()
