@@ -390,3 +390,94 @@ async fn forward_events(mut rx: broadcast::Receiver<SupervisorEvent>, out: mpsc:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::ControlClient;
+    use tokio::io::AsyncBufReadExt;
+
+    async fn serve(dispatcher: Dispatcher) -> (tempfile::TempDir, PathBuf, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/control.sock");
+        let server = ControlServer::bind(&path).unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(server.run(dispatcher, cancel.clone()));
+        (dir, path, cancel)
+    }
+
+    #[tokio::test]
+    async fn registered_methods_are_served_and_errors_are_structured() {
+        let mut d = Dispatcher::new();
+        d.register("echo", |p: Params| async move {
+            Ok(json!({ "said": p.str("text")?.to_uppercase() }))
+        });
+        let (_dir, path, cancel) = serve(d).await;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let mut c = ControlClient::connect(&path).await.unwrap();
+        let r = c.call("echo", json!({ "text": "hi" })).await.unwrap();
+        assert_eq!(r, json!({ "said": "HI" }));
+        let e = c.call("echo", Value::Null).await.unwrap_err();
+        assert!(e.to_string().starts_with("bad_params:"), "{e}");
+        let e = c.call("nope", Value::Null).await.unwrap_err();
+        assert!(e.to_string().contains("\"echo\""), "{e}");
+        let e = c.subscribe().await.unwrap_err();
+        assert!(e.to_string().starts_with("unknown_method"), "{e}");
+
+        // Raw lines: garbage, a future version, a huge line; the connection survives them all.
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let huge = format!(
+            "{{\"v\":1,\"id\":9,\"method\":\"{}\"}}\n",
+            "x".repeat(100_000)
+        );
+        let input = format!(
+            "not json\n{{\"v\":2,\"id\":5,\"method\":\"echo\"}}\n{huge}{}\n",
+            r#"{"v":1,"id":6,"method":"echo","text":"ok"}"#
+        );
+        write.write_all(input.as_bytes()).await.unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let line = lines.next_line().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            codes.push(
+                v["error"]["code"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v["result"]["said"].to_string()),
+            );
+        }
+        assert_eq!(
+            codes,
+            vec![
+                "bad_request",
+                "unsupported_version",
+                "bad_request",
+                "\"OK\""
+            ]
+        );
+        cancel.cancel();
+        let gone = crate::supervisor::types::now_ms() + 5000;
+        while path.exists() && crate::supervisor::types::now_ms() < gone {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!path.exists(), "socket removed on shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_second_agent_cannot_steal_a_live_socket_but_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let live = ControlServer::bind(&path).unwrap();
+        assert!(matches!(
+            ControlServer::bind(&path),
+            Err(ControlError::InUse(_))
+        ));
+        drop(live); // the file stays, nobody listens: stale
+        assert!(path.exists());
+        ControlServer::bind(&path).unwrap();
+    }
+}

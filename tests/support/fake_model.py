@@ -21,10 +21,16 @@ p.add_argument("--load-delay", type=float, default=0.0)
 p.add_argument("--exit-code", type=int, default=None)
 p.add_argument("--ignore-term", action="store_true")
 p.add_argument("--tag", default="")
+p.add_argument("--spew", action="store_true", help="write a 4 MiB line and binary garbage first")
 args = p.parse_args()
 
 print(f"fake model {args.name} pid {os.getpid()} starting tag={args.tag}", flush=True)
 print(f"stderr hello from {args.name}", file=sys.stderr, flush=True)
+if args.spew:
+    sys.stdout.buffer.write(b"huge:" + b"x" * (4 << 20) + b"\n")
+    sys.stdout.buffer.write(bytes(range(256)) * 64 + b"\n")
+    sys.stdout.buffer.write(b"after the noise\n")
+    sys.stdout.flush()
 if args.exit_code is not None:
     print(f"exiting at once with {args.exit_code}", file=sys.stderr, flush=True)
     sys.exit(args.exit_code)
