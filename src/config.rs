@@ -214,6 +214,9 @@ pub struct ModelConfig {
     pub crash_loop_exits: u32,
     #[serde(default = "default_crash_loop_window", deserialize_with = "duration")]
     pub crash_loop_window: Duration,
+    /// A child not answering `/ready` this long after spawning is killed and restarted.
+    #[serde(default = "default_start_timeout", deserialize_with = "duration")]
+    pub start_timeout: Duration,
     /// A child that ran this long before exiting resets the backoff.
     #[serde(default = "default_stable_after", deserialize_with = "duration")]
     pub stable_after: Duration,
@@ -252,6 +255,9 @@ fn default_crash_loop_exits() -> u32 {
 fn default_crash_loop_window() -> Duration {
     Duration::from_secs(600)
 }
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_stable_after() -> Duration {
     Duration::from_secs(60)
 }
@@ -276,6 +282,7 @@ impl ModelConfig {
             restart_jitter: default_restart_jitter(),
             crash_loop_exits: default_crash_loop_exits(),
             crash_loop_window: default_crash_loop_window(),
+            start_timeout: default_start_timeout(),
             stable_after: default_stable_after(),
         }
     }
@@ -679,6 +686,12 @@ impl Config {
                     "crash_loop_exits must be at least 2".into(),
                 );
             }
+            if m.start_timeout < Duration::from_millis(100) {
+                push(
+                    at("start_timeout"),
+                    "start_timeout must be at least 100ms".into(),
+                );
+            }
             if m.crash_loop_window.is_zero() {
                 push(
                     at("crash_loop_window"),
@@ -973,6 +986,20 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].col), (8, 8), "{e}");
         assert!(e.0[0].message.contains("duplicate port"));
+    }
+
+    #[test]
+    fn restart_timings_are_validated() {
+        let text = "[[models]]\nname = \"a\"\nport = 9001\ncommand = [\"x\"]\nrestart_initial_backoff = \"2s\"\nrestart_max_backoff = \"1s\"\nrestart_jitter = 1.5\n";
+        let e = parse(text).unwrap_err();
+        let at: Vec<(usize, usize)> = e.0.iter().map(|e| (e.line, e.col)).collect();
+        assert_eq!(at, vec![(6, 23), (7, 18)], "{e}");
+        let ok = parse(
+            "[[models]]\nname = \"a\"\nport = 9001\ncommand = [\"x\"]\nstable_after = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.models[0].stable_after, Duration::from_secs(5));
+        assert_eq!(ok.models[0].crash_loop_exits, 5);
     }
 
     #[test]

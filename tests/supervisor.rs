@@ -567,3 +567,23 @@ async fn run_without_config_supervises_the_five_default_models() {
     let exited = wait_until(LONG, || child.try_wait().unwrap());
     assert!(exited.is_some_and(|s| s.success()), "{}", read_log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_never_becomes_ready_is_killed_after_start_timeout() {
+    let keys = "start_timeout = \"500ms\"\nrestart_initial_backoff = \"100ms\"";
+    let agent = Agent::start(&fake_model(
+        "sleepy",
+        free_port(),
+        &["--load-delay", "3600"],
+        keys,
+    ));
+    let first = wait_until_async(LONG, || async { agent.status().await["sleepy"].pid }).await;
+    let first = first.expect("spawned");
+    let replaced = wait_until_async(LONG, || async {
+        let s = agent.status().await["sleepy"].clone();
+        (s.restarts >= 1 && s.last_exit == Some(ExitInfo::Signal(9))).then_some(s)
+    })
+    .await;
+    assert!(replaced.is_some(), "never killed\n{}", agent.log());
+    assert!(wait_until(LONG, || process_gone(first).then_some(())).is_some());
+}

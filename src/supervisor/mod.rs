@@ -609,7 +609,17 @@ impl Runner {
                             self.emit(EventKind::ModelUp { pid: Some(pid) });
                         }
                         // Still loading: refusals are expected until it listens.
-                        (false, Err(_)) => {}
+                        (false, Err(e)) => {
+                            if started.elapsed() >= self.model.start_timeout {
+                                tracing::error!(model = %name, pid, error = %e, "model not ready within start_timeout; killing it");
+                                let exit = match child::kill_now(&mut child).await {
+                                    Ok(s) => child::exit_info(s),
+                                    Err(e) => ExitInfo::SpawnFailed(format!("wait failed: {e}")),
+                                };
+                                self.exited(pid, exit, false, false);
+                                return Outcome::Failed { uptime: started.elapsed() };
+                            }
+                        }
                         (true, Ok(())) => {
                             if failures > 0 {
                                 failures = 0;
