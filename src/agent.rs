@@ -117,10 +117,11 @@ impl Agent {
             "creating state dir {}",
             state_dir.display()
         )))?;
+        // Bind first: a second agent on the same socket must fail before touching anything.
+        let control = ControlServer::bind(&config.resolve(&config.agent.control_socket))?;
         ensure_models(&config, &exe).await;
 
         let cancel = CancellationToken::new();
-        let control = ControlServer::bind(&config.resolve(&config.agent.control_socket))?;
         let (supervisor, mut log_rx) =
             SupervisorHandle::start(&config, SupervisorOptions::new(exe))?;
         tracing::info!(socket = %control.path().display(), "control socket listening");

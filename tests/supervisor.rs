@@ -203,6 +203,16 @@ async fn control_socket_is_owner_only_and_serves_status_and_logs() {
     let err = c.restart("no-such-model").await.unwrap_err();
     assert!(err.to_string().contains("unknown_model"), "{err}");
 
+    // A second agent on the same socket refuses to start and leaves the first alone.
+    let second = Command::new(support::warden_bin())
+        .args(["run", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already listening"));
+    assert_eq!(agent.status().await["alpha"].pid, Some(pids["alpha"]));
+
     // Another user is refused by the file mode (the directory itself is open to them).
     if nix::unistd::geteuid().is_root() {
         std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
