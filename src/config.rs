@@ -197,6 +197,29 @@ pub struct ModelConfig {
     /// Overrides what is spawned (argv); default is `warden serve-model NAME --port N ...`.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// Delay before the second consecutive restart (the first one after a stable run is
+    /// immediate); doubles per further failure up to `restart_max_backoff`.
+    #[serde(
+        default = "default_restart_initial_backoff",
+        deserialize_with = "duration"
+    )]
+    pub restart_initial_backoff: Duration,
+    #[serde(default = "default_restart_max_backoff", deserialize_with = "duration")]
+    pub restart_max_backoff: Duration,
+    /// Fraction (0-1) by which each backoff delay is randomly stretched or shrunk.
+    #[serde(default = "default_restart_jitter")]
+    pub restart_jitter: f64,
+    /// This many unexpected exits within `crash_loop_window` make the state `crash-loop`.
+    #[serde(default = "default_crash_loop_exits")]
+    pub crash_loop_exits: u32,
+    #[serde(default = "default_crash_loop_window", deserialize_with = "duration")]
+    pub crash_loop_window: Duration,
+    /// A child not answering `/ready` this long after spawning is killed and restarted.
+    #[serde(default = "default_start_timeout", deserialize_with = "duration")]
+    pub start_timeout: Duration,
+    /// A child that ran this long before exiting resets the backoff.
+    #[serde(default = "default_stable_after", deserialize_with = "duration")]
+    pub stable_after: Duration,
 }
 
 fn default_max_batch() -> usize {
@@ -217,6 +240,27 @@ fn default_health_failures() -> u32 {
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_restart_initial_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_restart_max_backoff() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_restart_jitter() -> f64 {
+    0.1
+}
+fn default_crash_loop_exits() -> u32 {
+    5
+}
+fn default_crash_loop_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_stable_after() -> Duration {
+    Duration::from_secs(60)
+}
 
 impl ModelConfig {
     pub fn new(name: &str, port: u16) -> Self {
@@ -233,6 +277,13 @@ impl ModelConfig {
             health_failures: default_health_failures(),
             stop_timeout: default_stop_timeout(),
             command: None,
+            restart_initial_backoff: default_restart_initial_backoff(),
+            restart_max_backoff: default_restart_max_backoff(),
+            restart_jitter: default_restart_jitter(),
+            crash_loop_exits: default_crash_loop_exits(),
+            crash_loop_window: default_crash_loop_window(),
+            start_timeout: default_start_timeout(),
+            stable_after: default_stable_after(),
         }
     }
 }
@@ -611,6 +662,42 @@ impl Config {
                     "health_interval must be at least 50ms".into(),
                 );
             }
+            if m.restart_initial_backoff.is_zero() {
+                push(
+                    at("restart_initial_backoff"),
+                    "restart_initial_backoff must be more than 0s".into(),
+                );
+            }
+            if m.restart_max_backoff < m.restart_initial_backoff {
+                push(
+                    at("restart_max_backoff"),
+                    "restart_max_backoff must be at least restart_initial_backoff".into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&m.restart_jitter) {
+                push(
+                    at("restart_jitter"),
+                    format!("restart_jitter {} out of range 0-1", m.restart_jitter),
+                );
+            }
+            if m.crash_loop_exits < 2 {
+                push(
+                    at("crash_loop_exits"),
+                    "crash_loop_exits must be at least 2".into(),
+                );
+            }
+            if m.start_timeout < Duration::from_millis(100) {
+                push(
+                    at("start_timeout"),
+                    "start_timeout must be at least 100ms".into(),
+                );
+            }
+            if m.crash_loop_window.is_zero() {
+                push(
+                    at("crash_loop_window"),
+                    "crash_loop_window must be more than 0s".into(),
+                );
+            }
             if let Some(w) = &m.weights
                 && !self.resolve(w).exists()
             {
@@ -899,6 +986,20 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].col), (8, 8), "{e}");
         assert!(e.0[0].message.contains("duplicate port"));
+    }
+
+    #[test]
+    fn restart_timings_are_validated() {
+        let text = "[[models]]\nname = \"a\"\nport = 9001\ncommand = [\"x\"]\nrestart_initial_backoff = \"2s\"\nrestart_max_backoff = \"1s\"\nrestart_jitter = 1.5\n";
+        let e = parse(text).unwrap_err();
+        let at: Vec<(usize, usize)> = e.0.iter().map(|e| (e.line, e.col)).collect();
+        assert_eq!(at, vec![(6, 23), (7, 18)], "{e}");
+        let ok = parse(
+            "[[models]]\nname = \"a\"\nport = 9001\ncommand = [\"x\"]\nstable_after = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.models[0].stable_after, Duration::from_secs(5));
+        assert_eq!(ok.models[0].crash_loop_exits, 5);
     }
 
     #[test]

@@ -3,5 +3,8 @@
 //! Data flows one way: `telemetry` (samplers) → `telemetry::store` → `sinks` and `alerts`
 //! → `api` and `console`; `supervisor` and `serving` sit beside the pipeline.
 
+pub mod agent;
 pub mod config;
+pub mod control;
+pub mod supervisor;
 pub mod tls;

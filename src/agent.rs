@@ -1,0 +1,205 @@
+//! The `warden run` daemon: loads the config, supervises the models, serves the control
+//! socket, and turns SIGTERM/SIGINT into a clean stop and SIGHUP into a reload.
+
+use crate::config::{Config, ConfigErrors};
+use crate::control::{ControlError, ControlServer, Dispatcher};
+use crate::supervisor::{SupervisorError, SupervisorHandle, SupervisorOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// How long `warden models init` may take on first run.
+const MODELS_INIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Logs to stderr (journald picks it up); `RUST_LOG` overrides the `info` default.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The config `warden run` uses: the file, else the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, AgentError> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::embedded()),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Builds its own multi-thread runtime: the children's
+/// parent-death signal is tied to the spawning thread, and runtime workers live as long as
+/// the agent.
+pub fn run(config_path: Option<PathBuf>) -> Result<(), AgentError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warden")
+        .build()
+        .map_err(io_err("starting the async runtime"))?;
+    runtime.block_on(run_until_signalled(config_path))
+}
+
+pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), AgentError> {
+    // Handlers first: from here on SIGTERM means a graceful stop, not instant death.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
+
+    let config = load_config(config_path.as_deref())?;
+    match &config.source {
+        Some(p) => tracing::info!(config = %p.display(), "starting warden"),
+        None => tracing::info!("starting warden on the embedded default configuration"),
+    }
+    let agent = Agent::start(config).await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => {
+                match load_config(config_path.as_deref()) {
+                    Ok(new) => {
+                        let summary = agent.reload(new).await;
+                        tracing::info!(added = ?summary.added, removed = ?summary.removed,
+                            changed = ?summary.changed, unchanged = summary.unchanged.len(),
+                            "SIGHUP: configuration reloaded");
+                    }
+                    // A bad edit must not take the host down: keep running the old config.
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration rejected; keeping the old one"),
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    agent.shutdown().await;
+    tracing::info!("warden stopped");
+    Ok(())
+}
+
+/// The running daemon's parts. Other long-lived tasks (API server, telemetry, alerts, log
+/// shipper) take a clone of `supervisor` and a child of `cancel`.
+pub struct Agent {
+    pub supervisor: SupervisorHandle,
+    pub cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    pub async fn start(config: Config) -> Result<Agent, AgentError> {
+        let exe = std::env::current_exe().map_err(io_err("locating the warden binary"))?;
+        let state_dir = config.resolve(&config.agent.state_dir);
+        std::fs::create_dir_all(&state_dir).map_err(io_err(format!(
+            "creating state dir {}",
+            state_dir.display()
+        )))?;
+        // Bind first: a second agent on the same socket must fail before touching anything.
+        let control = ControlServer::bind(&config.resolve(&config.agent.control_socket))?;
+        ensure_models(&config, &exe).await;
+
+        let cancel = CancellationToken::new();
+        let (supervisor, mut log_rx) =
+            SupervisorHandle::start(&config, SupervisorOptions::new(exe))?;
+        tracing::info!(socket = %control.path().display(), "control socket listening");
+
+        let mut tasks = Vec::new();
+        let dispatcher = Dispatcher::with_supervisor(&supervisor);
+        // Alerts and telemetry add their control methods here: dispatcher.register(...).
+        tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
+
+        // The CloudWatch Logs shipper takes `log_rx` here once it exists; until then lines
+        // stay in the per-model rings and are echoed at debug level.
+        let logs_cancel = cancel.child_token();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = logs_cancel.cancelled() => return,
+                    line = log_rx.recv() => match line {
+                        Some(l) => tracing::debug!(model = %l.model, stream = ?l.stream, "{}", l.line),
+                        None => return,
+                    },
+                }
+            }
+        }));
+
+        // The API server starts here: api::serve(&config, supervisor.clone(), cancel.child_token()).
+
+        Ok(Agent {
+            supervisor,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Applies a new configuration's model set (other sections need a restart for now).
+    pub async fn reload(&self, config: Config) -> crate::supervisor::ReloadSummary {
+        if let Ok(exe) = std::env::current_exe() {
+            ensure_models(&config, &exe).await;
+        }
+        self.supervisor.apply(&config).await
+    }
+
+    /// Stops every model (concurrently), then the other tasks.
+    pub async fn shutdown(self) {
+        self.supervisor.shutdown().await;
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// First run: fill an empty models dir with `warden models init` when a model needs it.
+pub(crate) async fn ensure_models(config: &Config, exe: &Path) {
+    let needs_dir = config
+        .effective_models()
+        .iter()
+        .any(|m| m.command.is_none() && m.weights.is_none());
+    let dir = config.resolve(&config.agent.models_dir);
+    let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    if !needs_dir || !empty {
+        return;
+    }
+    tracing::info!(dir = %dir.display(), "models dir is empty: running `warden models init`");
+    // A child process keeps the agent independent of the serving code's internals; the
+    // subcommand writes the same files either way.
+    let init = tokio::process::Command::new(exe)
+        .args(["models", "init", "--dir"])
+        .arg(&dir)
+        .kill_on_drop(true)
+        .status();
+    match tokio::time::timeout(MODELS_INIT_TIMEOUT, init).await {
+        Ok(Ok(status)) if status.success() => {
+            tracing::info!(dir = %dir.display(), "model weights written")
+        }
+        Ok(Ok(status)) => {
+            tracing::error!(%status, "`warden models init` failed; models will back off")
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot run `warden models init`"),
+        Err(_) => tracing::error!("`warden models init` timed out"),
+    }
+}
