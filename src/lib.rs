@@ -3,5 +3,6 @@
 //! Data flows one way: `telemetry` (samplers) → `telemetry::store` → `sinks` and `alerts`
 //! → `api` and `console`; `supervisor` and `serving` sit beside the pipeline.
 
+pub mod api;
 pub mod config;
 pub mod tls;
