@@ -16,7 +16,7 @@ mkdir -p "$DEPS" "$CACHE/wheels"
 say() { printf 'setup: %s\n' "$*"; }
 
 # --- apt packages -----------------------------------------------------------
-APT_PACKAGES=(build-essential pkg-config unzip curl tmux procps systemd python3-venv)
+APT_PACKAGES=(build-essential pkg-config unzip curl openssl tmux procps systemd python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -26,6 +26,60 @@ pub enum AgentError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("API: {0}")]
+    Api(#[from] crate::api::ApiStartError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::api::audit::AuditError),
+}
+
+/// The gateway sees models through the supervisor's status (state and readiness).
+struct SupervisedModels(SupervisorHandle);
+
+impl crate::api::ModelDirectory for SupervisedModels {
+    fn models(&self) -> Vec<crate::api::ModelEndpoint> {
+        self.0
+            .status()
+            .into_iter()
+            .map(|s| crate::api::ModelEndpoint {
+                ready: s.state == crate::supervisor::ModelState::Ready,
+                state: s.state.to_string(),
+                name: s.name,
+                port: s.port,
+            })
+            .collect()
+    }
+}
+
+/// Binds `agent.listen` and serves the inference API until `cancel`.
+async fn start_api(
+    config: &Config,
+    supervisor: &SupervisorHandle,
+    state_dir: &Path,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    use crate::api;
+    let (audit, _writer) = api::audit::AuditSink::start(&state_dir.join("audit/api.jsonl")).await?;
+    let peers = api::Peers {
+        directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
+        audit,
+        observer: None,
+        extra_metrics: None,
+    };
+    let state = std::sync::Arc::new(api::AppState::new(config, peers)?);
+    let listener = api::bind(config.agent.listen).await?;
+    match config.auth_enabled() {
+        Some(_) => {
+            tracing::info!(listen = %config.agent.listen, "inference API listening (auth on)")
+        }
+        None => tracing::warn!(listen = %config.agent.listen,
+            "inference API listening WITHOUT authentication (no [auth] section); keep it on 127.0.0.1"),
+    }
+    let origins = config.api.cors_origins.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, state, &origins, cancel).await {
+            tracing::error!(error = %e, "inference API stopped");
+        }
+    }))
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -106,6 +160,7 @@ pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), Age
 pub struct Agent {
     pub supervisor: SupervisorHandle,
     pub cancel: CancellationToken,
+    api_cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -146,11 +201,13 @@ impl Agent {
             }
         }));
 
-        // The API server starts here: api::serve(&config, supervisor.clone(), cancel.child_token()).
+        let api_cancel = cancel.child_token();
+        tasks.push(start_api(&config, &supervisor, &state_dir, api_cancel.clone()).await?);
 
         Ok(Agent {
             supervisor,
             cancel,
+            api_cancel,
             tasks,
         })
     }
@@ -163,8 +220,9 @@ impl Agent {
         self.supervisor.apply(&config).await
     }
 
-    /// Stops every model (concurrently), then the other tasks.
+    /// Stops taking API requests, stops every model (concurrently), then the other tasks.
     pub async fn shutdown(self) {
+        self.api_cancel.cancel();
         self.supervisor.shutdown().await;
         self.cancel.cancel();
         for task in self.tasks {

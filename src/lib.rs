@@ -4,6 +4,7 @@
 //! → `api` and `console`; `supervisor` and `serving` sit beside the pipeline.
 
 pub mod agent;
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod supervisor;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use warden::api::auth::{ApiKeyStore, Principal, Role, Tokens};
 use warden::config::Config;
 
 #[derive(Parser)]
@@ -31,6 +32,37 @@ enum Command {
     },
     /// Validate a configuration file: exit 0, or print `file:line:col: message` and exit 2.
     CheckConfig { file: PathBuf },
+    /// Mint access tokens (operators).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an RS256 access token signed with `auth.jwt_private_key`, nothing else.
+    Issue {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        role: Role,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a hashed API key to `auth.api_keys_file` and print the key once.
+    Add {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        user: String,
+        #[arg(long)]
+        role: Role,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,7 +123,66 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Token(TokenCommand::Issue { config, sub, role }) => {
+            exit_on_error(issue_token(config, sub, role))
+        }
+        Command::Keys(KeysCommand::Add { config, user, role }) => {
+            exit_on_error(add_key(config, user, role))
+        }
     }
+}
+
+fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(&p).map_err(|e| anyhow::anyhow!("{e}")),
+        None => Ok(Config::embedded()),
+    }
+}
+
+fn issue_token(config: Option<PathBuf>, sub: String, role: Role) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let auth = config
+        .auth
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the config has no [auth] section"))?;
+    let (Some(public), Some(private)) = (&auth.jwt_public_key, &auth.jwt_private_key) else {
+        anyhow::bail!(
+            "auth.jwt_public_key and auth.jwt_private_key are both needed to issue tokens"
+        );
+    };
+    let tokens = Tokens::from_files(
+        &config.resolve(public),
+        Some(&config.resolve(private)),
+        &auth.issuer,
+        &auth.audience,
+    )?;
+    println!(
+        "{}",
+        tokens.issue_access(&Principal { subject: sub, role })?
+    );
+    Ok(())
+}
+
+fn add_key(config: Option<PathBuf>, user: String, role: Role) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let path = config
+        .auth
+        .as_ref()
+        .and_then(|a| a.api_keys_file.as_ref())
+        .ok_or_else(|| anyhow::anyhow!("the config sets no auth.api_keys_file"))?;
+    let key = ApiKeyStore::add(&config.resolve(path), &user, role)?;
+    println!("{key}");
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

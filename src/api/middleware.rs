@@ -1,0 +1,271 @@
+//! Cross-cutting layers: request ids, audit + metrics for every request, load shedding,
+//! JSON bodies for every error, and per-route authorization with rate limiting.
+
+use super::auth::{Principal, Role};
+use super::error::{ApiError, status_error};
+use super::ratelimit::Decision;
+use super::{AppState, audit};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+/// The model a request was for, set by the inference handlers for the audit record.
+#[derive(Debug, Clone)]
+pub struct ModelTag(pub String);
+
+/// The role a route group requires.
+#[derive(Debug, Clone, Copy)]
+pub struct Required(pub Role);
+
+pub fn request_id_layers()
+-> tower::layer::util::Stack<PropagateRequestIdLayer, SetRequestIdLayer<MakeRequestUuid>> {
+    tower::layer::util::Stack::new(
+        PropagateRequestIdLayer::x_request_id(),
+        SetRequestIdLayer::x_request_id(MakeRequestUuid),
+    )
+}
+
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-request-id"),
+        ])
+}
+
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Audits and measures every request, whatever answered it.
+pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let headers = req.headers();
+    let request_id = request_id(headers);
+    let session_id = headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(128).collect());
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect());
+    let bytes_in = content_length(headers);
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+
+    state.metrics.in_flight.inc();
+    let response = next.run(req).await;
+    state.metrics.in_flight.dec();
+
+    let latency = started.elapsed();
+    let status = response.status().as_u16();
+    let status_label = status.to_string();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), status_label.as_str()])
+        .inc();
+    state
+        .metrics
+        .latency
+        .with_label_values(&[route.as_str(), method.as_str()])
+        .observe(latency.as_secs_f64());
+    let model = response.extensions().get::<ModelTag>().map(|m| m.0.clone());
+    if let Some(model) = &model {
+        state
+            .metrics
+            .model_requests
+            .with_label_values(&[model.as_str(), status_label.as_str()])
+            .inc();
+        state
+            .metrics
+            .model_latency
+            .with_label_values(&[model.as_str()])
+            .observe(latency.as_secs_f64());
+        if let Some(observer) = &state.observer {
+            observer.observe(model, status, latency);
+        }
+    }
+    let principal = response.extensions().get::<Principal>();
+    let bytes_out = response_length(&response);
+    let record = audit::AuditRecord {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        interaction_id: request_id.clone(),
+        request_id,
+        session_id,
+        subject: principal.map(|p| p.subject.clone()),
+        role: principal.map(|p| p.role.as_str().to_string()),
+        method,
+        route,
+        model,
+        status,
+        outcome: audit::outcome(status),
+        latency_ms: latency.as_secs_f64() * 1000.0,
+        bytes_in,
+        bytes_out,
+        client,
+        user_agent,
+    };
+    state.audit.record(record).await;
+    response
+}
+
+fn content_length(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn response_length(response: &Response) -> u64 {
+    use axum::body::HttpBody;
+    response
+        .body()
+        .size_hint()
+        .exact()
+        .unwrap_or_else(|| content_length(response.headers()))
+}
+
+/// Refuses work beyond `api.max_concurrency` with 503 instead of queueing without bound.
+/// Liveness stays answerable under overload.
+pub async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    match state.capacity.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(req).await;
+            drop(permit);
+            response
+        }
+        Err(_) => {
+            state.metrics.shed.with_label_values(&["concurrency"]).inc();
+            ApiError::Unavailable(
+                format!(
+                    "more than {} requests in flight; retry shortly",
+                    state.max_concurrency
+                ),
+                Duration::from_secs(1),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Gives every error response the JSON error shape (404/405/413/415 from the framework too).
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let (parts, _) = response.into_parts();
+        let mut fresh = status_error(status, status.canonical_reason().unwrap_or("error"));
+        for name in [header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE] {
+            if let Some(v) = parts.headers.get(&name) {
+                fresh.headers_mut().insert(name, v.clone());
+            }
+        }
+        return fresh;
+    }
+    response
+}
+
+/// Authenticates the bearer token, checks the role, then the subject's rate limit.
+pub async fn authorize(
+    State((state, Required(required))): State<(Arc<AppState>, Required)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(auth) = &state.auth else {
+        return next.run(req).await;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let Some(token) = token else {
+        return ApiError::Unauthenticated("missing_token").into_response();
+    };
+    let principal = match auth.tokens.verify_access(token.trim()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "token rejected");
+            return ApiError::Unauthenticated("invalid_token").into_response();
+        }
+    };
+    let mut response = if principal.role < required {
+        let action = if required == Role::User {
+            "call models"
+        } else {
+            "view this"
+        };
+        ApiError::Forbidden {
+            have: principal.role.as_str(),
+            action,
+        }
+        .into_response()
+    } else {
+        match auth.limiter.check(&principal.subject) {
+            Decision::Limited { limit, retry_after } => {
+                state.metrics.shed.with_label_values(&["rate_limit"]).inc();
+                let mut r = ApiError::RateLimited { limit, retry_after }.into_response();
+                set_rate_headers(r.headers_mut(), limit, 0, Some(retry_after));
+                r
+            }
+            Decision::Allowed { limit, remaining } => {
+                let mut r = next.run(req).await;
+                set_rate_headers(r.headers_mut(), limit, remaining, None);
+                r
+            }
+        }
+    };
+    response.extensions_mut().insert(principal);
+    response
+}
+
+fn set_rate_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Option<Duration>) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    if let Some(reset) = reset {
+        headers.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from(reset.as_secs().max(1)),
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The inference API gateway (`agent.listen`): model routes proxied to the model processes,
+//! auth, rate limits, audit, Prometheus `/metrics` and OpenAPI.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+mod middleware;
+pub mod openapi;
+pub mod proxy;
+pub mod ratelimit;
+mod routes;
+
+use crate::config::Config;
+use audit::AuditSink;
+use auth::{ApiKeyStore, Tokens};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use error::ApiError;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// One model the gateway can route to, as the supervisor sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelEndpoint {
+    pub name: String,
+    pub port: u16,
+    /// Supervisor state (`ready`, `starting`, `backoff`, ...).
+    pub state: String,
+    pub ready: bool,
+}
+
+/// Where the gateway learns which models exist and whether they are ready.
+pub trait ModelDirectory: Send + Sync + 'static {
+    fn models(&self) -> Vec<ModelEndpoint>;
+    fn get(&self, name: &str) -> Option<ModelEndpoint> {
+        self.models().into_iter().find(|m| m.name == name)
+    }
+}
+
+/// A fixed set of models assumed ready (an unreachable one still answers 503).
+pub struct StaticDirectory(pub Vec<(String, u16)>);
+
+impl ModelDirectory for StaticDirectory {
+    fn models(&self) -> Vec<ModelEndpoint> {
+        self.0
+            .iter()
+            .map(|(name, port)| ModelEndpoint {
+                name: name.clone(),
+                port: *port,
+                state: "unknown".into(),
+                ready: true,
+            })
+            .collect()
+    }
+}
+
+/// Receives each inference request's outcome (the telemetry store records latency from it).
+pub trait RequestObserver: Send + Sync + 'static {
+    fn observe(&self, model: &str, status: u16, latency: Duration);
+}
+
+/// Extra Prometheus text appended to `/metrics` (the telemetry store's series).
+pub trait MetricsText: Send + Sync + 'static {
+    fn render(&self) -> String;
+}
+
+pub struct Auth {
+    pub tokens: Tokens,
+    pub keys: ApiKeyStore,
+    pub limiter: ratelimit::SubjectLimiter,
+}
+
+pub struct AppState {
+    pub directory: Arc<dyn ModelDirectory>,
+    pub http: reqwest::Client,
+    pub auth: Option<Auth>,
+    pub metrics: metrics::ApiMetrics,
+    pub audit: AuditSink,
+    pub observer: Option<Arc<dyn RequestObserver>>,
+    pub extra_metrics: Option<Arc<dyn MetricsText>>,
+    pub request_timeout: Duration,
+    pub body_limit: usize,
+    pub capacity: Arc<Semaphore>,
+    pub max_concurrency: usize,
+}
+
+/// Everything needed to build the gateway besides the config.
+pub struct Peers {
+    pub directory: Arc<dyn ModelDirectory>,
+    pub audit: AuditSink,
+    pub observer: Option<Arc<dyn RequestObserver>>,
+    pub extra_metrics: Option<Arc<dyn MetricsText>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("auth: {0}")]
+    Jwt(#[from] auth::JwtError),
+    #[error("auth: {0}")]
+    Keys(#[from] auth::KeyError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Client(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+impl AppState {
+    pub fn new(config: &Config, peers: Peers) -> Result<AppState, ApiStartError> {
+        let auth = match config.auth_enabled() {
+            None => None,
+            Some(a) => {
+                let tokens = match &a.jwt_public_key {
+                    Some(public) => Tokens::from_files(
+                        &config.resolve(public),
+                        a.jwt_private_key
+                            .as_ref()
+                            .map(|p| config.resolve(p))
+                            .as_deref(),
+                        &a.issuer,
+                        &a.audience,
+                    )?,
+                    None => return Err(ApiStartError::Client("auth needs jwt_public_key".into())),
+                };
+                let keys = match &a.api_keys_file {
+                    Some(path) => ApiKeyStore::load(&config.resolve(path))?,
+                    None => ApiKeyStore::default(),
+                };
+                Some(Auth {
+                    tokens,
+                    keys,
+                    limiter: ratelimit::SubjectLimiter::per_hour(a.rate_limit_per_hour),
+                })
+            }
+        };
+        let http = proxy::client(config.api.max_concurrency)
+            .map_err(|e| ApiStartError::Client(e.to_string()))?;
+        Ok(AppState {
+            directory: peers.directory,
+            http,
+            auth,
+            metrics: metrics::ApiMetrics::new()?,
+            audit: peers.audit,
+            observer: peers.observer,
+            extra_metrics: peers.extra_metrics,
+            request_timeout: config.api.request_timeout,
+            body_limit: config.api.body_limit_bytes,
+            capacity: Arc::new(Semaphore::new(config.api.max_concurrency)),
+            max_concurrency: config.api.max_concurrency,
+        })
+    }
+}
+
+/// The gateway's routes and layers.
+pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
+    use axum::middleware::from_fn_with_state;
+    use middleware::{Required, authorize};
+
+    let open = Router::new()
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/openapi.json", get(routes::openapi_json))
+        .route("/docs", get(routes::docs))
+        .route("/auth/token", post(routes::token))
+        .route("/auth/refresh", post(routes::refresh));
+    let viewer = Router::new()
+        .route("/metrics", get(routes::metrics))
+        .route("/api/v1/models", get(routes::list_models))
+        .route_layer(from_fn_with_state(
+            (state.clone(), Required(auth::Role::Viewer)),
+            authorize,
+        ));
+    let user = Router::new()
+        .route("/api/v1/batch-analysis", post(routes::batch))
+        .route("/api/v1/{model}", post(routes::infer))
+        .route_layer(from_fn_with_state(
+            (state.clone(), Required(auth::Role::User)),
+            authorize,
+        ));
+
+    open.merge(viewer)
+        .merge(user)
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(from_fn_with_state(state.clone(), middleware::shed))
+        .layer(middleware::cors(cors_origins))
+        .layer(from_fn_with_state(state.clone(), middleware::observe))
+        .layer(from_fn_with_state(state.clone(), middleware::json_errors))
+        .layer(middleware::request_id_layers())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    cors_origins: &[String],
+    shutdown: CancellationToken,
+) -> Result<(), ApiStartError> {
+    let app = router(state, cors_origins);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .map_err(ApiStartError::Serve)
+}
+
+/// Binds `addr`, with a clear error.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiStartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiStartError::Bind { addr, source })
+}
+
+impl From<ApiError> for ApiStartError {
+    fn from(e: ApiError) -> Self {
+        ApiStartError::Client(e.to_string())
+    }
+}

@@ -1,0 +1,435 @@
+//! Route handlers. Paths and shapes are the contract in DESIGN.md "HTTP".
+
+use super::auth::Principal;
+use super::error::ApiError;
+use super::middleware::{ModelTag, request_id};
+use super::{AppState, proxy};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// Items allowed in one batch-analysis request.
+pub const MAX_BATCH_ITEMS: usize = 32;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+#[utoipa::path(get, path = "/health", tag = "agent", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Each model's supervisor state.
+    pub models: std::collections::BTreeMap<String, String>,
+}
+
+#[utoipa::path(get, path = "/ready", tag = "agent", responses(
+    (status = 200, body = Readiness, description = "every model is ready"),
+    (status = 503, body = Readiness, description = "some model is not ready")))]
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let models = state.directory.models();
+    let ready = !models.is_empty() && models.iter().all(|m| m.ready);
+    let body = Readiness {
+        ready,
+        models: models.into_iter().map(|m| (m.name, m.state)).collect(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "agent", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = state.metrics.render();
+    if let Some(extra) = &state.extra_metrics {
+        text.push_str(&extra.render());
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelInfo {
+    pub name: String,
+    pub port: u16,
+    pub state: String,
+    pub ready: bool,
+    /// The model's `/metadata` (schema, version, example), null when it does not answer.
+    #[schema(value_type = Object)]
+    pub metadata: Option<Value>,
+}
+
+#[utoipa::path(get, path = "/api/v1/models", tag = "models", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ModelInfo>)))]
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Vec<ModelInfo>> {
+    let models = state.directory.models();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, m) in models.iter().enumerate() {
+        let http = state.http.clone();
+        let port = m.port;
+        tasks.spawn(async move { (i, proxy::metadata(&http, port).await) });
+    }
+    let mut metadata = vec![None; models.len()];
+    while let Some(Ok((i, meta))) = tasks.join_next().await {
+        metadata[i] = meta;
+    }
+    Json(
+        models
+            .into_iter()
+            .zip(metadata)
+            .map(|(m, metadata)| ModelInfo {
+                name: m.name,
+                port: m.port,
+                state: m.state,
+                ready: m.ready,
+                metadata,
+            })
+            .collect(),
+    )
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })
+}
+
+/// Runs one inference through the gateway's checks and the model; returns the model's reply.
+async fn call_model(
+    state: &AppState,
+    model: &str,
+    body: Bytes,
+    request_id: &str,
+) -> Result<proxy::ModelReply, ApiError> {
+    let endpoint = state
+        .directory
+        .get(model)
+        .ok_or_else(|| ApiError::NotFound {
+            what: "model",
+            name: model.to_string(),
+        })?;
+    if !endpoint.ready {
+        return Err(ApiError::Unavailable(
+            format!("model {model} is not ready (state {})", endpoint.state),
+            Duration::from_secs(2),
+        ));
+    }
+    proxy::forward(
+        &state.http,
+        model,
+        endpoint.port,
+        body,
+        request_id,
+        state.request_timeout,
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/{model}", tag = "models", security(("bearer" = [])),
+    params(("model" = String, Path, description = "connection-designer, section-optimizer, clash-detector, compliance-checker or risk-analyzer")),
+    request_body(content = Object, description = "the model's input; GET /api/v1/models shows each schema and an example"),
+    responses(
+        (status = 200, description = "the model's output", body = Object),
+        (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
+        (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
+pub async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let known = state.directory.get(&model).is_some();
+    let result = async {
+        require_json(&headers)?;
+        let body = body_bytes(body, state.body_limit)?;
+        call_model(&state, &model, body, &request_id(&headers)).await
+    }
+    .await;
+    let mut response = match result {
+        Ok(reply) => {
+            let mut r = (reply.status, reply.body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(v) = reply
+                .retry_after
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+            {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        Err(e) => e.into_response(),
+    };
+    if known {
+        response.extensions_mut().insert(ModelTag(model));
+    }
+    response
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct BatchRequest {
+    /// Up to 32 model calls, run concurrently.
+    pub requests: Vec<BatchItem>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct BatchItem {
+    pub model: String,
+    /// The model's input, as for `POST /api/v1/{model}`.
+    #[schema(value_type = Object)]
+    pub input: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchResult {
+    pub model: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub error: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+#[utoipa::path(post, path = "/api/v1/batch-analysis", tag = "models", security(("bearer" = [])),
+    request_body = BatchRequest,
+    responses((status = 200, body = BatchResponse, description = "one result per item, in order; a failed item does not fail the batch"),
+        (status = 400, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub async fn batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    require_json(&headers)?;
+    let body = body_bytes(body, state.body_limit)?;
+    let request: BatchRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?;
+    if request.requests.is_empty() || request.requests.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::Unprocessable(format!(
+            "requests: between 1 and {MAX_BATCH_ITEMS} items"
+        )));
+    }
+    let parent_id = request_id(&headers);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, item) in request.requests.into_iter().enumerate() {
+        let state = state.clone();
+        let request_id = format!("{parent_id}-{i}");
+        tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let body = Bytes::from(serde_json::to_vec(&item.input).unwrap_or_default());
+            let result = call_model(&state, &item.model, body, &request_id).await;
+            let status = match &result {
+                Ok(reply) => reply.status.as_u16(),
+                Err(e) => e.status().as_u16(),
+            };
+            if let Some(observer) = &state.observer
+                && state.directory.get(&item.model).is_some()
+            {
+                observer.observe(&item.model, status, started.elapsed());
+            }
+            let result = match result {
+                Ok(reply) => {
+                    let value: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+                    if reply.status.is_success() {
+                        BatchResult {
+                            model: item.model,
+                            status,
+                            output: Some(value),
+                            error: None,
+                        }
+                    } else {
+                        let error = value.get("error").cloned().unwrap_or(value);
+                        BatchResult {
+                            model: item.model,
+                            status,
+                            output: None,
+                            error: Some(error),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let error = serde_json::to_value(e.body().error).unwrap_or(Value::Null);
+                    BatchResult {
+                        model: item.model,
+                        status,
+                        output: None,
+                        error: Some(error),
+                    }
+                }
+            };
+            (i, result)
+        });
+    }
+    let mut results: Vec<Option<BatchResult>> = Vec::new();
+    results.resize_with(tasks.len(), || None);
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) =
+            joined.map_err(|e| ApiError::Internal(format!("batch item task: {e}")))?;
+        results[i] = Some(result);
+    }
+    Ok(Json(BatchResponse {
+        results: results.into_iter().flatten().collect(),
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct TokenRequest {
+    pub api_key: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[utoipa::path(post, path = "/auth/token", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = super::auth::TokenPair), (status = 401, body = super::error::ErrorBody),
+        (status = 501, body = super::error::ErrorBody, description = "auth off or no private key here")))]
+pub async fn token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let auth = state
+        .auth
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("auth is not enabled on this agent"))?;
+    if !auth.tokens.can_issue() {
+        return Err(ApiError::NotConfigured(
+            "no jwt_private_key: tokens are not issued here",
+        ));
+    }
+    require_json(&headers)?;
+    let body = body_bytes(body, state.body_limit)?;
+    let request: TokenRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?;
+    // argon2 is deliberately slow: keep it off the async workers.
+    let key = request.api_key;
+    let state2 = state.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        state2
+            .auth
+            .as_ref()
+            .and_then(|a| a.keys.verify(&key))
+            .map(|k| Principal {
+                subject: k.user.clone(),
+                role: k.role,
+            })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("key check: {e}")))?;
+    let principal = stored.ok_or(ApiError::Unauthenticated("invalid_api_key"))?;
+    let pair = auth
+        .tokens
+        .issue_pair(&principal)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = Json(pair).into_response();
+    response.extensions_mut().insert(principal);
+    Ok(response)
+}
+
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = super::auth::TokenPair), (status = 401, body = super::error::ErrorBody)))]
+pub async fn refresh(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<super::auth::TokenPair>, ApiError> {
+    let auth = state
+        .auth
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("auth is not enabled on this agent"))?;
+    if !auth.tokens.can_issue() {
+        return Err(ApiError::NotConfigured(
+            "no jwt_private_key: tokens are not issued here",
+        ));
+    }
+    require_json(&headers)?;
+    let body = body_bytes(body, state.body_limit)?;
+    let request: RefreshRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?;
+    auth.tokens
+        .refresh(&request.refresh_token)
+        .map(Json)
+        .map_err(|e| {
+            tracing::debug!(error = %e, "refresh rejected");
+            ApiError::Unauthenticated("invalid_refresh_token")
+        })
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "agent", responses((status = 200, description = "this document")))]
+pub async fn openapi_json() -> Response {
+    match super::openapi::document_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => ApiError::Internal(e).into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/docs", tag = "agent", responses((status = 200, description = "API reference page", content_type = "text/html")))]
+pub async fn docs() -> Html<&'static str> {
+    Html(super::openapi::DOCS_PAGE)
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        what: "route",
+        name: "see /openapi.json".to_string(),
+    }
+}

@@ -1,0 +1,755 @@
+//! The inference API gateway over real HTTP on 127.0.0.1: model routes proxied to model
+//! servers, errors, auth matrix, rate limits, audit trail, OpenAPI.
+
+mod support;
+
+use axum::{Json, Router, http::HeaderMap, routing::get, routing::post};
+use base64::Engine;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use warden::api::{self, ModelDirectory, ModelEndpoint, audit::AuditSink};
+use warden::config::Config;
+
+/// A stand-in model process: echoes its input and the request id, like `/infer` does.
+struct ModelServer {
+    port: u16,
+    ready: Arc<AtomicBool>,
+}
+
+async fn start_model(name: &'static str, delay: Duration) -> ModelServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new()
+        .route(
+            "/infer",
+            post(move |headers: HeaderMap, Json(body): Json<Value>| async move {
+                tokio::time::sleep(delay).await;
+                if body.get("inputs").is_none() {
+                    return (
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        Json(json!({"error": {"code": "invalid_input", "message": "inputs: missing field"}})),
+                    );
+                }
+                let id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                (axum::http::StatusCode::OK, Json(json!({"model": name, "echo": body["inputs"], "request_id": id})))
+            }),
+        )
+        .route("/metadata", get(move || async move { Json(json!({"name": name, "version": "1"})) }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    ModelServer {
+        port,
+        ready: Arc::new(AtomicBool::new(true)),
+    }
+}
+
+struct Directory(Vec<(String, u16, Arc<AtomicBool>)>);
+
+impl ModelDirectory for Directory {
+    fn models(&self) -> Vec<ModelEndpoint> {
+        self.0
+            .iter()
+            .map(|(n, p, r)| {
+                let ready = r.load(Ordering::SeqCst);
+                ModelEndpoint {
+                    name: n.clone(),
+                    port: *p,
+                    state: if ready { "ready" } else { "backoff" }.into(),
+                    ready,
+                }
+            })
+            .collect()
+    }
+}
+
+struct Gateway {
+    base: String,
+    audit_path: PathBuf,
+    shutdown: CancellationToken,
+    dir: tempfile::TempDir,
+    ready_flags: Vec<Arc<AtomicBool>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Gateway with models `alpha` (fast), `slow` (300 ms) and `gone` (nothing listening).
+async fn start_gateway(extra_toml: &str, auth: bool) -> Gateway {
+    warden::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let alpha = start_model("alpha", Duration::ZERO).await;
+    let slow = start_model("slow", Duration::from_millis(300)).await;
+    let gone_port = support::net::free_port();
+    let mut toml = String::new();
+    if auth {
+        make_keys(dir.path());
+        toml.push_str(&format!(
+            "[auth]\njwt_public_key = \"{0}/public.pem\"\njwt_private_key = \"{0}/private.pem\"\napi_keys_file = \"{0}/keys.toml\"\n",
+            dir.path().display()
+        ));
+    }
+    toml.push_str(extra_toml);
+    let config = Config::parse(&dir.path().join("warden.toml"), &toml).unwrap();
+    std::fs::write(dir.path().join("warden.toml"), &toml).unwrap();
+    let audit_path = dir.path().join("audit/api.jsonl");
+    let (audit, _writer) = AuditSink::start(&audit_path).await.unwrap();
+    let ready_flags = vec![
+        alpha.ready.clone(),
+        slow.ready.clone(),
+        Arc::new(AtomicBool::new(true)),
+    ];
+    let directory = Directory(vec![
+        ("alpha".into(), alpha.port, alpha.ready.clone()),
+        ("slow".into(), slow.port, slow.ready.clone()),
+        ("gone".into(), gone_port, ready_flags[2].clone()),
+    ]);
+    let peers = api::Peers {
+        directory: Arc::new(directory),
+        audit,
+        observer: None,
+        extra_metrics: None,
+    };
+    let state = Arc::new(api::AppState::new(&config, peers).unwrap());
+    let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let origins = config.api.cors_origins.clone();
+    tokio::spawn(async move { api::serve(listener, state, &origins, token).await });
+    Gateway {
+        base,
+        audit_path,
+        shutdown,
+        dir,
+        ready_flags,
+    }
+}
+
+fn make_keys(dir: &Path) {
+    let private = dir.join("private.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&private)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey");
+    let ok = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(dir.join("public.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl rsa -pubout");
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn post_json(
+    url: &str,
+    body: &Value,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = http().post(url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_routes_proxy_and_report_errors_as_json() {
+    let gw = start_gateway("", false).await;
+    let b = &gw.base;
+
+    // Success: the model's answer, with our request id passed through both ways.
+    let r = http()
+        .post(format!("{b}/api/v1/alpha"))
+        .header("x-request-id", "req-123")
+        .json(&json!({"inputs": [[1.0, 2.0]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "req-123");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"model": "alpha", "echo": [[1.0, 2.0]], "request_id": "req-123"})
+    );
+
+    // A generated request id when the caller sends none.
+    let r = http()
+        .post(format!("{b}/api/v1/alpha"))
+        .json(&json!({"inputs": []}))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers()["x-request-id"].is_empty());
+
+    // The model's own 4xx passes through as-is.
+    let (s, _, v) = post_json(&format!("{b}/api/v1/alpha"), &json!({"wrong": 1}), None).await;
+    assert_eq!((s, error_code(&v)), (422, "invalid_input"));
+    assert_eq!(v["error"]["message"], "inputs: missing field");
+
+    // Unknown model, unknown route, wrong method, wrong media type, oversized body.
+    let (s, _, v) = post_json(&format!("{b}/api/v1/no-such-model"), &json!({}), None).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    let r = http().get(format!("{b}/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(&r.json().await.unwrap()), "not_found");
+    let r = http()
+        .get(format!("{b}/api/v1/alpha"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(error_code(&r.json().await.unwrap()), "method_not_allowed");
+    let r = http()
+        .post(format!("{b}/api/v1/alpha"))
+        .body("inputs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(
+        error_code(&r.json().await.unwrap()),
+        "unsupported_media_type"
+    );
+    let big = json!({"inputs": "x".repeat(3 << 20)});
+    let (s, _, v) = post_json(&format!("{b}/api/v1/alpha"), &big, None).await;
+    assert_eq!((s, error_code(&v)), (413, "payload_too_large"));
+
+    // Model down: 503 with Retry-After; not ready: 503 without calling it.
+    let (s, h, v) = post_json(&format!("{b}/api/v1/gone"), &json!({"inputs": []}), None).await;
+    assert_eq!((s, error_code(&v)), (503, "unavailable"));
+    assert!(h.contains_key("retry-after"));
+    gw.ready_flags[0].store(false, Ordering::SeqCst);
+    let (s, h, v) = post_json(&format!("{b}/api/v1/alpha"), &json!({"inputs": []}), None).await;
+    assert_eq!((s, error_code(&v)), (503, "unavailable"));
+    assert!(h.contains_key("retry-after"));
+    let r = http().get(format!("{b}/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    gw.ready_flags[0].store(true, Ordering::SeqCst);
+    gw.ready_flags[2].store(true, Ordering::SeqCst);
+    let r = http().get(format!("{b}/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http().get(format!("{b}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_analysis_reports_each_item() {
+    let gw = start_gateway("", false).await;
+    let body = json!({"requests": [
+        {"model": "alpha", "input": {"inputs": [[1.0]]}},
+        {"model": "gone", "input": {"inputs": [[2.0]]}},
+        {"model": "nope", "input": {"inputs": [[3.0]]}},
+        {"model": "alpha", "input": {"bad": true}},
+        {"model": "slow", "input": {"inputs": [[4.0]]}},
+    ]});
+    let (s, _, v) = post_json(&format!("{}/api/v1/batch-analysis", gw.base), &body, None).await;
+    assert_eq!(s, 200, "{v}");
+    let statuses: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![200, 503, 404, 422, 200]);
+    assert_eq!(v["results"][0]["output"]["echo"], json!([[1.0]]));
+    assert_eq!(v["results"][4]["output"]["model"], "slow");
+    assert_eq!(v["results"][3]["error"]["code"], "invalid_input");
+    let (s, _, v) = post_json(
+        &format!("{}/api/v1/batch-analysis", gw.base),
+        &json!({"requests": []}),
+        None,
+    )
+    .await;
+    assert_eq!((s, error_code(&v)), (422, "invalid_input"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_metrics_and_openapi() {
+    let gw = start_gateway("", false).await;
+    let b = &gw.base;
+    let models: Value = http()
+        .get(format!("{b}/api/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alpha = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "alpha")
+        .unwrap();
+    assert_eq!(alpha["metadata"]["name"], "alpha");
+    assert_eq!(alpha["state"], "ready");
+    let gone = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "gone")
+        .unwrap();
+    assert!(gone["metadata"].is_null());
+
+    for _ in 0..3 {
+        post_json(&format!("{b}/api/v1/alpha"), &json!({"inputs": []}), None).await;
+    }
+    let _ = http()
+        .get(format!("{b}/some/random/path/12345"))
+        .send()
+        .await
+        .unwrap();
+    let text = http()
+        .get(format!("{b}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"warden_http_requests_total{method="POST",route="/api/v1/{model}",status="200"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"warden_model_requests_total{model="alpha",status="200"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("12345"), "raw paths must not become labels");
+
+    let doc: Value = http()
+        .get(format!("{b}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for path in [
+        "/api/v1/{model}",
+        "/api/v1/batch-analysis",
+        "/api/v1/models",
+        "/auth/token",
+        "/auth/refresh",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from OpenAPI"
+        );
+    }
+    let page = http()
+        .get(format!("{b}/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("/openapi.json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_503() {
+    let gw = start_gateway("[api]\nmax_concurrency = 2\n", false).await;
+    let url = format!("{}/api/v1/slow", gw.base);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            post_json(&url, &json!({"inputs": []}), None).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (s, h, v) = t.await.unwrap();
+        if s == 503 {
+            assert_eq!(error_code(&v), "unavailable");
+            assert!(h.contains_key("retry-after"));
+        }
+        statuses.push(s);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        4,
+        "{statuses:?}"
+    );
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn sign(dir: &Path, claims: &Value) -> String {
+    let pem = std::fs::read(dir.join("private.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        claims,
+        &key,
+    )
+    .unwrap()
+}
+
+fn claims(sub: &str, role: &str) -> Value {
+    let t = now();
+    json!({"sub": sub, "role": role, "iss": "warden", "aud": "structural-design-api",
+           "iat": t, "nbf": t, "exp": t + 900, "jti": "j1", "typ": "access"})
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_matrix_accepts_only_valid_tokens_with_the_right_role() {
+    let gw = start_gateway("", true).await;
+    let dir = gw.dir.path();
+    let url = format!("{}/api/v1/alpha", gw.base);
+    let body = json!({"inputs": []});
+    let valid = sign(dir, &claims("alice", "user"));
+
+    let mut bad: Vec<(&str, Option<String>)> =
+        vec![("no token", None), ("garbage", Some("not.a.jwt".into()))];
+    let with = |patch: &dyn Fn(&mut Value)| {
+        let mut c = claims("alice", "user");
+        patch(&mut c);
+        sign(dir, &c)
+    };
+    bad.push(("expired", Some(with(&|c| c["exp"] = json!(now() - 120)))));
+    bad.push((
+        "not yet valid",
+        Some(with(&|c| c["nbf"] = json!(now() + 600))),
+    ));
+    bad.push((
+        "wrong audience",
+        Some(with(&|c| c["aud"] = json!("someone-else"))),
+    ));
+    bad.push(("wrong issuer", Some(with(&|c| c["iss"] = json!("evil")))));
+    bad.push((
+        "refresh token used as access",
+        Some(with(&|c| c["typ"] = json!("refresh"))),
+    ));
+    let payload = b64(claims("alice", "admin").to_string().as_bytes());
+    bad.push((
+        "alg none",
+        Some(format!(
+            "{}.{payload}.",
+            b64(br#"{"alg":"none","typ":"JWT"}"#)
+        )),
+    ));
+    let public = std::fs::read(dir.join("public.pem")).unwrap();
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims("alice", "admin"),
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    bad.push(("HS256 signed with the public key", Some(hs)));
+    let parts: Vec<&str> = valid.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(claims("alice", "admin").to_string().as_bytes()),
+        parts[2]
+    );
+    bad.push(("tampered payload", Some(tampered)));
+
+    for (what, token) in &bad {
+        let (s, h, v) = post_json(&url, &body, token.as_deref()).await;
+        assert_eq!(s, 401, "{what}: {v}");
+        assert!(h.contains_key("www-authenticate"), "{what}");
+    }
+
+    let (s, _, v) = post_json(&url, &body, Some(&sign(dir, &claims("victor", "viewer")))).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (403, "forbidden"),
+        "viewer may not call models"
+    );
+    let r = http()
+        .get(format!("{}/metrics", gw.base))
+        .bearer_auth(sign(dir, &claims("victor", "viewer")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "viewer may read metrics");
+    let r = http()
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, _, _) = post_json(&url, &body, Some(&valid)).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = post_json(&url, &body, Some(&sign(dir, &claims("root", "admin")))).await;
+    assert_eq!(s, 200, "admin may do everything");
+}
+
+fn warden(args: &[&str]) -> String {
+    let out = std::process::Command::new(support::warden_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "warden {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_exchange_for_tokens_and_refresh_rotates() {
+    let gw = start_gateway("", true).await;
+    let config = gw.dir.path().join("warden.toml");
+    let config = config.to_str().unwrap();
+    // The operator tools: a key is printed once, a token is printed alone.
+    let key = warden(&["keys", "add", "--config", config, "alice", "--role", "user"])
+        .trim()
+        .to_string();
+    assert!(key.starts_with("wdn_"));
+    let keys_file = std::fs::read_to_string(gw.dir.path().join("keys.toml")).unwrap();
+    assert!(!keys_file.contains(&key));
+    let op_token = warden(&[
+        "token", "issue", "--config", config, "--sub", "ops", "--role", "admin",
+    ]);
+    assert_eq!(op_token.trim().split('.').count(), 3);
+
+    // The gateway loads keys at start: a second one on the same config sees the new key.
+    let b = &start_gateway_with_dir(gw.dir.path()).await;
+    let (s, _, v) = post_json(
+        &format!("{b}/auth/token"),
+        &json!({"api_key": "wdn_00000000_wrong"}),
+        None,
+    )
+    .await;
+    assert_eq!((s, error_code(&v)), (401, "invalid_api_key"));
+    let (s, _, pair) = post_json(&format!("{b}/auth/token"), &json!({"api_key": key}), None).await;
+    assert_eq!(s, 200, "{pair}");
+    let access = pair["access_token"].as_str().unwrap();
+    let refresh1 = pair["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(pair["expires_in"], 900);
+    let (s, _, _) = post_json(
+        &format!("{b}/api/v1/alpha"),
+        &json!({"inputs": []}),
+        Some(access),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = post_json(
+        &format!("{b}/api/v1/alpha"),
+        &json!({"inputs": []}),
+        Some(op_token.trim()),
+    )
+    .await;
+    assert_eq!(
+        s, 200,
+        "operator token from `warden token issue` is accepted"
+    );
+
+    let (s, _, pair2) = post_json(
+        &format!("{b}/auth/refresh"),
+        &json!({"refresh_token": refresh1}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let refresh2 = pair2["refresh_token"].as_str().unwrap().to_string();
+    // Reusing the rotated token fails and revokes the family, so the new one dies too.
+    let (s, _, v) = post_json(
+        &format!("{b}/auth/refresh"),
+        &json!({"refresh_token": refresh1}),
+        None,
+    )
+    .await;
+    assert_eq!((s, error_code(&v)), (401, "invalid_refresh_token"));
+    let (s, _, _) = post_json(
+        &format!("{b}/auth/refresh"),
+        &json!({"refresh_token": refresh2}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401, "the family was revoked by the reuse");
+    // An access token is not a refresh token.
+    let (s, _, _) = post_json(
+        &format!("{b}/auth/refresh"),
+        &json!({"refresh_token": access}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+}
+
+/// A second gateway on the same config dir (keys file already written).
+async fn start_gateway_with_dir(dir: &Path) -> String {
+    let toml = std::fs::read_to_string(dir.join("warden.toml")).unwrap();
+    let config = Config::parse(&dir.join("warden.toml"), &toml).unwrap();
+    let alpha = start_model("alpha", Duration::ZERO).await;
+    let (audit, _) = AuditSink::start(&dir.join("audit2/api.jsonl"))
+        .await
+        .unwrap();
+    let directory = Directory(vec![("alpha".into(), alpha.port, alpha.ready.clone())]);
+    let peers = api::Peers {
+        directory: Arc::new(directory),
+        audit,
+        observer: None,
+        extra_metrics: None,
+    };
+    let state = Arc::new(api::AppState::new(&config, peers).unwrap());
+    let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { api::serve(listener, state, &[], CancellationToken::new()).await });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_per_subject_answers_429_with_headers() {
+    let gw = start_gateway("", true).await;
+    let toml = std::fs::read_to_string(gw.dir.path().join("warden.toml")).unwrap()
+        + "rate_limit_per_hour = 3\n";
+    std::fs::write(gw.dir.path().join("warden.toml"), toml).unwrap();
+    let base = start_gateway_with_dir(gw.dir.path()).await;
+    let url = format!("{base}/api/v1/alpha");
+    let alice = sign(gw.dir.path(), &claims("alice", "user"));
+    for remaining in ["2", "1", "0"] {
+        let (s, h, _) = post_json(&url, &json!({"inputs": []}), Some(&alice)).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert_eq!(h["x-ratelimit-remaining"], remaining);
+    }
+    let (s, h, v) = post_json(&url, &json!({"inputs": []}), Some(&alice)).await;
+    assert_eq!((s, error_code(&v)), (429, "rate_limited"));
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 60 && retry <= 1200, "retry-after {retry}");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    let bob = sign(gw.dir.path(), &claims("bob", "user"));
+    let (s, _, _) = post_json(&url, &json!({"inputs": []}), Some(&bob)).await;
+    assert_eq!(s, 200, "another subject has its own allowance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_leaves_exactly_one_audit_record() {
+    let gw = start_gateway("", true).await;
+    let b = gw.base.clone();
+    let dir = gw.dir.path();
+    let alice = sign(dir, &claims("alice", "user"));
+    let viewer = sign(dir, &claims("victor", "viewer"));
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let id = format!("audit-{i}");
+        let req = match i % 8 {
+            0 => http()
+                .post(format!("{b}/api/v1/alpha"))
+                .bearer_auth(&alice)
+                .json(&json!({"inputs": [i]})),
+            1 => http()
+                .post(format!("{b}/api/v1/alpha"))
+                .json(&json!({"inputs": []})),
+            2 => http()
+                .post(format!("{b}/api/v1/alpha"))
+                .bearer_auth(&viewer)
+                .json(&json!({"inputs": []})),
+            3 => http().get(format!("{b}/health")),
+            4 => http().get(format!("{b}/no/such/{i}")),
+            5 => http()
+                .post(format!("{b}/api/v1/gone"))
+                .bearer_auth(&alice)
+                .json(&json!({"inputs": []})),
+            6 => http()
+                .post(format!("{b}/api/v1/alpha"))
+                .bearer_auth("garbage")
+                .json(&json!({})),
+            _ => http().get(format!("{b}/metrics")).bearer_auth(&viewer),
+        };
+        let r = req.header("x-request-id", &id).send().await.unwrap();
+        sent.push((id, r.status().as_u16()));
+    }
+    let records = support::net::wait_until_async(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= sent.len()).then_some((text, lines))
+    })
+    .await;
+    let (text, records) = records.expect("audit records written");
+    assert_eq!(records.len(), sent.len());
+    for ((id, status), record) in sent.iter().zip(&records) {
+        assert_eq!(record["request_id"], id.as_str());
+        assert_eq!(record["status"], *status);
+    }
+    let ok = &records[0];
+    assert_eq!(ok["subject"], "alice");
+    assert_eq!(ok["role"], "user");
+    assert_eq!(ok["route"], "/api/v1/{model}");
+    assert_eq!(ok["model"], "alpha");
+    assert_eq!(ok["outcome"], "success");
+    assert!(ok["bytes_in"].as_u64().unwrap() > 0 && ok["bytes_out"].as_u64().unwrap() > 0);
+    assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(records[1]["status"], 401);
+    assert_eq!(records[2]["status"], 403);
+    assert_eq!(records[4]["route"], "unmatched");
+    assert!(
+        !text.contains(&alice) && !text.contains("garbage"),
+        "no token in the audit log"
+    );
+}
