@@ -4,4 +4,6 @@
 //! → `api` and `console`; `supervisor` and `serving` sit beside the pipeline.
 
 pub mod config;
+pub mod sinks;
+pub mod telemetry;
 pub mod tls;
