@@ -1,5 +1,6 @@
 //! Telemetry: samplers (NVML, host, models) that feed the metric store, and their events.
 
+pub mod bench;
 pub mod catalog;
 pub mod host;
 pub mod models;
