@@ -547,7 +547,8 @@ nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsi
         }
         pthread_mutex_unlock(&lock);
         if (waited >= timeoutms) break;
-        unsigned step = timeoutms - waited < 10 ? timeoutms - waited : 10;
+        /* A real driver blocks on an interrupt; poll the file rarely so the fake costs little. */
+        unsigned step = timeoutms - waited < 100 ? timeoutms - waited : 100;
         sleep_ms(step);
         waited += step;
     }
