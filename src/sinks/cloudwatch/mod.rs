@@ -255,7 +255,18 @@ impl CloudWatchSink {
 
     /// Flushes every (jittered) interval until cancelled, then once more.
     pub async fn run(self, cancel: CancellationToken) {
-        let series = self.store.series_count();
+        // Before the first samples the store is empty: fall back to the catalogue's count.
+        let gpus = self.store.latest("GPUCount", &[]).unwrap_or(0.0) as usize;
+        let models = self
+            .store
+            .series()
+            .iter()
+            .filter(|s| s.key.metric == "ModelUp")
+            .count();
+        let series = self
+            .store
+            .series_count()
+            .max(crate::telemetry::catalog::expected_series(gpus, models));
         let (calls, cost) = estimate_monthly_cost(series, self.cfg.flush_interval);
         tracing::info!(
             namespace = %self.cfg.namespace,
