@@ -3,11 +3,18 @@
 
 use crate::config::{Config, ConfigErrors};
 use crate::control::{ControlError, ControlServer, Dispatcher};
+use crate::sinks::cloudwatch::{CloudWatchSink, config::CloudWatchSinkConfig};
 use crate::supervisor::{SupervisorError, SupervisorHandle, SupervisorOptions};
+use crate::telemetry::{self, MetricStore};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+
+/// Points of history kept per series (10 min at the default 1 s sampling) for alerts and
+/// the console's sparklines.
+const HISTORY_POINTS: usize = 600;
 
 /// How long `warden models init` may take on first run.
 const MODELS_INIT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -30,10 +37,50 @@ pub enum AgentError {
     Api(#[from] crate::api::ApiStartError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::api::audit::AuditError),
+    #[error("CloudWatch: {0}")]
+    CloudWatch(#[from] crate::sinks::cloudwatch::CloudWatchError),
 }
 
-/// The gateway sees models through the supervisor's status (state and readiness).
+/// The gateway and the samplers see models through the supervisor's status.
 struct SupervisedModels(SupervisorHandle);
+
+impl telemetry::ModelSource for SupervisedModels {
+    fn models(&self) -> Vec<telemetry::ModelSample> {
+        self.0
+            .status()
+            .into_iter()
+            .map(|s| telemetry::ModelSample {
+                up: s.state == crate::supervisor::ModelState::Ready,
+                name: s.name,
+                port: s.port,
+                pid: s.pid,
+                restarts: s.restarts,
+            })
+            .collect()
+    }
+}
+
+/// Gateway outcomes feed the store's latency histograms and request/error counters.
+struct StoreObserver(Arc<MetricStore>);
+
+impl crate::api::RequestObserver for StoreObserver {
+    fn observe(&self, model: &str, status: u16, latency: Duration) {
+        // Client mistakes (4xx) are not the model's errors; 5xx and timeouts are.
+        let ok = status < 500;
+        self.0.record_request(
+            model,
+            latency.as_secs_f64() * 1000.0,
+            ok,
+            std::time::SystemTime::now(),
+        );
+    }
+}
+
+impl crate::api::MetricsText for StoreObserver {
+    fn render(&self) -> String {
+        self.0.render()
+    }
+}
 
 impl crate::api::ModelDirectory for SupervisedModels {
     fn models(&self) -> Vec<crate::api::ModelEndpoint> {
@@ -54,6 +101,7 @@ impl crate::api::ModelDirectory for SupervisedModels {
 async fn start_api(
     config: &Config,
     supervisor: &SupervisorHandle,
+    store: &Arc<MetricStore>,
     state_dir: &Path,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
@@ -62,8 +110,8 @@ async fn start_api(
     let peers = api::Peers {
         directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
         audit,
-        observer: None,
-        extra_metrics: None,
+        observer: Some(Arc::new(StoreObserver(store.clone()))),
+        extra_metrics: Some(Arc::new(StoreObserver(store.clone()))),
     };
     let state = std::sync::Arc::new(api::AppState::new(config, peers)?);
     let listener = api::bind(config.agent.listen).await?;
@@ -201,8 +249,29 @@ impl Agent {
             }
         }));
 
+        let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
+        let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
+        tasks.push(telemetry::spawn_samplers(
+            telemetry::SamplerConfig::from_config(&config),
+            store.clone(),
+            Arc::new(SupervisedModels(supervisor.clone())),
+            telemetry_events.clone(),
+            cancel.child_token(),
+        ));
+        if config.cloudwatch.enabled {
+            let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
+            let sink = CloudWatchSink::new(
+                CloudWatchSinkConfig::from_config(&config),
+                &sdk,
+                store.clone(),
+            )?;
+            tasks.push(tokio::spawn(sink.run(cancel.child_token())));
+        } else {
+            tracing::info!("CloudWatch metrics disabled (cloudwatch.enabled = false)");
+        }
+
         let api_cancel = cancel.child_token();
-        tasks.push(start_api(&config, &supervisor, &state_dir, api_cancel.clone()).await?);
+        tasks.push(start_api(&config, &supervisor, &store, &state_dir, api_cancel.clone()).await?);
 
         Ok(Agent {
             supervisor,

@@ -1,11 +1,14 @@
 //! warden: the operations agent for GPU inference hosts.
 //!
 //! Data flows one way: `telemetry` (samplers) → `telemetry::store` → `sinks` and `alerts`
-//! → `api` and `console`; `supervisor` and `serving` sit beside the pipeline.
+//! → `api` and `console`; `supervisor` and `serving` sit beside the pipeline, and `agent`
+//! wires them together for `warden run`.
 
 pub mod agent;
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod sinks;
 pub mod supervisor;
+pub mod telemetry;
 pub mod tls;

@@ -1,8 +1,10 @@
 //! The `warden` binary: parses the command line and hands off to the library.
 
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use warden::api::auth::{ApiKeyStore, Principal, Role, Tokens};
 use warden::config::Config;
 
@@ -19,16 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: supervise the models, serve the control socket (and, later, the API).
+    /// Run the daemon: supervise the models, serve the API and the control socket.
     Run {
         /// Configuration file; without it the embedded default runs.
         #[arg(long)]
         config: Option<PathBuf>,
-    },
-    /// Benchmarks.
-    Bench {
-        #[command(subcommand)]
-        bench: BenchCommand,
     },
     /// Validate a configuration file: exit 0, or print `file:line:col: message` and exit 2.
     CheckConfig { file: PathBuf },
@@ -38,6 +35,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Benchmarks that print ratios measured side by side (not tests).
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -81,58 +81,35 @@ enum BenchCommand {
         #[arg(long, num_args = 1.., allow_hyphen_values = true)]
         command: Option<Vec<String>>,
     },
+    /// Sampling cost with fake GPUs (dev tree: needs gcc for the fake NVML).
+    Telemetry {
+        #[arg(long, default_value_t = 8)]
+        gpus: usize,
+        #[arg(long, default_value_t = 5)]
+        models: usize,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+    let result = match cli.command {
+        Command::CheckConfig { file } => return check_config(&file),
         Command::Run { config } => {
             warden::agent::init_tracing();
-            match warden::agent::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("warden run: {e}");
-                    ExitCode::from(2)
-                }
+            if let Err(e) = warden::agent::run(config) {
+                eprintln!("warden run: {e}");
+                return ExitCode::from(2);
             }
+            Ok(())
         }
-        Command::Bench {
-            bench:
-                BenchCommand::Restart {
-                    model,
-                    kills,
-                    models_dir,
-                    command,
-                },
-        } => {
-            let options = warden::supervisor::bench::RestartBench {
-                model,
-                kills,
-                models_dir,
-                command,
-            };
-            match warden::supervisor::bench::run_restart(options) {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("warden bench restart: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Token(TokenCommand::Issue { config, sub, role }) => {
-            exit_on_error(issue_token(config, sub, role))
-        }
-        Command::Keys(KeysCommand::Add { config, user, role }) => {
-            exit_on_error(add_key(config, user, role))
-        }
-    }
-}
-
-fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
+        Command::Token(TokenCommand::Issue { config, sub, role }) => issue_token(config, sub, role),
+        Command::Keys(KeysCommand::Add { config, user, role }) => add_key(config, user, role),
+        Command::Bench(bench) => run_bench(bench),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -142,11 +119,31 @@ fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
-        Some(p) => Config::load(&p).map_err(|e| anyhow::anyhow!("{e}")),
+        Some(p) => Config::load(&p).map_err(|e| anyhow!("{e}")),
         None => Ok(Config::embedded()),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn issue_token(config: Option<PathBuf>, sub: String, role: Role) -> anyhow::Result<()> {
@@ -154,11 +151,9 @@ fn issue_token(config: Option<PathBuf>, sub: String, role: Role) -> anyhow::Resu
     let auth = config
         .auth
         .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the config has no [auth] section"))?;
+        .ok_or_else(|| anyhow!("the config has no [auth] section"))?;
     let (Some(public), Some(private)) = (&auth.jwt_public_key, &auth.jwt_private_key) else {
-        anyhow::bail!(
-            "auth.jwt_public_key and auth.jwt_private_key are both needed to issue tokens"
-        );
+        bail!("auth.jwt_public_key and auth.jwt_private_key are both needed to issue tokens");
     };
     let tokens = Tokens::from_files(
         &config.resolve(public),
@@ -179,21 +174,48 @@ fn add_key(config: Option<PathBuf>, user: String, role: Role) -> anyhow::Result<
         .auth
         .as_ref()
         .and_then(|a| a.api_keys_file.as_ref())
-        .ok_or_else(|| anyhow::anyhow!("the config sets no auth.api_keys_file"))?;
+        .ok_or_else(|| anyhow!("the config sets no auth.api_keys_file"))?;
     let key = ApiKeyStore::add(&config.resolve(path), &user, role)?;
     println!("{key}");
     Ok(())
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::load(file) {
-        Ok(_) => {
-            println!("{}: ok", file.display());
-            ExitCode::SUCCESS
+fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
+    match bench {
+        BenchCommand::Restart {
+            model,
+            kills,
+            models_dir,
+            command,
+        } => {
+            let options = warden::supervisor::bench::RestartBench {
+                model,
+                kills,
+                models_dir,
+                command,
+            };
+            let report =
+                warden::supervisor::bench::run_restart(options).map_err(|e| anyhow!("{e}"))?;
+            println!("{report}");
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            ExitCode::from(2)
+        BenchCommand::Telemetry {
+            gpus,
+            models,
+            interval,
+            duration,
+        } => {
+            let bench = warden::telemetry::bench::TelemetryBench {
+                gpus,
+                models,
+                interval,
+                duration,
+                flush_interval: Duration::from_secs(60),
+            };
+            let report = runtime()?
+                .block_on(bench.run())
+                .map_err(|e| anyhow!("{e}"))?;
+            print!("{report}");
         }
     }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod moto;
 pub mod net;
+pub mod nvml;
 pub mod slack;
 
 use std::path::PathBuf;

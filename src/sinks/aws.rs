@@ -1,0 +1,48 @@
+//! The AWS SDK configuration every AWS sink shares, built from `[aws]`.
+
+use crate::config::AwsConfig;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use std::time::Duration;
+
+/// True when the environment carries static credentials (they then win over the emulator's).
+fn env_credentials() -> bool {
+    std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+        && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some()
+}
+
+/// Region, endpoint override, rustls (ring) HTTP client, operation + attempt timeouts (the SDK
+/// has no read timeout of its own), and SDK retries off: each sink retries with its own backoff
+/// and spools what still fails. Static test credentials only when an emulator endpoint is set and
+/// the environment has none, so production always uses the normal credential chain.
+pub async fn sdk_config(aws: &AwsConfig) -> SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(aws.attempt_timeout.min(Duration::from_secs(3)))
+        .operation_attempt_timeout(aws.attempt_timeout)
+        .operation_timeout(aws.operation_timeout)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(aws.region.clone()))
+        .http_client(http)
+        .timeout_config(timeouts)
+        .retry_config(RetryConfig::disabled());
+    if let Some(url) = &aws.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+        if !env_credentials() {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "warden-emulator",
+            ));
+        }
+    }
+    loader.load().await
+}

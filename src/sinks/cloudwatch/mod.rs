@@ -1,0 +1,304 @@
+//! CloudWatch metrics sink: every flush interval (jittered) the store's window becomes
+//! PutMetricData calls; failures are retried with backoff, then spooled durably and replayed
+//! oldest-first once CloudWatch answers again.
+//!
+//! Anatomy as in Vector's sinks: `config` (settings), `request` (pure batching), `service` (the
+//! call), `retry` (backoff and error classes).
+
+pub mod config;
+pub mod request;
+pub mod retry;
+pub mod service;
+
+use crate::sinks::spool::{Spool, SpoolError};
+use crate::telemetry::MetricStore;
+use config::CloudWatchSinkConfig;
+use request::{Batch, batches, datums_from_window, unix_ms};
+use retry::ErrorClass;
+use service::PutService;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Replay reads the spool in chunks of this many batches.
+const REPLAY_CHUNK: usize = 16;
+/// CloudWatch list prices (us-east-1): custom metric per month, PutMetricData per 1000 calls.
+const PRICE_PER_METRIC_MONTH: f64 = 0.30;
+const PRICE_PER_1000_CALLS: f64 = 0.01;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudWatchError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Counters describing the sink's work since start (tests, benchmark, console).
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub put_calls: AtomicU64,
+    pub put_failures: AtomicU64,
+    pub datums_sent: AtomicU64,
+    pub batches_spooled: AtomicU64,
+    pub batches_replayed: AtomicU64,
+    pub dropped_too_old: AtomicU64,
+    pub dropped_invalid: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+/// What one flush did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    pub datums: usize,
+    pub sent_batches: usize,
+    pub replayed_batches: usize,
+    pub spooled_batches: usize,
+    pub dropped_batches: usize,
+}
+
+/// Monthly cost estimate for `series` metrics at this flush interval.
+pub fn estimate_monthly_cost(series: usize, flush_interval: Duration) -> (f64, f64) {
+    let flushes = 30.0 * 24.0 * 3600.0 / flush_interval.as_secs_f64().max(1.0);
+    let calls = flushes * (series.div_ceil(request::MAX_DATUMS_PER_CALL).max(1) as f64);
+    (
+        calls,
+        series as f64 * PRICE_PER_METRIC_MONTH + calls / 1000.0 * PRICE_PER_1000_CALLS,
+    )
+}
+
+pub struct CloudWatchSink {
+    cfg: CloudWatchSinkConfig,
+    store: Arc<MetricStore>,
+    service: PutService,
+    spool: Spool,
+    stats: Arc<SinkStats>,
+}
+
+impl CloudWatchSink {
+    /// Opens the spool (replaying what a previous run left) and the client.
+    pub fn new(
+        cfg: CloudWatchSinkConfig,
+        sdk: &aws_config::SdkConfig,
+        store: Arc<MetricStore>,
+    ) -> Result<Self, CloudWatchError> {
+        let spool = Spool::open(&cfg.spool_dir, cfg.max_spool_bytes)?;
+        let pending = spool.pending();
+        if pending > 0 {
+            tracing::info!(
+                batches = pending,
+                "CloudWatch spool has undelivered batches; replaying after the next flush"
+            );
+        }
+        Ok(CloudWatchSink {
+            service: PutService::new(sdk, cfg.namespace.clone()),
+            cfg,
+            store,
+            spool,
+            stats: Arc::new(SinkStats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<SinkStats> {
+        self.stats.clone()
+    }
+
+    /// Undelivered batches waiting in the spool.
+    pub fn spooled(&self) -> u64 {
+        self.spool.pending()
+    }
+
+    /// Batches dropped by the spool's byte bound since start.
+    pub fn spool_dropped(&self) -> u64 {
+        self.spool.dropped()
+    }
+
+    /// One try plus retries with jittered exponential backoff.
+    async fn send(&self, batch: &Batch, attempts: u32) -> Result<(), ErrorClass> {
+        let mut retry = 0;
+        loop {
+            self.stats.put_calls.fetch_add(1, Ordering::Relaxed);
+            match self.service.put(&batch.datums).await {
+                Ok(()) => {
+                    self.stats
+                        .datums_sent
+                        .fetch_add(batch.datums.len() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.stats.put_failures.fetch_add(1, Ordering::Relaxed);
+                    retry += 1;
+                    if e.class == ErrorClass::Permanent || retry >= attempts {
+                        tracing::warn!(error = %e, datums = batch.datums.len(), "CloudWatch PutMetricData failed");
+                        return Err(e.class);
+                    }
+                    tokio::time::sleep(self.cfg.backoff.delay(retry - 1, rand::random::<f64>()))
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn spool_batch(&self, batch: &Batch, report: &mut FlushReport) {
+        let stored = serde_json::to_vec(batch)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.spool.append(&bytes).map_err(|e| e.to_string()));
+        match stored {
+            Ok(_) => {
+                report.spooled_batches += 1;
+                self.stats.batches_spooled.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                report.dropped_batches += 1;
+                tracing::error!(error = %e, datums = batch.datums.len(), "cannot spool CloudWatch batch; dropped");
+            }
+        }
+    }
+
+    /// Replays the spool oldest-first; false when CloudWatch is still failing.
+    async fn replay(&self, now: SystemTime, report: &mut FlushReport) -> bool {
+        let oldest_ok = unix_ms(now) - self.cfg.max_age.as_millis() as i64;
+        loop {
+            let records = match self.spool.peek(REPLAY_CHUNK) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the CloudWatch spool");
+                    return false;
+                }
+            };
+            if records.is_empty() {
+                return true;
+            }
+            for rec in records {
+                let outcome = match serde_json::from_slice::<Batch>(&rec.payload) {
+                    Err(e) => {
+                        tracing::error!(error = %e, seq = rec.seq, "unreadable spooled batch; dropped");
+                        self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
+                        report.dropped_batches += 1;
+                        Ok(())
+                    }
+                    Ok(batch) if batch.created_ms < oldest_ok => {
+                        // CloudWatch rejects datums older than two weeks: sending would only fail.
+                        tracing::warn!(
+                            seq = rec.seq,
+                            datums = batch.datums.len(),
+                            "spooled batch too old for CloudWatch; dropped"
+                        );
+                        self.stats.dropped_too_old.fetch_add(1, Ordering::Relaxed);
+                        report.dropped_batches += 1;
+                        Ok(())
+                    }
+                    Ok(batch) => match self.send(&batch, 1).await {
+                        Ok(()) => {
+                            report.replayed_batches += 1;
+                            self.stats.batches_replayed.fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(ErrorClass::Permanent) => {
+                            self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
+                            report.dropped_batches += 1;
+                            Ok(())
+                        }
+                        Err(ErrorClass::Transient) => Err(()),
+                    },
+                };
+                if outcome.is_err() {
+                    return false;
+                }
+                if let Err(e) = self.spool.ack(rec.seq) {
+                    // Not acked means it may be sent again after a restart; say so.
+                    tracing::error!(error = %e, seq = rec.seq, "cannot record CloudWatch delivery in the spool");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Ships everything recorded since the last flush; replays the spool first so CloudWatch
+    /// sees batches oldest-first, and spools new batches behind any that are still waiting.
+    pub async fn flush_once(&self) -> FlushReport {
+        let now = SystemTime::now();
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        let window = self.store.drain_window();
+        let datums = datums_from_window(&window, now, self.cfg.high_resolution);
+        let mut report = FlushReport {
+            datums: datums.len(),
+            ..FlushReport::default()
+        };
+        let new = batches(datums, now);
+        let mut healthy = self.spool.pending() == 0 || self.replay(now, &mut report).await;
+        for batch in &new {
+            if !healthy {
+                self.spool_batch(batch, &mut report);
+                continue;
+            }
+            match self.send(batch, self.cfg.backoff.attempts.max(1)).await {
+                Ok(()) => report.sent_batches += 1,
+                Err(ErrorClass::Permanent) => {
+                    self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
+                    report.dropped_batches += 1;
+                }
+                Err(ErrorClass::Transient) => {
+                    healthy = false;
+                    self.spool_batch(batch, &mut report);
+                }
+            }
+        }
+        report
+    }
+
+    fn jittered_interval(&self) -> Duration {
+        let j = self.cfg.jitter.clamp(0.0, 0.5);
+        self.cfg
+            .flush_interval
+            .mul_f64(1.0 - j + 2.0 * j * rand::random::<f64>())
+    }
+
+    /// Flushes every (jittered) interval until cancelled, then once more.
+    pub async fn run(self, cancel: CancellationToken) {
+        // Before the first samples the store is empty: fall back to the catalogue's count.
+        let gpus = self.store.latest("GPUCount", &[]).unwrap_or(0.0) as usize;
+        let models = self
+            .store
+            .series()
+            .iter()
+            .filter(|s| s.key.metric == "ModelUp")
+            .count();
+        let series = self
+            .store
+            .series_count()
+            .max(crate::telemetry::catalog::expected_series(gpus, models));
+        let (calls, cost) = estimate_monthly_cost(series, self.cfg.flush_interval);
+        tracing::info!(
+            namespace = %self.cfg.namespace,
+            metrics = series,
+            put_calls_per_month = calls as u64,
+            estimated_usd_per_month = format!("{cost:.2}"),
+            "CloudWatch metrics sink started"
+        );
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.flush_once().await;
+                    return;
+                }
+                _ = tokio::time::sleep(self.jittered_interval()) => {
+                    self.flush_once().await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_estimate_counts_metrics_and_calls() {
+        let (calls, cost) = estimate_monthly_cost(100, Duration::from_secs(60));
+        assert_eq!(calls, 43_200.0);
+        assert!((cost - (30.0 + 0.432)).abs() < 1e-9, "{cost}");
+        let (calls, _) = estimate_monthly_cost(1500, Duration::from_secs(60));
+        assert_eq!(calls, 86_400.0, "two calls per flush above 1000 metrics");
+    }
+}

@@ -1,0 +1,62 @@
+//! The PutMetricData call itself, its failures reduced to a retry class.
+
+use super::request::{Datum, to_sdk};
+use super::retry::{ErrorClass, Failure, classify};
+use aws_config::SdkConfig;
+use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
+
+/// A failed call: whether to retry, and what to log.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("PutMetricData failed ({class:?}): {message}")]
+pub struct PutError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+/// One namespace's PutMetricData client.
+#[derive(Clone)]
+pub struct PutService {
+    client: aws_sdk_cloudwatch::Client,
+    namespace: String,
+}
+
+impl PutService {
+    pub fn new(sdk: &SdkConfig, namespace: impl Into<String>) -> Self {
+        PutService {
+            client: aws_sdk_cloudwatch::Client::new(sdk),
+            namespace: namespace.into(),
+        }
+    }
+
+    pub async fn put(&self, datums: &[Datum]) -> Result<(), PutError> {
+        let result = self
+            .client
+            .put_metric_data()
+            .namespace(&self.namespace)
+            .set_metric_data(Some(datums.iter().map(to_sdk).collect()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let failure = match &e {
+                    SdkError::ConstructionFailure(_) => Failure::Construction,
+                    SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::NoResponse,
+                    SdkError::ResponseError(r) => Failure::Service {
+                        status: r.raw().status().as_u16(),
+                        code: None,
+                    },
+                    SdkError::ServiceError(s) => Failure::Service {
+                        status: s.raw().status().as_u16(),
+                        code: s.err().code(),
+                    },
+                    _ => Failure::NoResponse,
+                };
+                Err(PutError {
+                    class: classify(failure),
+                    message: format!("{}", aws_sdk_cloudwatch::error::DisplayErrorContext(&e)),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Prometheus text exposition of the whole store, labelled host/gpu/model (the agent's /metrics).
+
+use crate::telemetry::catalog::{CATALOG, Kind};
+use crate::telemetry::{MetricStore, SeriesKey};
+use std::fmt::Write as _;
+
+/// Latency histogram buckets, in ms.
+pub const LATENCY_BUCKETS_MS: &[f64] = &[
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 5000.0, 10000.0,
+];
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn labels(key: &SeriesKey, extra: Option<(&str, String)>) -> String {
+    let mut parts: Vec<String> = key
+        .dims
+        .iter()
+        .map(|(d, v)| format!("{}=\"{}\"", d.label(), escape(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    format!("{{{}}}", parts.join(","))
+}
+
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Renders every series in catalogue order, one HELP/TYPE block per metric.
+pub fn render(store: &MetricStore) -> String {
+    let series = store.series();
+    let histograms = store.histograms(LATENCY_BUCKETS_MS);
+    let mut out = String::new();
+    for def in CATALOG {
+        match def.kind {
+            Kind::Gauge | Kind::Counter => {
+                let rows: Vec<_> = series.iter().filter(|s| s.key.metric == def.name).collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let (name, ty) = match def.kind {
+                    Kind::Counter => (format!("{}_total", def.prometheus), "counter"),
+                    _ => (def.prometheus.to_string(), "gauge"),
+                };
+                let _ = writeln!(out, "# HELP {name} {}", def.description);
+                let _ = writeln!(out, "# TYPE {name} {ty}");
+                for s in rows {
+                    let _ = writeln!(out, "{name}{} {}", labels(&s.key, None), number(s.value));
+                }
+            }
+            Kind::Histogram => {
+                let rows: Vec<_> = histograms
+                    .iter()
+                    .filter(|h| h.key.metric == def.name)
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let name = def.prometheus;
+                let _ = writeln!(out, "# HELP {name} {}", def.description);
+                let _ = writeln!(out, "# TYPE {name} histogram");
+                for h in rows {
+                    for (le, count) in &h.buckets {
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{} {count}",
+                            labels(&h.key, Some(("le", number(*le))))
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{} {}",
+                        labels(&h.key, Some(("le", "+Inf".into()))),
+                        h.count
+                    );
+                    let _ = writeln!(
+                        out,
+                        "{name}_sum{} {}",
+                        labels(&h.key, None),
+                        number(h.sum_ms)
+                    );
+                    let _ = writeln!(out, "{name}_count{} {}", labels(&h.key, None), h.count);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl MetricStore {
+    /// Prometheus text of everything in the store (mount at the agent's `/metrics`).
+    pub fn render(&self) -> String {
+        render(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::telemetry::{Dim, MetricStore};
+    use std::time::SystemTime;
+
+    #[test]
+    fn renders_gauges_counters_and_histograms_with_labels() {
+        let store = MetricStore::new("h\"1", 4);
+        let now = SystemTime::now();
+        store.set_gauge("GPUUtilization", &[(Dim::Gpu, "0")], 42.5, now);
+        store.record_request("m", 3.0, true, now);
+        store.record_request("m", 30.0, false, now);
+        let text = store.render();
+        assert!(
+            text.contains("# TYPE warden_gpu_utilization_percent gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warden_gpu_utilization_percent{host=\"h\\\"1\",gpu=\"0\"} 42.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warden_model_requests_total{host=\"h\\\"1\",model=\"m\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warden_model_errors_total{host=\"h\\\"1\",model=\"m\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "warden_model_latency_ms_bucket{host=\"h\\\"1\",model=\"m\",le=\"5\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "warden_model_latency_ms_bucket{host=\"h\\\"1\",model=\"m\",le=\"+Inf\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("warden_model_latency_ms_count{host=\"h\\\"1\",model=\"m\"} 2\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Model sampling: up, restarts, CPU and RSS per model process, GPU memory attributed by pid,
+//! and queue depth / batch size scraped from each child's `/metrics`.
+
+use super::catalog::Dim;
+use super::nvml::ProcessMemory;
+use super::store::MetricStore;
+use std::time::{Duration, SystemTime};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+/// What the supervisor knows about one model process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSample {
+    pub name: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub up: bool,
+    pub restarts: u64,
+}
+
+/// The supervisor's view of its children (the lead implements it on the supervisor handle).
+pub trait ModelSource: Send + Sync + 'static {
+    fn models(&self) -> Vec<ModelSample>;
+}
+
+impl<F> ModelSource for F
+where
+    F: Fn() -> Vec<ModelSample> + Send + Sync + 'static,
+{
+    fn models(&self) -> Vec<ModelSample> {
+        self()
+    }
+}
+
+/// Values a child exposes on its own `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ChildMetrics {
+    pub queue_depth: Option<f64>,
+    pub batch_size: Option<f64>,
+}
+
+/// Tolerant Prometheus-text scrape: `warden_model_queue_depth` and `warden_model_batch_size`
+/// as gauges, or a batch-size histogram/summary (`_sum`/`_count` → mean); labels ignored.
+pub fn parse_child_metrics(text: &str) -> ChildMetrics {
+    let mut out = ChildMetrics::default();
+    let (mut bs_sum, mut bs_count) = (None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let rest = match line[name_end..].rfind('}') {
+            Some(i) => &line[name_end + i + 1..],
+            None => &line[name_end..],
+        };
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if !value.is_finite() {
+            continue;
+        }
+        match name {
+            "warden_model_queue_depth" => out.queue_depth = Some(value),
+            "warden_model_batch_size" => out.batch_size = Some(value),
+            "warden_model_batch_size_sum" => bs_sum = Some(value),
+            "warden_model_batch_size_count" => bs_count = Some(value),
+            _ => {}
+        }
+    }
+    if out.batch_size.is_none()
+        && let (Some(s), Some(c)) = (bs_sum, bs_count)
+        && c > 0.0
+    {
+        out.batch_size = Some(s / c);
+    }
+    out
+}
+
+/// Samples every model the source reports.
+pub struct ModelSampler {
+    source: std::sync::Arc<dyn ModelSource>,
+    gpu: ProcessMemory,
+    sys: Option<System>,
+    http: Option<reqwest::Client>,
+}
+
+impl ModelSampler {
+    /// `gpu` is the NVML sampler's per-process memory; `scrape_timeout` bounds each `/metrics`.
+    pub fn new(
+        source: std::sync::Arc<dyn ModelSource>,
+        gpu: ProcessMemory,
+        scrape_timeout: Duration,
+    ) -> Self {
+        // reqwest is built without a default TLS provider; plain http needs none, but
+        // building a client still asks for one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(scrape_timeout)
+            .no_proxy()
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no HTTP client: child /metrics not scraped"))
+            .ok();
+        let sys = System::new()
+            .map_err(|e| tracing::warn!(error = %e, "no process info: model CPU/RSS not sampled"))
+            .ok();
+        ModelSampler {
+            source,
+            gpu,
+            sys,
+            http,
+        }
+    }
+
+    /// One round into the store.
+    pub async fn sample(&mut self, store: &MetricStore) {
+        let models = self.source.models();
+        let at = SystemTime::now();
+        let pids: Vec<Pid> = models
+            .iter()
+            .filter_map(|m| m.pid.map(Pid::from_u32))
+            .collect();
+        if let Some(sys) = &mut self.sys
+            && !pids.is_empty()
+        {
+            sys.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&pids),
+                true,
+                ProcessRefreshKind::nothing().with_cpu().with_memory(),
+            );
+        }
+        let scrapes = models.iter().map(|m| {
+            let http = self.http.clone();
+            let url = format!("http://127.0.0.1:{}/metrics", m.port);
+            let up = m.up;
+            async move {
+                let http = http.filter(|_| up)?;
+                let resp = http.get(&url).send().await.ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                resp.text().await.ok().map(|t| parse_child_metrics(&t))
+            }
+        });
+        let scraped = join_scrapes(scrapes.collect()).await;
+
+        for (m, child) in models.iter().zip(scraped) {
+            let dims = [(Dim::Model, m.name.as_str())];
+            store.set_gauge("ModelUp", &dims, f64::from(u8::from(m.up)), at);
+            store.set_counter_total("ModelRestarts", &dims, m.restarts as f64, at);
+            if let Some(pid) = m.pid {
+                if let Some(p) = self
+                    .sys
+                    .as_ref()
+                    .and_then(|s| s.process(Pid::from_u32(pid)))
+                {
+                    store.set_gauge("ModelCPUUtilization", &dims, f64::from(p.cpu_usage()), at);
+                    store.set_gauge("ModelRSS", &dims, p.memory() as f64, at);
+                }
+                store.set_gauge(
+                    "ModelGPUMemoryUsed",
+                    &dims,
+                    self.gpu.get(pid).unwrap_or(0) as f64,
+                    at,
+                );
+            }
+            if let Some(c) = child {
+                if let Some(q) = c.queue_depth {
+                    store.set_gauge("ModelQueueDepth", &dims, q, at);
+                }
+                if let Some(b) = c.batch_size {
+                    store.set_gauge("ModelBatchSize", &dims, b, at);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the scrapes concurrently (each bounded by the client timeout), results in order.
+async fn join_scrapes<F>(futs: Vec<F>) -> Vec<Option<ChildMetrics>>
+where
+    F: std::future::Future<Output = Option<ChildMetrics>> + Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.ok().flatten());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_reads_gauges_and_tolerates_noise() {
+        let text = "# HELP warden_model_queue_depth q\n# TYPE warden_model_queue_depth gauge\n\
+                    warden_model_queue_depth{model=\"a\"} 7\nwarden_model_batch_size 3.5\n\
+                    garbage line\nother_metric 1\nwarden_model_queue_depth{x=\"}\"} NaN\n";
+        let m = parse_child_metrics(text);
+        assert_eq!(m.queue_depth, Some(7.0));
+        assert_eq!(m.batch_size, Some(3.5));
+    }
+
+    #[test]
+    fn batch_size_histogram_becomes_its_mean() {
+        let text = "warden_model_batch_size_bucket{le=\"4\"} 2\nwarden_model_batch_size_sum 12\n\
+                    warden_model_batch_size_count 4\n";
+        let m = parse_child_metrics(text);
+        assert_eq!(m.batch_size, Some(3.0));
+        assert_eq!(m.queue_depth, None);
+        assert_eq!(parse_child_metrics(""), ChildMetrics::default());
+    }
+}
