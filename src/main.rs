@@ -81,6 +81,20 @@ enum BenchCommand {
         #[arg(long, num_args = 1.., allow_hyphen_values = true)]
         command: Option<Vec<String>>,
     },
+    /// Load through the gateway (many clients), then direct-vs-gateway overhead, one run.
+    Api {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 32)]
+        overhead_clients: usize,
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        overhead_duration: Duration,
+        /// Reuse weights (`warden models init`) instead of writing them in a temp dir.
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+    },
     /// Sampling cost with fake GPUs (dev tree: needs gcc for the fake NVML).
     Telemetry {
         #[arg(long, default_value_t = 8)]
@@ -197,6 +211,25 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
             let report =
                 warden::supervisor::bench::run_restart(options).map_err(|e| anyhow!("{e}"))?;
             println!("{report}");
+        }
+        BenchCommand::Api {
+            clients,
+            duration,
+            overhead_clients,
+            overhead_duration,
+            models_dir,
+        } => {
+            let bench = warden::api::bench::ApiBench {
+                clients,
+                duration,
+                overhead_clients,
+                overhead_duration,
+                models_dir,
+            };
+            let report = runtime()?
+                .block_on(bench.run())
+                .map_err(|e| anyhow!("{e}"))?;
+            print!("{report}");
         }
         BenchCommand::Telemetry {
             gpus,
