@@ -11,8 +11,8 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Longest wait for the models before READY=1 is sent anyway (the unit's TimeoutStartSec is
-/// 5 min, which also covers `models init` on first boot).
+/// Longest wait for the models before READY=1 is sent anyway (the unit's TimeoutStartSec of
+/// 8 min covers this plus `models init` on first boot).
 pub const MAX_READY_WAIT: Duration = Duration::from_secs(120);
 
 /// How often the main loop ticks when systemd set no watchdog (readiness and status upkeep).
