@@ -43,6 +43,20 @@ pub struct DashboardSpec {
     pub gpus: u32,
     /// CloudWatch alarm ARNs for the alarm status widget (none: no widget).
     pub alarm_arns: Vec<String>,
+    /// Alert thresholds drawn as horizontal lines on the graphs of their metric.
+    pub thresholds: Vec<Threshold>,
+}
+
+/// A metric alert rule's threshold, as a dashboard annotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub rule: String,
+    pub metric: String,
+    /// The rule's reducer (`avg`, `max`, `p95`, ...): a percentile rule only marks that
+    /// percentile's graph.
+    pub reducer: String,
+    pub value: f64,
+    pub severity: String,
 }
 
 impl DashboardSpec {
@@ -61,13 +75,14 @@ impl DashboardSpec {
             .collect();
         models.sort();
         let region = config.aws.region.clone();
+        let thresholds = metric_rules(config)?;
         let alarm_arns = match account_of(config) {
-            Some(account) => metric_rule_names(config)?
+            Some(account) => thresholds
                 .iter()
-                .map(|rule| {
+                .map(|t| {
                     format!(
                         "arn:aws:cloudwatch:{region}:{account}:alarm:{}",
-                        alarm_name(rule)
+                        alarm_name(&t.rule)
                     )
                 })
                 .collect(),
@@ -81,6 +96,7 @@ impl DashboardSpec {
             models,
             gpus,
             alarm_arns,
+            thresholds,
         })
     }
 }
@@ -103,9 +119,9 @@ fn account_of(config: &Config) -> Option<String> {
     .find_map(|arn| arn.split(':').nth(4).map(str::to_string))
 }
 
-/// Names of the metric (not event) rules in the configured rule files (else the built-in
-/// defaults), in file order.
-fn metric_rule_names(config: &Config) -> Result<Vec<String>, DashboardError> {
+/// The metric (not event) rules in the configured rule files (else the built-in defaults), in
+/// file order.
+fn metric_rules(config: &Config) -> Result<Vec<Threshold>, DashboardError> {
     let sources: Vec<(String, String)> = match &config.alerts.rules {
         None => vec![(
             "alerts/default.toml (built in)".into(),
@@ -136,11 +152,22 @@ fn metric_rule_names(config: &Config) -> Result<Vec<String>, DashboardError> {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         for rule in rules.iter().filter_map(toml::Value::as_table) {
-            if rule.contains_key("metric")
-                && let Some(name) = rule.get("name").and_then(toml::Value::as_str)
-            {
-                names.push(name.to_string());
-            }
+            let text = |key: &str| rule.get(key).and_then(toml::Value::as_str);
+            let (Some(name), Some(metric)) = (text("name"), text("metric")) else {
+                continue;
+            };
+            let value = match rule.get("threshold") {
+                Some(toml::Value::Integer(i)) => *i as f64,
+                Some(toml::Value::Float(f)) => *f,
+                _ => continue,
+            };
+            names.push(Threshold {
+                rule: name.to_string(),
+                metric: metric.to_string(),
+                reducer: text("reducer").unwrap_or("last").to_string(),
+                value,
+                severity: text("severity").unwrap_or("warning").to_string(),
+            });
         }
     }
     Ok(names)
@@ -190,6 +217,9 @@ struct Widget {
     stat: &'static str,
     unit: &'static str,
     metrics: Vec<Value>,
+    /// The alert metric whose thresholds this graph shows (rules may alert on derived
+    /// metrics such as `ModelErrorRate`).
+    alert_metric: &'static str,
 }
 
 impl Widget {
@@ -199,7 +229,33 @@ impl Widget {
             stat,
             unit,
             metrics: Vec::new(),
+            alert_metric: "",
         }
+    }
+
+    /// Horizontal lines for the rules on this graph's metric; a percentile rule only on the
+    /// graph of that percentile.
+    fn annotations(&self, thresholds: &[Threshold]) -> Vec<Value> {
+        thresholds
+            .iter()
+            .filter(|t| t.metric == self.alert_metric)
+            .filter(|t| !t.reducer.starts_with('p') || t.reducer == self.stat)
+            .map(|t| {
+                json!({
+                    "label": format!("{} ({})", t.rule, t.severity),
+                    "value": t.value,
+                    "color": severity_colour(&t.severity),
+                })
+            })
+            .collect()
+    }
+}
+
+fn severity_colour(severity: &str) -> &'static str {
+    match severity {
+        "critical" => "#d62728",
+        "warning" => "#ff7f0e",
+        _ => "#1f77b4",
     }
 }
 
@@ -212,6 +268,7 @@ fn per_model(
 ) -> Result<Widget, DashboardError> {
     let def = catalog::lookup(metric).ok_or(DashboardError::UnknownMetric(metric))?;
     let mut w = Widget::new(title, stat, axis_label(def));
+    w.alert_metric = def.name;
     for m in &spec.models {
         w.metrics.push(metric_row(
             spec,
@@ -232,6 +289,7 @@ fn per_gpu(
 ) -> Result<Widget, DashboardError> {
     let def = catalog::lookup(metric).ok_or(DashboardError::UnknownMetric(metric))?;
     let mut w = Widget::new(title, stat, axis_label(def));
+    w.alert_metric = def.name;
     for gpu in 0..spec.gpus {
         let index = gpu.to_string();
         w.metrics.push(metric_row(
@@ -247,6 +305,8 @@ fn per_gpu(
 /// Error rate per model: 100 × errors / requests as metric math over the two counters.
 fn error_rate(spec: &DashboardSpec) -> Result<Widget, DashboardError> {
     let mut w = Widget::new("Error rate per model", "Sum", "Percent");
+    // The alert engine's derived metric: 100 × ModelErrors / ModelRequests.
+    w.alert_metric = "ModelErrorRate";
     for (i, m) in spec.models.iter().enumerate() {
         w.metrics.push(json!([{
             "expression": format!("IF(r{i} > 0, 100 * e{i} / r{i}, 0)"),
@@ -304,7 +364,7 @@ pub fn render(spec: &DashboardSpec) -> Result<Value, DashboardError> {
     let mut widgets: Vec<Value> = Vec::new();
     for (i, g) in graphs.into_iter().enumerate() {
         let (x, y) = place(i as u32);
-        widgets.push(json!({
+        let mut widget = json!({
             "type": "metric",
             "x": x, "y": y, "width": WIDGET_WIDTH, "height": WIDGET_HEIGHT,
             "properties": {
@@ -317,7 +377,12 @@ pub fn render(spec: &DashboardSpec) -> Result<Value, DashboardError> {
                 "yAxis": { "left": { "label": g.unit, "showUnits": false } },
                 "metrics": g.metrics,
             }
-        }));
+        });
+        let lines = g.annotations(&spec.thresholds);
+        if !lines.is_empty() {
+            widget["properties"]["annotations"] = json!({ "horizontal": lines });
+        }
+        widgets.push(widget);
     }
     if !spec.alarm_arns.is_empty() {
         let (x, y) = place(widgets.len() as u32);
@@ -413,6 +478,21 @@ mod tests {
             models: vec!["clash-detector".into(), "risk-analyzer".into()],
             gpus: 2,
             alarm_arns: vec!["arn:aws:cloudwatch:us-east-1:1:alarm:warden-x".into()],
+            thresholds: vec![
+                threshold("lat-warn", "ModelLatency", "p95", 1500.0, "warning"),
+                threshold("gpu-hot", "GPUUtilization", "avg", 90.0, "critical"),
+                threshold("errors", "ModelErrorRate", "avg", 5.0, "critical"),
+            ],
+        }
+    }
+
+    fn threshold(rule: &str, metric: &str, reducer: &str, value: f64, sev: &str) -> Threshold {
+        Threshold {
+            rule: rule.into(),
+            metric: metric.into(),
+            reducer: reducer.into(),
+            value,
+            severity: sev.into(),
         }
     }
 
@@ -486,6 +566,44 @@ mod tests {
                 .iter()
                 .all(|w| w["type"] == "metric")
         );
+    }
+
+    #[test]
+    fn rule_thresholds_mark_the_graphs_of_their_metric_and_percentile() {
+        let body = render(&spec()).unwrap();
+        let lines =
+            |title: &str| widget(&body, title)["properties"]["annotations"]["horizontal"].clone();
+        assert_eq!(lines("API latency p95 per model")[0]["value"], 1500.0);
+        assert_eq!(
+            lines("API latency p95 per model")[0]["label"],
+            "lat-warn (warning)"
+        );
+        assert!(lines("API latency p99 per model").is_null());
+        assert!(lines("API latency p50 per model").is_null());
+        assert_eq!(lines("GPU utilisation")[0]["color"], "#d62728");
+        assert_eq!(lines("Error rate per model")[0]["value"], 5.0);
+        assert!(lines("GPU temperature").is_null());
+    }
+
+    #[test]
+    fn the_default_rules_become_thresholds_and_alarm_arns() {
+        let mut config = Config::embedded();
+        config.notify.sns = Some(crate::config::SnsConfig {
+            critical_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:crit".into()),
+            ..Default::default()
+        });
+        let spec = DashboardSpec::from_config(&config, Some("h".into()), 1).unwrap();
+        let rules: Vec<&str> = spec.thresholds.iter().map(|t| t.rule.as_str()).collect();
+        assert!(rules.contains(&"api-latency-p95-critical"), "{rules:?}");
+        // Event rules (model-down, gpu-xid, ...) have no metric threshold to draw.
+        assert!(!rules.contains(&"model-down"));
+        assert!(
+            spec.alarm_arns.contains(
+                &"arn:aws:cloudwatch:us-east-1:123456789012:alarm:warden-api-latency-p95-critical"
+                    .to_string()
+            )
+        );
+        assert_eq!(spec.models.len(), 5);
     }
 
     #[test]
