@@ -191,8 +191,9 @@ pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), Age
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = ticker.tick() => notifier.tick(&agent.snapshot()),
             wedge = crate::ops::notify::next_wedge(&mut test_hooks) => {
-                tracing::warn!(?wedge, "debug.wedge: stalling the main loop");
-                tokio::time::sleep(wedge).await;
+                let stall = wedge.begin();
+                tracing::warn!(?stall, "debug.wedge: stalling the main loop");
+                tokio::time::sleep(stall).await;
             }
             _ = sighup.recv() => {
                 notifier.reloading();
@@ -227,7 +228,7 @@ pub struct Agent {
     pub cancel: CancellationToken,
     pub store: Arc<MetricStore>,
     /// `debug.wedge` requests (only with WARDEN_TEST_HOOKS=1), for the main loop.
-    pub test_hooks: Option<tokio::sync::mpsc::Receiver<Duration>>,
+    pub test_hooks: Option<tokio::sync::mpsc::Receiver<crate::ops::notify::Wedge>>,
     api_cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

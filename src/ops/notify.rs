@@ -9,7 +9,7 @@ use crate::control::{Dispatcher, MethodError, Params};
 use crate::supervisor::{ModelState, ModelStatus};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Longest wait for the models before READY=1 is sent anyway (the unit's TimeoutStartSec of
 /// 8 min covers this plus `models init` on first boot).
@@ -305,10 +305,26 @@ pub fn ready_wait(config: &Config) -> Duration {
         .min(MAX_READY_WAIT)
 }
 
+/// A request to stall the main loop (test hook).
+#[derive(Debug)]
+pub struct Wedge {
+    pub duration: Duration,
+    started: oneshot::Sender<()>,
+}
+
+impl Wedge {
+    /// Tells the caller the loop is now stalled; returns how long to stall.
+    pub fn begin(self) -> Duration {
+        let _ = self.started.send(());
+        self.duration
+    }
+}
+
 /// Registers `debug.wedge {"seconds": N}` when `WARDEN_TEST_HOOKS=1`: the main loop then
-/// stalls for N seconds, so a test can watch the watchdog pings stop. Returns the requests'
-/// receiver for the main loop, or None when hooks are off.
-pub fn register_test_hooks(dispatcher: &mut Dispatcher) -> Option<mpsc::Receiver<Duration>> {
+/// stalls for N seconds, so a test can watch the watchdog pings stop. The reply comes once
+/// the loop is stalled. Returns the requests' receiver for the main loop, or None when hooks
+/// are off.
+pub fn register_test_hooks(dispatcher: &mut Dispatcher) -> Option<mpsc::Receiver<Wedge>> {
     if std::env::var(TEST_HOOKS_ENV).as_deref() != Ok("1") {
         return None;
     }
@@ -318,18 +334,21 @@ pub fn register_test_hooks(dispatcher: &mut Dispatcher) -> Option<mpsc::Receiver
         let tx = tx.clone();
         async move {
             let seconds = p.u64_or("seconds", 5)?;
-            let wedge = Duration::from_secs(seconds).min(MAX_WEDGE);
-            tx.send(wedge)
+            let duration = Duration::from_secs(seconds).min(MAX_WEDGE);
+            let gone = || MethodError::new("unavailable", "the main loop is gone");
+            let (started, wait) = oneshot::channel();
+            tx.send(Wedge { duration, started })
                 .await
-                .map_err(|_| MethodError::new("unavailable", "the main loop is gone"))?;
-            Ok(json!({ "wedged_for_secs": wedge.as_secs() }))
+                .map_err(|_| gone())?;
+            wait.await.map_err(|_| gone())?;
+            Ok(json!({ "wedged_for_secs": duration.as_secs() }))
         }
     });
     Some(rx)
 }
 
 /// The next wedge request, or never when hooks are off (for the main loop's `select!`).
-pub async fn next_wedge(hooks: &mut Option<mpsc::Receiver<Duration>>) -> Duration {
+pub async fn next_wedge(hooks: &mut Option<mpsc::Receiver<Wedge>>) -> Wedge {
     match hooks {
         Some(rx) => match rx.recv().await {
             Some(d) => d,
