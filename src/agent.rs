@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ConfigErrors};
 use crate::control::{ControlError, ControlServer, Dispatcher};
+use crate::ops::notify::{HostSnapshot, Notifier};
 use crate::sinks::cloudwatch::{CloudWatchSink, config::CloudWatchSinkConfig};
 use crate::supervisor::{SupervisorError, SupervisorHandle, SupervisorOptions};
 use crate::telemetry::{self, MetricStore};
@@ -176,28 +177,45 @@ pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), Age
         Some(p) => tracing::info!(config = %p.display(), "starting warden"),
         None => tracing::info!("starting warden on the embedded default configuration"),
     }
-    let agent = Agent::start(config).await?;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let mut notifier = Notifier::from_env(crate::ops::notify::ready_wait(&config));
+    notifier.status("starting: launching models");
+    let mut agent = Agent::start(config).await?;
+    let mut test_hooks = agent.test_hooks.take();
+    // The watchdog pings come from this loop's ticks: if the loop stalls, they stop.
+    let mut ticker = tokio::time::interval(notifier.tick_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = ticker.tick() => notifier.tick(&agent.snapshot()),
+            wedge = crate::ops::notify::next_wedge(&mut test_hooks) => {
+                let stall = wedge.begin();
+                tracing::warn!(?stall, "debug.wedge: stalling the main loop");
+                tokio::time::sleep(stall).await;
+            }
             _ = sighup.recv() => {
-                match load_config(config_path.as_deref()) {
+                notifier.reloading();
+                let outcome = match load_config(config_path.as_deref()) {
                     Ok(new) => {
                         let summary = agent.reload(new).await;
                         tracing::info!(added = ?summary.added, removed = ?summary.removed,
                             changed = ?summary.changed, unchanged = summary.unchanged.len(),
                             "SIGHUP: configuration reloaded");
+                        "configuration reloaded"
                     }
                     // A bad edit must not take the host down: keep running the old config.
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration rejected; keeping the old one"),
-                }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: new configuration rejected; keeping the old one");
+                        "new configuration rejected, old one kept"
+                    }
+                };
+                notifier.reloaded(&agent.snapshot(), outcome);
             }
         }
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notifier.stopping();
     agent.shutdown().await;
     tracing::info!("warden stopped");
     Ok(())
@@ -208,6 +226,9 @@ pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), Age
 pub struct Agent {
     pub supervisor: SupervisorHandle,
     pub cancel: CancellationToken,
+    pub store: Arc<MetricStore>,
+    /// `debug.wedge` requests (only with WARDEN_TEST_HOOKS=1), for the main loop.
+    pub test_hooks: Option<tokio::sync::mpsc::Receiver<crate::ops::notify::Wedge>>,
     api_cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -230,7 +251,8 @@ impl Agent {
         tracing::info!(socket = %control.path().display(), "control socket listening");
 
         let mut tasks = Vec::new();
-        let dispatcher = Dispatcher::with_supervisor(&supervisor);
+        let mut dispatcher = Dispatcher::with_supervisor(&supervisor);
+        let test_hooks = crate::ops::notify::register_test_hooks(&mut dispatcher);
         // Alerts and telemetry add their control methods here: dispatcher.register(...).
         tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 
@@ -276,9 +298,25 @@ impl Agent {
         Ok(Agent {
             supervisor,
             cancel,
+            store,
+            test_hooks,
             api_cancel,
             tasks,
         })
+    }
+
+    /// Every long-lived task runs until shutdown: one that ended means a part stopped working.
+    pub fn health(&self) -> Result<(), String> {
+        match self.tasks.iter().filter(|t| t.is_finished()).count() {
+            0 => Ok(()),
+            n => Err(format!("{n} agent task(s) ended unexpectedly")),
+        }
+    }
+
+    /// What the sd_notify status line and watchdog need to know.
+    pub fn snapshot(&self) -> HostSnapshot {
+        let gpus = self.store.latest("GPUCount", &[]).map(|g| g as u64);
+        HostSnapshot::from_status(&self.supervisor.status(), gpus, None, self.health())
     }
 
     /// Applies a new configuration's model set (other sections need a restart for now).

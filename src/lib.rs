@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod ops;
 pub mod sinks;
 pub mod supervisor;
 pub mod telemetry;

@@ -38,6 +38,36 @@ enum Command {
     /// Benchmarks that print ratios measured side by side (not tests).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// CloudWatch dashboards rendered from the metric catalogue.
+    #[command(subcommand)]
+    Dashboards(DashboardsCommand),
+}
+
+#[derive(Subcommand)]
+enum DashboardsCommand {
+    /// Print the dashboard body JSON (what `dashboards/warden.json` holds).
+    Render(DashboardArgs),
+    /// PutDashboard to CloudWatch (`[aws]` of the config: region, endpoint_url).
+    Push(DashboardArgs),
+}
+
+#[derive(clap::Args)]
+struct DashboardArgs {
+    /// Configuration file (models, namespace, region, alert rules); else the embedded default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Host dimension value drawn by default (the dashboard's Host variable switches it).
+    #[arg(long)]
+    host: Option<String>,
+    /// CloudWatch namespace (default: `cloudwatch.namespace`).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// GPUs per host to draw.
+    #[arg(long, default_value_t = 8)]
+    gpus: u32,
+    /// Dashboard name.
+    #[arg(long, default_value = "warden")]
+    name: String,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +153,7 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue { config, sub, role }) => issue_token(config, sub, role),
         Command::Keys(KeysCommand::Add { config, user, role }) => add_key(config, user, role),
         Command::Bench(bench) => run_bench(bench),
+        Command::Dashboards(cmd) => dashboards(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,6 +222,31 @@ fn add_key(config: Option<PathBuf>, user: String, role: Role) -> anyhow::Result<
         .ok_or_else(|| anyhow!("the config sets no auth.api_keys_file"))?;
     let key = ApiKeyStore::add(&config.resolve(path), &user, role)?;
     println!("{key}");
+    Ok(())
+}
+
+fn dashboards(cmd: DashboardsCommand) -> anyhow::Result<()> {
+    use warden::ops::dashboards;
+    let (push, args) = match cmd {
+        DashboardsCommand::Render(a) => (false, a),
+        DashboardsCommand::Push(a) => (true, a),
+    };
+    let config = load_config(args.config)?;
+    let mut spec = dashboards::DashboardSpec::from_config(&config, args.host, args.gpus)?;
+    spec.name = args.name;
+    if let Some(ns) = args.namespace {
+        spec.namespace = ns;
+    }
+    if !push {
+        print!("{}", dashboards::render_text(&spec)?);
+        return Ok(());
+    }
+    runtime()?.block_on(async {
+        let sdk = warden::sinks::aws::sdk_config(&config.aws).await;
+        let client = aws_sdk_cloudwatch::Client::new(&sdk);
+        dashboards::push(&client, &spec).await
+    })?;
+    eprintln!("dashboard {} pushed", spec.name);
     Ok(())
 }
 
