@@ -38,6 +38,16 @@ enum Command {
     /// Benchmarks that print ratios measured side by side (not tests).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The on-call TUI, attached to the running daemon's control socket.
+    Console {
+        /// Control socket; default /run/warden/control.sock if present, else the embedded
+        /// default's.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Disable every action (restart, stop, start, ack, silence).
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +119,13 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue { config, sub, role }) => issue_token(config, sub, role),
         Command::Keys(KeysCommand::Add { config, user, role }) => add_key(config, user, role),
         Command::Bench(bench) => run_bench(bench),
+        Command::Console { socket, read_only } => {
+            let options = warden::console::ConsoleOptions {
+                socket: socket.unwrap_or_else(warden::console::default_socket),
+                read_only,
+            };
+            warden::console::run(options).map_err(|e| anyhow!("{e}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
