@@ -415,3 +415,154 @@ fn first_connect_waits_for_data_without_panicking_on_tiny_terminals() {
         }
     }
 }
+
+mod collector {
+    //! The collector against an in-process control server: the wire side of the console.
+    use super::*;
+    use std::sync::mpsc::Receiver;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    use tokio_util::sync::CancellationToken;
+    use warden::console::client::{self, CollectorConfig};
+    use warden::console::event::Command;
+    use warden::control::{ControlServer, Dispatcher, MethodError, Params};
+
+    fn wait_for(rx: &Receiver<Event>, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(e) if pred(&e) => return e,
+                Ok(e) => seen.push(format!("{e:?}").chars().take(120).collect::<String>()),
+                Err(_) => break,
+            }
+        }
+        panic!("no {what}; saw {seen:#?}");
+    }
+
+    fn daemon(with_alerts: bool, acks: Arc<Mutex<Vec<serde_json::Value>>>) -> Dispatcher {
+        let mut d = Dispatcher::new();
+        d.register("snapshot", |_p: Params| async move {
+            Ok(serde_json::to_value(snapshot()).unwrap())
+        });
+        if with_alerts {
+            d.register("alerts", |_p: Params| async move {
+                Ok(json!({
+                    "alerts": [{"id": "a-1", "rule": "gpu-lost", "severity": "critical",
+                                "state": "firing", "labels": {"GPU": "0"}, "value": 1.0,
+                                "threshold": 0.0, "since_ms": 5, "summary": "GPU 0 lost",
+                                "silenced": false, "acked_by": null, "future_field": 1}],
+                    "silences": []
+                }))
+            });
+            d.register("ack", move |p: Params| {
+                let acks = acks.clone();
+                async move {
+                    acks.lock().unwrap().push(serde_json::Value::Object(p.0));
+                    Ok(json!({}))
+                }
+            });
+        }
+        d.register("restart", |p: Params| async move {
+            Err::<serde_json::Value, _>(MethodError::new(
+                "unknown_model",
+                format!("no model {}", p.str("model")?),
+            ))
+        });
+        d
+    }
+
+    #[test]
+    fn reads_snapshots_and_alerts_acts_and_reconnects_after_the_daemon_returns() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _enter = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let cancel = CancellationToken::new();
+        let server = ControlServer::bind(&path).unwrap();
+        rt.spawn(server.run(daemon(true, acks.clone()), cancel.clone()));
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut config = CollectorConfig::new(path.clone());
+        config.refresh = Duration::from_millis(100);
+        let collector = client::spawn(config, tx, cmd_rx).unwrap();
+
+        wait_for(&rx, "connect", |e| matches!(e, Event::Connected));
+        let Event::Snapshot(s) = wait_for(&rx, "snapshot", |e| matches!(e, Event::Snapshot(_)))
+        else {
+            unreachable!()
+        };
+        assert_eq!(s.host.host_id, "gpu-host-7");
+        assert_eq!(s.models.len(), 5);
+        let Event::Alerts(AlertsFeed::Loaded(reply)) =
+            wait_for(&rx, "alerts", |e| matches!(e, Event::Alerts(_)))
+        else {
+            panic!("alerts not loaded")
+        };
+        assert_eq!(reply.alerts[0].rule, "gpu-lost");
+        assert_eq!(reply.alerts[0].value, Some(1.0));
+
+        cmd_tx
+            .send(Command::Ack {
+                id: json!("a-1"),
+                by: "alice".into(),
+            })
+            .unwrap();
+        let done = wait_for(&rx, "ack done", |e| matches!(e, Event::ActionDone { .. }));
+        assert!(
+            matches!(&done, Event::ActionDone { what, result: Ok(()) } if what == "ack"),
+            "{done:?}"
+        );
+        assert_eq!(
+            acks.lock().unwrap().as_slice(),
+            &[json!({"alert_id": "a-1", "by": "alice"})]
+        );
+        cmd_tx.send(Command::Restart("ghost".into())).unwrap();
+        let done = wait_for(&rx, "restart done", |e| {
+            matches!(e, Event::ActionDone { .. })
+        });
+        let Event::ActionDone { result: Err(e), .. } = done else {
+            panic!("{done:?}")
+        };
+        assert!(e.contains("unknown_model") && e.contains("ghost"), "{e}");
+
+        // The daemon goes away: disconnected, with retries counting up.
+        cancel.cancel();
+        wait_for(&rx, "disconnect", |e| {
+            matches!(e, Event::Disconnected { .. })
+        });
+        wait_for(&rx, "a second failed attempt", |e| {
+            matches!(e, Event::Disconnected { attempt: 2.., .. })
+        });
+        // It returns without an alerts module: reconnected, alerts unavailable, not an error.
+        let cancel = CancellationToken::new();
+        let server = ControlServer::bind(&path).unwrap();
+        rt.spawn(server.run(daemon(false, acks.clone()), cancel.clone()));
+        wait_for(&rx, "reconnect", |e| matches!(e, Event::Connected));
+        let feed = wait_for(&rx, "alerts feed", |e| matches!(e, Event::Alerts(_)));
+        assert!(
+            matches!(&feed, Event::Alerts(AlertsFeed::Unavailable(why)) if why.contains("no alerts module")),
+            "{feed:?}"
+        );
+        wait_for(&rx, "snapshot again", |e| matches!(e, Event::Snapshot(_)));
+
+        // Closing the command channel ends the collector thread.
+        drop(cmd_tx);
+        let ended = support_wait(|| collector.is_finished());
+        assert!(ended, "collector thread still running");
+        cancel.cancel();
+    }
+
+    fn support_wait(done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}

@@ -147,10 +147,14 @@ impl Collector {
         let connect = async {
             let calls = ControlClient::connect(&socket).await?;
             let mut stream = ControlClient::connect(&socket).await?;
-            stream.subscribe().await?;
-            Ok::<_, ControlError>((calls, stream))
+            // An agent without an event stream is still worth watching: poll only.
+            match stream.subscribe().await {
+                Ok(()) => Ok((calls, Some(stream))),
+                Err(ControlError::Remote { .. }) => Ok((calls, None)),
+                Err(e) => Err(e),
+            }
         };
-        let (mut calls, mut stream) = match tokio::time::timeout(CALL_TIMEOUT, connect).await {
+        let (mut calls, stream) = match tokio::time::timeout(CALL_TIMEOUT, connect).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => return End::Lost(e.to_string()),
             Err(_) => return End::Lost("connect timed out".into()),
@@ -163,6 +167,11 @@ impl Collector {
         // not sit in the select below.
         let (item_tx, mut items) = unbounded_channel();
         let reader = tokio::spawn(async move {
+            let Some(mut stream) = stream else {
+                // No stream: hold the sender so `items` stays open, and idle.
+                item_tx.closed().await;
+                return;
+            };
             while let Ok(item) = stream.next_item().await {
                 if item_tx.send(item).is_err() {
                     return;
@@ -326,7 +335,9 @@ pub fn request(c: Command) -> (&'static str, Value) {
         Command::Restart(m) => ("restart", json!({ "model": m })),
         Command::Stop(m) => ("stop", json!({ "model": m })),
         Command::Start(m) => ("start", json!({ "model": m })),
-        Command::Ack { id, by } => ("ack", json!({ "id": id, "by": by })),
+        // `id` is the request's own envelope field, so alert and silence ids travel as
+        // `alert_id` / `silence_id` (as the alerts module reads them).
+        Command::Ack { id, by } => ("ack", json!({ "alert_id": id, "by": by })),
         Command::Silence {
             matchers,
             duration_secs,
@@ -337,7 +348,7 @@ pub fn request(c: Command) -> (&'static str, Value) {
             json!({ "matchers": matchers, "duration_secs": duration_secs,
                     "creator": creator, "comment": comment }),
         ),
-        Command::Unsilence { id } => ("unsilence", json!({ "id": id })),
+        Command::Unsilence { id } => ("unsilence", json!({ "silence_id": id })),
         Command::WatchLogs(m) => ("logs", json!({ "model": m })),
     }
 }
@@ -373,7 +384,7 @@ mod tests {
                 id: json!(3),
                 by: "me".into()
             }),
-            ("ack", json!({"id":3,"by":"me"}))
+            ("ack", json!({"alert_id":3,"by":"me"}))
         );
     }
 }

@@ -50,6 +50,7 @@ pub enum Command {
     Stop(String),
     Start(String),
     Ack {
+        /// Sent as `alert_id`.
         id: Value,
         by: String,
     },
@@ -60,6 +61,7 @@ pub enum Command {
         comment: String,
     },
     Unsilence {
+        /// Sent as `silence_id`.
         id: Value,
     },
     /// Tail this model's logs on every refresh (None: stop tailing).
@@ -112,20 +114,27 @@ pub fn plain(v: &Value) -> String {
 }
 
 impl Alert {
-    /// The matchers a silence of this alert uses: its labels plus its rule.
+    /// The matchers a silence of this alert uses: its labels plus its rule, all strings.
     pub fn matchers(&self) -> BTreeMap<String, Value> {
-        let mut m = self.labels.clone();
-        m.entry("rule".into())
-            .or_insert_with(|| Value::String(self.rule.clone()));
+        let mut m: BTreeMap<String, Value> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(plain(v))))
+            .collect();
+        m.insert("rule".into(), Value::String(self.rule.clone()));
         m
     }
 
-    /// True when every matcher of `silence` agrees with this alert's labels (or rule).
+    /// True when every matcher of `silence` agrees with this alert (`rule`/`alertname` and
+    /// `severity` match those fields, other keys its labels), as the alerts module decides.
     pub fn covered_by(&self, silence: &Silence) -> bool {
-        let labels = self.matchers();
-        silence
-            .matchers
-            .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|l| plain(l) == plain(v)))
+        silence.matchers.iter().all(|(k, v)| {
+            let want = plain(v);
+            match k.as_str() {
+                "rule" | "alertname" => self.rule == want,
+                "severity" => self.severity == want,
+                _ => self.labels.get(k).is_some_and(|l| plain(l) == want),
+            }
+        })
     }
 }

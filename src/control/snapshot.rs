@@ -353,6 +353,72 @@ mod tests {
         assert_eq!(b, vec![0.0, 2.0, 0.0, 4.0, 0.0]);
     }
 
+    fn status(name: &str) -> ModelStatus {
+        ModelStatus {
+            name: name.into(),
+            port: 8001,
+            pid: Some(42),
+            state: crate::supervisor::ModelState::Ready,
+            uptime_secs: 1.0,
+            restarts: 0,
+            last_exit: None,
+            cpu_percent: None,
+            rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn gpu_rows_join_the_latest_values_and_history_per_index() {
+        let store = MetricStore::new("h", 600);
+        for i in 0..5u64 {
+            for (gpu, util) in [("0", 10.0), ("1", 90.0), ("10", 50.0)] {
+                let dims = [(Dim::Gpu, gpu)];
+                store.set_gauge("GPUUtilization", &dims, util + i as f64, at(i));
+                store.set_gauge("GPUMemoryUsed", &dims, 1e9, at(i));
+                store.set_gauge("GPUMemoryTotal", &dims, 16e9, at(i));
+                store.set_gauge("GPUTemperature", &dims, 60.0, at(i));
+                store.set_gauge("GPULost", &dims, 0.0, at(i));
+            }
+        }
+        store.set_gauge("GPULost", &[(Dim::Gpu, "1")], 1.0, at(6));
+        let rows = gpu_rows(&store, 3);
+        let idx: Vec<u32> = rows.iter().map(|g| g.index).collect();
+        assert_eq!(idx, vec![0, 1, 10], "numeric order, not string order");
+        assert_eq!(rows[0].utilization, Some(14.0));
+        assert_eq!(rows[0].utilization_history, vec![12.0, 13.0, 14.0]);
+        assert_eq!(rows[0].memory_total_bytes, Some(16e9));
+        assert_eq!(rows[0].power_w, None, "never sampled stays unknown");
+        assert!(rows[1].lost && !rows[0].lost);
+    }
+
+    #[test]
+    fn model_rows_carry_rate_percentiles_and_errors_from_the_store() {
+        let store = MetricStore::new("h", 600);
+        // 30 requests over the last 30 s, 3 of them failed; latencies 1..=30 ms.
+        for i in 0..30u64 {
+            store.record_request("m", (i + 1) as f64, i % 10 != 0, at(70 + i));
+        }
+        store.set_gauge("ModelGPUMemoryUsed", &[(Dim::Model, "m")], 2e9, at(99));
+        let row = model_row(&store, status("m"), 10, at(100));
+        assert_eq!(row.requests_per_sec, Some(0.5));
+        assert_eq!(row.error_percent, Some(10.0));
+        let p50 = row.p50_ms.unwrap();
+        assert!((14.0..=16.0).contains(&p50), "{p50}");
+        assert!(row.p99_ms.unwrap() >= row.p95_ms.unwrap());
+        assert_eq!(row.gpu_memory_bytes, Some(2e9));
+        assert_eq!(row.requests_history.len(), 10);
+        // Ages 1..=9 s fall in the 10 one-second buckets (age 0 is the current second).
+        assert_eq!(row.requests_history.iter().sum::<f64>(), 9.0);
+        assert_eq!(row.requests_history[9], 0.0);
+        assert_eq!(row.status.pid, Some(42));
+        // No traffic at all: unknown, not zero.
+        let idle = model_row(&store, status("idle"), 10, at(100));
+        assert_eq!(
+            (idle.requests_per_sec, idle.error_percent, idle.p50_ms),
+            (None, None, None)
+        );
+    }
+
     #[test]
     fn sink_health_reads_the_counters() {
         assert_eq!(
