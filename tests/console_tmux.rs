@@ -44,6 +44,7 @@ struct Daemon {
     dir: tempfile::TempDir,
     config: PathBuf,
     socket: PathBuf,
+    api_port: u16,
     _nvml: FakeNvml,
 }
 
@@ -52,12 +53,13 @@ impl Daemon {
         let nvml = FakeNvml::new(&gpus(gpu_count));
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("control.sock");
+        let api_port = free_port();
         let script = support::repo_root().join("tests/support/fake_model.py");
         let mut toml = format!(
             "[agent]\nhost_id = \"tmux-host\"\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\n\
              state_dir = {:?}\nmodels_dir = {:?}\nsample_interval = \"500ms\"\n\n\
              [gpu]\nnvml_library = {:?}\n\n[cloudwatch]\nenabled = false\n\n",
-            free_port(),
+            api_port,
             socket.display().to_string(),
             dir.path().join("state").display().to_string(),
             dir.path().join("models").display().to_string(),
@@ -77,6 +79,7 @@ impl Daemon {
             dir,
             config,
             socket,
+            api_port,
             _nvml: nvml,
         };
         d.spawn();
@@ -117,6 +120,36 @@ impl Daemon {
             let _ = child.wait();
             panic!("daemon ignored SIGTERM\n{}", self.log());
         }
+    }
+
+    /// One inference through the gateway (no auth in this config); true on a 200.
+    fn infer(&self, model: &str) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.api_port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        let body = r#"{"inputs":[[1.0,2.0]]}"#;
+        let req = format!(
+            "POST /api/v1/{model} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut reply = String::new();
+        conn.write_all(req.as_bytes()).is_ok()
+            && conn.read_to_string(&mut reply).is_ok()
+            && reply.starts_with("HTTP/1.1 200")
+    }
+
+    fn snapshot(&self) -> Option<warden::control::snapshot::Snapshot> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = ControlClient::connect(&self.socket).await.ok()?;
+            let v = c.call("snapshot", serde_json::json!({})).await.ok()?;
+            serde_json::from_value(v).ok()
+        })
     }
 
     fn log(&self) -> String {
@@ -303,6 +336,48 @@ fn console_shows_models_and_gpus_restarts_refuses_read_only_and_survives_the_dae
         );
     }
 
+    let banner = screen.lines().nth(1).unwrap_or_default();
+    assert!(
+        banner.contains("alerts unavailable")
+            || banner.contains("alerts firing")
+            || banner.contains("FIRING"),
+        "the alerts banner says something either way: {banner}"
+    );
+
+    // Traffic through the gateway shows up as req/s and latency percentiles.
+    for _ in 0..20 {
+        assert!(
+            daemon.infer("risk-analyzer"),
+            "inference failed\n{}",
+            daemon.log()
+        );
+    }
+    let snap = wait_until(LONG, || {
+        daemon.snapshot().filter(|s| {
+            s.models
+                .iter()
+                .any(|m| m.status.name == "risk-analyzer" && m.p50_ms.is_some())
+        })
+    })
+    .expect("snapshot with latency");
+    assert_eq!(snap.gpus.len(), 2);
+    assert_eq!(snap.host.host_id, "tmux-host");
+    let row = snap
+        .models
+        .iter()
+        .find(|m| m.status.name == "risk-analyzer")
+        .unwrap();
+    assert!(
+        row.requests_per_sec.unwrap() > 0.0 && row.error_percent == Some(0.0),
+        "{row:?}"
+    );
+    let p50 = format!("{:.1}", row.p50_ms.unwrap());
+    tmux.wait_for("risk-analyzer's p50", |s| {
+        s.lines()
+            .find(|l| l.contains("risk-analyzer"))
+            .is_some_and(|l| l.contains(&p50))
+    });
+
     // Model detail, next model, restart with confirmation.
     tmux.send("4");
     let first = shown_model(&tmux.wait_for("the model view", |s| s.contains("Model: ")));
@@ -344,6 +419,11 @@ fn console_shows_models_and_gpus_restarts_refuses_read_only_and_survives_the_dae
     let pid = back[&model];
     tmux.wait_for("recovery with the new daemon's pids", |s| {
         !s.contains("DISCONNECTED") && s.contains(&format!("pid {pid}"))
+    });
+    // Logs view: the model's captured output, stderr included.
+    tmux.send("3");
+    tmux.wait_for("the model's log tail", |s| {
+        s.contains(&format!("Logs: {model}")) && s.contains(&format!("stderr hello from {model}"))
     });
     tmux.send("1");
     tmux.wait_for("the overview again", |s| {
