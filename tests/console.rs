@@ -62,6 +62,7 @@ fn snapshot() -> Snapshot {
             cpu_percent: Some(23.0),
             memory_percent: Some(41.0),
             uptime_secs: 3725,
+            host_uptime_secs: Some(90_000),
             agent_version: "0.1.0".into(),
             gpu_available: Some(true),
             sinks: vec![SinkHealth {

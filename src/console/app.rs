@@ -187,6 +187,16 @@ impl App {
             }
             Event::Logs { model, lines } => {
                 if !self.frozen && self.logs_model.as_deref() == Some(model.as_str()) {
+                    if !self.follow {
+                        // Paused: keep the same lines on screen as new ones arrive below.
+                        let filter = self.filter.to_lowercase();
+                        self.log_scroll += appended(&self.logs, &lines)
+                            .iter()
+                            .filter(|l| {
+                                filter.is_empty() || l.line.to_lowercase().contains(&filter)
+                            })
+                            .count();
+                    }
                     self.logs = lines;
                 }
             }
@@ -635,6 +645,16 @@ impl App {
     }
 }
 
+/// The lines `new` (a fresh tail) has after the last line of `old`.
+fn appended<'a>(old: &[LogLine], new: &'a [LogLine]) -> &'a [LogLine] {
+    let Some(last) = old.last() else {
+        return &[];
+    };
+    new.iter()
+        .rposition(|l| l == last)
+        .map_or(&[], |i| &new[i + 1..])
+}
+
 pub fn severity_rank(s: &str) -> u8 {
     match s {
         "critical" => 0,
@@ -828,6 +848,19 @@ mod tests {
         assert_eq!(app.visible_logs().len(), 2);
         app.handle(key('k'));
         assert!(!app.follow);
+        assert_eq!(app.log_scroll, 1);
+        // New lines while paused keep the view where it was.
+        app.handle(Event::Logs {
+            model: "alpha".into(),
+            lines: vec![
+                line("GET /ready"),
+                line("ERROR boom"),
+                line("GET /health"),
+                line("GET /new"),
+                line("GET /newer"),
+            ],
+        });
+        assert_eq!(app.log_scroll, 3);
         app.handle(key('G'));
         assert!(app.follow);
         assert_eq!(app.handle(key('1')), vec![Command::WatchLogs(None)]);

@@ -82,6 +82,9 @@ struct Collector {
     events: Sender<Event>,
     commands: UnboundedReceiver<Command>,
     watched: Option<String>,
+    /// Finished actions ask for an immediate re-read (an ack shows without waiting a tick).
+    acted_tx: tokio::sync::mpsc::UnboundedSender<()>,
+    acted: UnboundedReceiver<()>,
 }
 
 impl Collector {
@@ -90,11 +93,14 @@ impl Collector {
         events: Sender<Event>,
         commands: UnboundedReceiver<Command>,
     ) -> Self {
+        let (acted_tx, acted) = unbounded_channel();
         Collector {
             config,
             events,
             commands,
             watched: None,
+            acted_tx,
+            acted,
         }
     }
 
@@ -197,6 +203,7 @@ impl Collector {
         loop {
             let step = tokio::select! {
                 _ = tick.tick() => self.refresh(calls, true).await,
+                Some(()) = self.acted.recv() => self.refresh(calls, true).await,
                 item = items.recv() => match item {
                     None => Err(End::Lost("the daemon closed the event stream".into())),
                     Some(first) => self.forward(first, items, calls).await,
@@ -300,6 +307,7 @@ impl Collector {
     fn act(&self, action: Command) {
         let socket = self.config.socket.clone();
         let events = self.events.clone();
+        let acted = self.acted_tx.clone();
         tokio::spawn(async move {
             let what = describe(&action);
             let (method, params) = request(action);
@@ -313,6 +321,7 @@ impl Collector {
                 Err(_) => Err("timed out".into()),
             };
             let _ = events.send(Event::ActionDone { what, result });
+            let _ = acted.send(());
         });
     }
 }

@@ -118,13 +118,16 @@ fn banner_line(app: &App) -> Line<'static> {
     }
     if let Some(s) = &app.snapshot {
         let h = &s.host;
+        let host_up = h.host_uptime_secs.map_or(String::new(), |s| {
+            format!(" │ host up {}", duration(s as f64))
+        });
         spans.push(Span::raw(format!(
-            " {} │ CPU {} │ MEM {} │ up {} │ v{}",
+            " {} │ CPU {} │ MEM {}{host_up} │ warden v{} up {}",
             h.host_id,
             pct(h.cpu_percent),
             pct(h.memory_percent),
+            h.agent_version,
             duration(h.uptime_secs as f64),
-            h.agent_version
         )));
         for sink in &h.sinks {
             let color = match sink.state.as_str() {

@@ -33,6 +33,9 @@ pub struct HostLine {
     pub memory_percent: Option<f64>,
     /// Seconds since this agent started.
     pub uptime_secs: u64,
+    /// Seconds since the host booted.
+    #[serde(default)]
+    pub host_uptime_secs: Option<u64>,
     pub agent_version: String,
     /// False when NVML could not be loaded (no GPUs shown then).
     pub gpu_available: Option<bool>,
@@ -121,6 +124,7 @@ impl SnapshotSource {
             cpu_percent: self.store.latest("HostCPUUtilization", &[]),
             memory_percent: self.store.latest("HostMemoryUtilization", &[]),
             uptime_secs: self.started.elapsed().as_secs(),
+            host_uptime_secs: sysinfo::System::uptime().ok(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             gpu_available: self.store.latest("GPUAvailable", &[]).map(|v| v > 0.5),
             sinks: vec![sink_health("cloudwatch", &self.cloudwatch)],
