@@ -238,6 +238,29 @@ fn small_terminals_get_a_compact_layout_with_every_model() {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
     assert!(text.contains("GPU1"));
+    let banner = text.lines().nth(1).unwrap();
+    assert!(
+        !banner.contains("warden v0.1.0"),
+        "the banner drops the details"
+    );
+    for part in [
+        "FIRING 1 crit 1 warn 0 info",
+        "CPU 23%",
+        "cloudwatch: degraded",
+    ] {
+        assert!(banner.contains(part), "{part:?} missing from {banner:?}");
+    }
+    // Many GPUs share lines, two by two, so the models keep their room.
+    let mut many = snapshot();
+    many.gpus = (0..8).map(|i| gpu(i, 10.0 * i as f64)).collect();
+    app.handle(Event::Snapshot(Box::new(many)));
+    let (text, _) = render(&mut app, 80, 24);
+    let pair = line_with(&text, "GPU6");
+    assert!(
+        pair.contains("GPU7") && pair.contains("60%") && pair.contains("70%"),
+        "{pair}"
+    );
+    assert!(text.contains("risk-analyzer"), "{text}");
     // And the same app redraws full-size after a resize.
     let (text, _) = render(&mut app, 160, 30);
     assert!(text.contains("RESTARTS"));

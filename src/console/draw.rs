@@ -107,7 +107,11 @@ fn banner_line(app: &App) -> Line<'static> {
                 Style::new().fg(Color::Cyan)
             };
             spans.push(Span::styled(
-                format!(" FIRING: {c} critical, {w} warning, {i} info "),
+                if app.compact() {
+                    format!(" FIRING {c} crit {w} warn {i} info ")
+                } else {
+                    format!(" FIRING: {c} critical, {w} warning, {i} info ")
+                },
                 style,
             ));
         }
@@ -118,17 +122,27 @@ fn banner_line(app: &App) -> Line<'static> {
     }
     if let Some(s) = &app.snapshot {
         let h = &s.host;
-        let host_up = h.host_uptime_secs.map_or(String::new(), |s| {
-            format!(" │ host up {}", duration(s as f64))
-        });
+        // Small terminals keep what matters at 3 a.m.: load and sink health.
+        let host = if app.compact() {
+            String::new()
+        } else {
+            format!(" {} │", h.host_id)
+        };
         spans.push(Span::raw(format!(
-            " {} │ CPU {} │ MEM {}{host_up} │ warden v{} up {}",
-            h.host_id,
+            "{host} CPU {} │ MEM {}",
             pct(h.cpu_percent),
             pct(h.memory_percent),
-            h.agent_version,
-            duration(h.uptime_secs as f64),
         )));
+        if !app.compact() {
+            let host_up = h.host_uptime_secs.map_or(String::new(), |s| {
+                format!(" │ host up {}", duration(s as f64))
+            });
+            spans.push(Span::raw(format!(
+                "{host_up} │ warden v{} up {}",
+                h.agent_version,
+                duration(h.uptime_secs as f64),
+            )));
+        }
         for sink in &h.sinks {
             let color = match sink.state.as_str() {
                 "ok" => Color::Green,
@@ -230,18 +244,32 @@ pub fn bar(percent: Option<f64>, width: usize) -> String {
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
-/// The last `width` values as sparkline characters scaled to `max` (or the data's max).
+/// The last `width` values as sparkline characters: on 0..=`max` when given (percentages),
+/// else on the window's own min..max so small changes in large numbers (RSS) show.
 pub fn sparkline(values: &[f64], width: usize, max: Option<f64>) -> String {
     let skip = values.len().saturating_sub(width);
     let values = &values[skip..];
-    let top = max
-        .unwrap_or_else(|| values.iter().copied().fold(0.0, f64::max))
-        .max(f64::EPSILON);
+    let (lo, hi) = match max {
+        Some(m) => (0.0, m),
+        None => values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            }),
+    };
     values
         .iter()
         .map(|v| {
-            let i = ((v / top).clamp(0.0, 1.0) * 7.0).round() as usize;
-            SPARK[i]
+            let span = hi - lo;
+            let level = if span > f64::EPSILON {
+                ((v - lo) / span).clamp(0.0, 1.0) * 7.0
+            } else if *v > 0.0 {
+                // A flat, non-zero line sits mid-height; all zeros stay on the floor.
+                3.0
+            } else {
+                0.0
+            };
+            SPARK[level.round() as usize]
         })
         .collect()
 }
@@ -286,10 +314,16 @@ fn overview(app: &App, frame: &mut Frame, area: Rect) {
         );
         return;
     };
-    let gpu_lines = snap.gpus.len().max(1) as u16 + 2;
+    let compact = app.compact();
+    // Many GPUs on a small screen: two per line, so the models table keeps its room.
+    let per_line = if compact && snap.gpus.len() > 4 && area.width >= 70 {
+        2
+    } else {
+        1
+    };
+    let gpu_lines = snap.gpus.len().div_ceil(per_line).max(1) as u16 + 2;
     let [gpus, models] =
         Layout::vertical([Constraint::Length(gpu_lines), Constraint::Min(4)]).areas(area);
-    let compact = app.compact();
     let lines: Vec<Line> = if snap.gpus.is_empty() {
         let why = match snap.host.gpu_available {
             Some(false) => "NVML unavailable: no GPU metrics",
@@ -299,8 +333,17 @@ fn overview(app: &App, frame: &mut Frame, area: Rect) {
     } else {
         let spark_width = (area.width as usize).saturating_sub(78).clamp(0, 60);
         snap.gpus
-            .iter()
-            .map(|g| gpu_line(g, compact, spark_width))
+            .chunks(per_line)
+            .map(|pair| {
+                let mut spans = Vec::new();
+                for (i, g) in pair.iter().enumerate() {
+                    if i > 0 {
+                        spans.push(Span::raw(" │ "));
+                    }
+                    spans.extend(gpu_line(g, compact, spark_width).spans);
+                }
+                Line::from(spans)
+            })
             .collect()
     };
     frame.render_widget(
@@ -331,19 +374,23 @@ fn gpu_line(g: &GpuRow, compact: bool, spark_width: usize) -> Line<'static> {
             format!("GPU{:<2} ", g.index),
             Style::new().add_modifier(Modifier::BOLD),
         ),
-        Span::raw("util "),
+        Span::raw(if compact { "" } else { "util " }),
         Span::styled(
             bar(g.utilization, bar_width),
             Style::new().fg(level_color(g.utilization, 70.0, 90.0)),
         ),
-        Span::raw(format!(" {:>4} mem ", pct(g.utilization))),
+        Span::raw(format!(
+            " {:>4} {}",
+            pct(g.utilization),
+            if compact { "m " } else { "mem " }
+        )),
         Span::styled(
             bar(mem_pct, bar_width),
             Style::new().fg(level_color(mem_pct, 80.0, 95.0)),
         ),
         Span::raw(format!(" {:>4} ", pct(mem_pct))),
         Span::styled(
-            format!("{:>4}°C ", num(g.temperature_c, 0)),
+            format!("{:>3}°C ", num(g.temperature_c, 0)),
             Style::new().fg(level_color(g.temperature_c, 75.0, 85.0)),
         ),
     ];
@@ -810,6 +857,13 @@ mod tests {
         assert_eq!(bar(None, 3), "···");
         assert_eq!(sparkline(&[0.0, 50.0, 100.0], 2, Some(100.0)), "▅█");
         assert_eq!(sparkline(&[], 5, None), "");
+        assert_eq!(
+            sparkline(&[100.0, 101.0, 102.0], 5, None),
+            "▁▅█",
+            "own range"
+        );
+        assert_eq!(sparkline(&[0.0, 0.0], 5, None), "▁▁");
+        assert_eq!(sparkline(&[7.0, 7.0], 5, None), "▄▄");
         assert_eq!(duration(3725.0), "1h02m");
         assert_eq!(bytes(1536.0 * 1024.0 * 1024.0), "1.5G");
     }
