@@ -282,6 +282,9 @@ pub fn requests_per_second_buckets(
     now: SystemTime,
     n: usize,
 ) -> Vec<f64> {
+    if n == 0 {
+        return Vec::new();
+    }
     let mut buckets = vec![0.0; n];
     let mut previous: Option<f64> = None;
     for p in points {
@@ -355,6 +358,7 @@ mod tests {
         let b = requests_per_second_buckets(&pts, at(100), 5);
         // ages: 5 (dropped), 3, 3, 1
         assert_eq!(b, vec![0.0, 2.0, 0.0, 4.0, 0.0]);
+        assert!(requests_per_second_buckets(&pts, at(100), 0).is_empty());
     }
 
     fn status(name: &str) -> ModelStatus {
