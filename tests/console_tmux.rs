@@ -220,9 +220,6 @@ struct Tmux {
 
 impl Tmux {
     fn console(socket: &Path, extra: &[&str], width: u16, height: u16) -> Tmux {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let server = format!("warden-test-{}-{n}", std::process::id());
         let mut cmd = format!(
             "exec {} console --socket {}",
             support::warden_bin().display(),
@@ -232,8 +229,15 @@ impl Tmux {
             cmd.push(' ');
             cmd.push_str(e);
         }
+        Tmux::new(&cmd, width, height)
+    }
+
+    /// Runs the shell command `cmd` in a new detached session of `width`×`height`.
+    fn new(cmd: &str, width: u16, height: u16) -> Tmux {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
         let t = Tmux {
-            server,
+            server: format!("warden-test-{}-{n}", std::process::id()),
             session: format!("console-{n}"),
         };
         let ok = t
@@ -432,6 +436,32 @@ fn console_shows_models_and_gpus_restarts_refuses_read_only_and_survives_the_dae
     tmux.send("q");
     let quit = wait_until(LONG, || (!tmux.alive()).then_some(()));
     assert!(quit.is_some(), "q did not end the console");
+}
+
+#[test]
+fn quitting_restores_the_terminal_even_with_no_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    // The shell reports the exit status and the terminal mode after the console is gone.
+    let cmd = format!(
+        "{} console --socket {}; echo \"exit=$?\"; stty -a | tr ' ' '\\n' | grep -x -- '-\\{{0,1\\}}icanon'; sleep 60",
+        support::warden_bin().display(),
+        socket.display()
+    );
+    let tmux = Tmux::new(&cmd, 100, 30);
+    let screen = tmux.wait_for("disconnected", |s| s.contains("DISCONNECTED"));
+    assert!(screen.contains(&socket.display().to_string()), "{screen}");
+    tmux.send("q");
+    let screen = tmux.wait_for("the shell again", |s| s.contains("exit="));
+    assert!(screen.contains("exit=0"), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.trim() == "icanon"),
+        "raw mode left on (expected icanon, not -icanon):\n{screen}"
+    );
+    assert!(
+        !screen.contains("1:Overview"),
+        "alternate screen not left:\n{screen}"
+    );
 }
 
 /// Reports the numbers; run with
