@@ -5,7 +5,8 @@ use super::event::{AlertsFeed, AlertsReply, Command, Event};
 use crate::control::snapshot::{ModelRow, Snapshot};
 use crate::supervisor::{EventKind, LogLine, ModelState, SupervisorEvent};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use std::collections::VecDeque;
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Recent supervisor events kept for the model detail view.
 const EVENTS_KEPT: usize = 200;
@@ -65,9 +66,11 @@ impl Action {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     Confirm(Action),
-    /// Silence the alert with index `alert` in the alerts list for the typed duration.
+    /// Silence an alert (its matchers taken when asked, so a refresh meanwhile cannot
+    /// retarget the answer) for the typed duration.
     SilenceFor {
-        alert: usize,
+        rule: String,
+        matchers: BTreeMap<String, Value>,
         input: String,
     },
 }
@@ -443,7 +446,8 @@ impl App {
             }],
             's' => {
                 self.prompt = Some(Prompt::SilenceFor {
-                    alert,
+                    rule: a.rule.clone(),
+                    matchers: a.matchers(),
                     input: "1h".into(),
                 });
                 Vec::new()
@@ -469,24 +473,39 @@ impl App {
                 // Anything else leaves the question on screen.
                 _ => self.prompt = Some(Prompt::Confirm(action)),
             },
-            Prompt::SilenceFor { alert, mut input } => match key.code {
-                KeyCode::Esc => self.say("cancelled", false),
-                KeyCode::Enter => return self.silence(alert, &input),
-                KeyCode::Backspace => {
-                    input.pop();
-                    self.prompt = Some(Prompt::SilenceFor { alert, input });
+            Prompt::SilenceFor {
+                rule,
+                matchers,
+                mut input,
+            } => {
+                match key.code {
+                    KeyCode::Esc => {
+                        self.say("cancelled", false);
+                        return Vec::new();
+                    }
+                    KeyCode::Enter => return self.silence(rule, matchers, input),
+                    KeyCode::Backspace => {
+                        input.pop();
+                    }
+                    KeyCode::Char(c) => input.push(c),
+                    _ => {}
                 }
-                KeyCode::Char(c) => {
-                    input.push(c);
-                    self.prompt = Some(Prompt::SilenceFor { alert, input });
-                }
-                _ => self.prompt = Some(Prompt::SilenceFor { alert, input }),
-            },
+                self.prompt = Some(Prompt::SilenceFor {
+                    rule,
+                    matchers,
+                    input,
+                });
+            }
         }
         Vec::new()
     }
 
-    fn silence(&mut self, alert: usize, input: &str) -> Vec<Command> {
+    fn silence(
+        &mut self,
+        rule: String,
+        matchers: BTreeMap<String, Value>,
+        input: String,
+    ) -> Vec<Command> {
         let duration = match humantime::parse_duration(input.trim()) {
             Ok(d) if d.as_secs() > 0 => d,
             _ => {
@@ -495,23 +514,18 @@ impl App {
                     true,
                 );
                 self.prompt = Some(Prompt::SilenceFor {
-                    alert,
-                    input: input.to_string(),
+                    rule,
+                    matchers,
+                    input,
                 });
                 return Vec::new();
             }
         };
-        let Alerts::Loaded(reply) = &self.alerts else {
-            return Vec::new();
-        };
-        let Some(a) = reply.alerts.get(alert) else {
-            return Vec::new();
-        };
         vec![Command::Silence {
-            matchers: a.matchers(),
+            matchers,
             duration_secs: duration.as_secs(),
             creator: self.operator.clone(),
-            comment: format!("silenced from warden console: {}", a.rule),
+            comment: format!("silenced from warden console: {rule}"),
         }]
     }
 
@@ -912,6 +926,12 @@ mod tests {
         for _ in 0..5 {
             app.handle(code(KeyCode::Backspace));
         }
+        // A refresh reordering the alerts while the prompt is open changes nothing.
+        let Alerts::Loaded(mut reply) = app.alerts.clone() else {
+            unreachable!()
+        };
+        reply.alerts.reverse();
+        app.handle(Event::Alerts(AlertsFeed::Loaded(reply)));
         for c in "30m".chars() {
             app.handle(key(c));
         }
