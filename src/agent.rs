@@ -232,7 +232,8 @@ impl Agent {
 
         let mut tasks = Vec::new();
         let mut dispatcher = Dispatcher::with_supervisor(&supervisor);
-        // Alerts and telemetry add their control methods here: dispatcher.register(...).
+        // Alerts and telemetry add their control methods with dispatcher.register(...) before
+        // `control.run` below.
 
         // The CloudWatch Logs shipper takes `log_rx` here once it exists; until then lines
         // stay in the per-model rings and are echoed at debug level.
