@@ -2,6 +2,7 @@
 //! socket, and turns SIGTERM/SIGINT into a clean stop and SIGHUP into a reload.
 
 use crate::config::{Config, ConfigErrors};
+use crate::control::snapshot::{SinkStatsSource, SnapshotSource};
 use crate::control::{ControlError, ControlServer, Dispatcher};
 use crate::ops::notify::{HostSnapshot, Notifier};
 use crate::sinks::cloudwatch::{CloudWatchSink, config::CloudWatchSinkConfig};
@@ -253,8 +254,8 @@ impl Agent {
         let mut tasks = Vec::new();
         let mut dispatcher = Dispatcher::with_supervisor(&supervisor);
         let test_hooks = crate::ops::notify::register_test_hooks(&mut dispatcher);
-        // Alerts and telemetry add their control methods here: dispatcher.register(...).
-        tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
+        // Alerts and telemetry add their control methods with dispatcher.register(...) before
+        // `control.run` below.
 
         // The CloudWatch Logs shipper takes `log_rx` here once it exists; until then lines
         // stay in the per-model rings and are echoed at debug level.
@@ -280,6 +281,7 @@ impl Agent {
             telemetry_events.clone(),
             cancel.child_token(),
         ));
+        let mut sink_stats = SinkStatsSource::Disabled;
         if config.cloudwatch.enabled {
             let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
             let sink = CloudWatchSink::new(
@@ -287,10 +289,16 @@ impl Agent {
                 &sdk,
                 store.clone(),
             )?;
+            sink_stats = SinkStatsSource::CloudWatch(sink.stats());
             tasks.push(tokio::spawn(sink.run(cancel.child_token())));
         } else {
             tracing::info!("CloudWatch metrics disabled (cloudwatch.enabled = false)");
         }
+
+        // Served once the store and sinks exist; clients connecting earlier wait in the backlog.
+        SnapshotSource::new(supervisor.clone(), store.clone(), sink_stats)
+            .register(&mut dispatcher);
+        tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 
         let api_cancel = cancel.child_token();
         tasks.push(start_api(&config, &supervisor, &store, &state_dir, api_cancel.clone()).await?);

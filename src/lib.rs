@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod ops;
 pub mod sinks;

@@ -41,6 +41,16 @@ enum Command {
     /// CloudWatch dashboards rendered from the metric catalogue.
     #[command(subcommand)]
     Dashboards(DashboardsCommand),
+    /// The on-call TUI, attached to the running daemon's control socket.
+    Console {
+        /// Control socket; default /run/warden/control.sock if present, else the embedded
+        /// default's.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Disable every action (restart, stop, start, ack, silence).
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +164,13 @@ fn main() -> ExitCode {
         Command::Keys(KeysCommand::Add { config, user, role }) => add_key(config, user, role),
         Command::Bench(bench) => run_bench(bench),
         Command::Dashboards(cmd) => dashboards(cmd),
+        Command::Console { socket, read_only } => {
+            let options = warden::console::ConsoleOptions {
+                socket: socket.unwrap_or_else(warden::console::default_socket),
+                read_only,
+            };
+            warden::console::run(options).map_err(|e| anyhow!("{e}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

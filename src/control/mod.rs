@@ -10,10 +10,11 @@
 //!   and, if the connection fell behind, `{"v":1,"lagged":N}`.
 //!
 //! Built-in methods: `status`, `restart`, `stop`, `start` (`model`), `logs` (`model`,
-//! `lines` = 100), `subscribe`.
+//! `lines` = 100), `subscribe`; the agent adds `snapshot` (`history` = 120, see [`snapshot`]).
 
 pub mod client;
 pub mod server;
+pub mod snapshot;
 
 pub use client::ControlClient;
 pub use server::{ControlServer, Dispatcher, Method, MethodError, Params};
