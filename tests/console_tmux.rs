@@ -452,7 +452,12 @@ fn quitting_restores_the_terminal_even_with_no_daemon() {
     let screen = tmux.wait_for("disconnected", |s| s.contains("DISCONNECTED"));
     assert!(screen.contains(&socket.display().to_string()), "{screen}");
     tmux.send("q");
-    let screen = tmux.wait_for("the shell again", |s| s.contains("exit="));
+    // Wait for the stty line too: it is printed after the exit status.
+    let screen = tmux.wait_for("the shell again", |s| {
+        s.contains("exit=")
+            && s.lines()
+                .any(|l| l.trim() == "icanon" || l.trim() == "-icanon")
+    });
     assert!(screen.contains("exit=0"), "{screen}");
     assert!(
         screen.lines().any(|l| l.trim() == "icanon"),
