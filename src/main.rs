@@ -38,6 +38,29 @@ enum Command {
     /// Benchmarks that print ratios measured side by side (not tests).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The alert rules as CloudWatch alarms (PutMetricAlarm definitions).
+    #[command(subcommand)]
+    Alarms(AlarmsCommand),
+}
+
+#[derive(Subcommand)]
+enum AlarmsCommand {
+    /// Print the alarm definitions as JSON (deterministic).
+    Render(AlarmsArgs),
+    /// PutMetricAlarm each definition (uses `[aws]` from the config).
+    Push(AlarmsArgs),
+}
+
+#[derive(clap::Args)]
+struct AlarmsArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Host id the alarms watch (default: the config's `agent.host_id`, else the hostname).
+    #[arg(long)]
+    host: Option<String>,
+    /// GPUs on the host (one alarm per GPU for GPU rules).
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
 }
 
 #[derive(Subcommand)]
@@ -109,6 +132,7 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue { config, sub, role }) => issue_token(config, sub, role),
         Command::Keys(KeysCommand::Add { config, user, role }) => add_key(config, user, role),
         Command::Bench(bench) => run_bench(bench),
+        Command::Alarms(cmd) => alarms(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +201,34 @@ fn add_key(config: Option<PathBuf>, user: String, role: Role) -> anyhow::Result<
         .ok_or_else(|| anyhow!("the config sets no auth.api_keys_file"))?;
     let key = ApiKeyStore::add(&config.resolve(path), &user, role)?;
     println!("{key}");
+    Ok(())
+}
+
+fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
+    use warden::alerts::{alarms, rules};
+    let (args, push) = match cmd {
+        AlarmsCommand::Render(a) => (a, false),
+        AlarmsCommand::Push(a) => (a, true),
+    };
+    let config = load_config(args.config)?;
+    let rules = rules::load_for(&config).map_err(|e| anyhow!("{e}"))?;
+    let target = alarms::AlarmTarget {
+        host: args.host.unwrap_or_else(|| config.agent.host_id()),
+        gpus: args.gpus,
+    };
+    let set = alarms::render(&rules, &config, &target);
+    if !push {
+        print!("{}", alarms::render_json(&set));
+        return Ok(());
+    }
+    let n = runtime()?.block_on(async {
+        let sdk = warden::sinks::aws::sdk_config(&config.aws).await;
+        alarms::push(&sdk, &set).await
+    })?;
+    println!("{n} alarms written");
+    for (rule, why) in &set.skipped {
+        eprintln!("skipped {rule}: {why}");
+    }
     Ok(())
 }
 
