@@ -162,6 +162,17 @@ fn instances(
     Some(sets)
 }
 
+/// The rule's summary with this alarm's dimensions filled in (the value is not known here).
+fn describe(template: &str, dims: &[AlarmDimension], threshold: f64) -> String {
+    let mut s = template
+        .replace("{{value}}", "value")
+        .replace("{{threshold}}", &super::evaluator::format_value(threshold));
+    for d in dims {
+        s = s.replace(&format!("{{{{{}}}}}", d.name), &d.value);
+    }
+    s
+}
+
 fn suffix(dims: &[AlarmDimension]) -> String {
     dims.iter()
         .filter(|d| d.name != "Host")
@@ -274,7 +285,7 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
                 alarm_name: format!("warden-{}-{}{}", target.host, rule.name, suffix(&dims)),
                 alarm_description: format!(
                     "{} ({}, from warden rule {}; runbook {}#{})",
-                    rule.summary,
+                    describe(&rule.summary, &dims, rule.threshold()),
                     rule.severity.as_str(),
                     rule.name,
                     config.alerts.runbook_url,

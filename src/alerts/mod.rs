@@ -46,6 +46,31 @@ pub enum AlertsError {
 /// Resolved alerts stay listed this long after resolving.
 const RESOLVED_RETENTION: Duration = Duration::from_secs(15 * 60);
 
+/// Where the engine reads the time (ms since the epoch); tests drive a manual clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(now_ms)
+}
+
+async fn next_event<T: Clone>(rx: &mut Option<broadcast::Receiver<T>>, what: &str) -> Option<T> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    match r.recv().await {
+        Ok(e) => Some(e),
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            tracing::warn!(missed = n, "alerts lagged behind {what} events");
+            None
+        }
+        Err(broadcast::error::RecvError::Closed) => {
+            *rx = None;
+            None
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -319,12 +344,19 @@ fn gpu_labels(gpu: u32) -> Labels {
     [("GPU".to_string(), gpu.to_string())].into()
 }
 
+/// The id an `ack`/`unsilence` targets. The wire's `id` is the request id (stripped from the
+/// params), so the target travels as `alert_id`/`silence_id`.
+fn id_param(p: &Params, key: &str) -> Result<String, MethodError> {
+    p.str(key).map(str::to_string)
+}
+
 /// The running alert engine; cheap to clone.
 #[derive(Clone)]
 pub struct AlertsHandle {
     core: Arc<Mutex<Core>>,
     store: Arc<MetricStore>,
     wake: Arc<tokio::sync::Notify>,
+    clock: Clock,
 }
 
 impl AlertsHandle {
@@ -377,20 +409,26 @@ impl AlertsHandle {
             store,
             supervisor_events,
             telemetry_events,
+            system_clock(),
             cancel,
         )
     }
 
-    /// [`start`](Self::start) with explicit parts (tests and the benchmark).
+    /// [`start`](Self::start) with explicit parts (tests and the benchmark); `state_dir` is
+    /// the alerts' own directory (`<agent.state_dir>/alerts`).
+    #[allow(clippy::too_many_arguments)]
     pub fn start_with(
         settings: AlertsSettings,
         state_dir: &std::path::Path,
         channels: Vec<notify::Channel>,
         store: Arc<MetricStore>,
-        mut supervisor_events: broadcast::Receiver<SupervisorEvent>,
-        mut telemetry_events: broadcast::Receiver<TelemetryEvent>,
+        supervisor_events: broadcast::Receiver<SupervisorEvent>,
+        telemetry_events: broadcast::Receiver<TelemetryEvent>,
+        clock: Clock,
         cancel: CancellationToken,
     ) -> Result<(AlertsHandle, Vec<tokio::task::JoinHandle<()>>), AlertsError> {
+        let mut supervisor_events = Some(supervisor_events);
+        let mut telemetry_events = Some(telemetry_events);
         let file = StateFile::new(state_dir.parent().unwrap_or(state_dir));
         let state = file.load();
         let backoff = crate::sinks::cloudwatch::retry::Backoff {
@@ -430,6 +468,7 @@ impl AlertsHandle {
             core: Arc::new(Mutex::new(core)),
             store,
             wake: Arc::new(tokio::sync::Notify::new()),
+            clock,
         };
         {
             let mut core = handle.lock();
@@ -460,25 +499,25 @@ impl AlertsHandle {
                     }
                     _ = tick.tick() => {}
                     _ = h.wake.notified() => {}
-                    e = supervisor_events.recv() => match e {
-                        Ok(e) => h.supervisor_event(&e),
-                        Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "alerts lagged behind supervisor events"),
-                        Err(broadcast::error::RecvError::Closed) => supervisor_events = broadcast::channel(1).1,
+                    e = next_event(&mut supervisor_events, "supervisor") => match e {
+                        Some(e) => h.supervisor_event(&e),
+                        None => continue,
                     },
-                    e = telemetry_events.recv() => match e {
-                        Ok(e) => h.telemetry_event(&e),
-                        Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "alerts lagged behind telemetry events"),
-                        Err(broadcast::error::RecvError::Closed) => telemetry_events = broadcast::channel(1).1,
+                    e = next_event(&mut telemetry_events, "telemetry") => match e {
+                        Some(e) => h.telemetry_event(&e),
+                        None => continue,
                     },
                 }
-                h.evaluate(now_ms());
+                h.evaluate_now();
             }
         }));
         Ok((handle, tasks))
     }
 
-    /// One evaluation of every rule at `now` (the loop calls it each interval and on events).
-    pub fn evaluate(&self, now: u64) -> Vec<Notification> {
+    /// One evaluation of every rule at the clock's now (the loop calls it each interval and
+    /// on events); returns the notifications it spooled.
+    pub fn evaluate_now(&self) -> Vec<Notification> {
+        let now = (self.clock)();
         self.lock().tick(&self.store, now)
     }
 
@@ -505,8 +544,8 @@ impl AlertsHandle {
 
     /// Feeds a GPU/NVML event into the event rules.
     pub fn telemetry_event(&self, e: &TelemetryEvent) {
+        let at = (self.clock)();
         let mut core = self.lock();
-        let at = now_ms();
         match e {
             TelemetryEvent::GpuLost { gpu } => {
                 core.on_event(EventSource::GpuLost, gpu_labels(*gpu), true, at)
@@ -528,6 +567,11 @@ impl AlertsHandle {
         }
     }
 
+    /// Notifications spooled and not yet delivered, over every channel.
+    pub fn undelivered(&self) -> u64 {
+        self.lock().outboxes.iter().map(|o| o.pending()).sum()
+    }
+
     /// Swaps in new rules and settings (SIGHUP); alert state of surviving rules is kept.
     pub fn reload(&self, config: &Config) -> Result<usize, ConfigErrors> {
         let settings = AlertsSettings::from_config(config)?;
@@ -539,8 +583,8 @@ impl AlertsHandle {
 
     /// The control API's `alerts` result.
     pub fn snapshot(&self) -> Value {
+        let now = (self.clock)();
         let core = self.lock();
-        let now = now_ms();
         let alerts: Vec<Value> = core
             .state
             .evaluator
@@ -584,11 +628,12 @@ impl AlertsHandle {
         comment: &str,
     ) -> String {
         let id = uuid::Uuid::new_v4().to_string();
+        let now = (self.clock)();
         let mut core = self.lock();
         core.state.silences.push(evaluator::Silence {
             id: id.clone(),
             matchers,
-            expires_ms: now_ms().saturating_add(duration.as_millis() as u64),
+            expires_ms: now.saturating_add(duration.as_millis() as u64),
             creator: creator.to_string(),
             comment: comment.to_string(),
         });
@@ -650,7 +695,8 @@ impl AlertsHandle {
         out
     }
 
-    /// Registers `alerts`, `silence`, `unsilence` and `ack` on the control socket.
+    /// Registers `alerts`, `silence` {matchers, duration_secs, creator, comment} → {id},
+    /// `unsilence` {silence_id} and `ack` {alert_id, by} on the control socket.
     pub fn register(&self, dispatcher: &mut Dispatcher) {
         let h = self.clone();
         dispatcher.register("alerts", move |_p: Params| {
@@ -704,7 +750,7 @@ impl AlertsHandle {
         dispatcher.register("unsilence", move |p: Params| {
             let h = h.clone();
             async move {
-                let id = p.str("id")?.to_string();
+                let id = id_param(&p, "silence_id")?;
                 if h.unsilence(&id) {
                     Ok(json!({ "id": id }))
                 } else {
@@ -716,7 +762,7 @@ impl AlertsHandle {
         dispatcher.register("ack", move |p: Params| {
             let h = h.clone();
             async move {
-                let id = p.str("id")?.to_string();
+                let id = id_param(&p, "alert_id")?;
                 let by = p.str("by")?.to_string();
                 if h.ack(&id, &by) {
                     Ok(json!({ "id": id, "acked_by": by }))
