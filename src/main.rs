@@ -115,6 +115,17 @@ enum BenchCommand {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Alert latency: fake NVML GPU util 10 -> 95 until the Slack webhook gets the POST.
+    Alerts {
+        /// Runs with `for = "0s"`.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Runs with the default `for` (1m each).
+        #[arg(long, default_value_t = 3)]
+        default_for_runs: usize,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        sample_interval: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -262,6 +273,21 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 interval,
                 duration,
                 flush_interval: Duration::from_secs(60),
+            };
+            let report = runtime()?
+                .block_on(bench.run())
+                .map_err(|e| anyhow!("{e}"))?;
+            print!("{report}");
+        }
+        BenchCommand::Alerts {
+            runs,
+            default_for_runs,
+            sample_interval,
+        } => {
+            let bench = warden::alerts::bench::AlertsBench {
+                runs,
+                default_for_runs,
+                sample_interval,
             };
             let report = runtime()?
                 .block_on(bench.run())

@@ -1143,3 +1143,166 @@ async fn alarms_push_round_trips_through_describe_alarms() {
         ["arn:aws:sns:us-east-1:123456789012:structural-design-critical"]
     );
 }
+
+// ---------------------------------------------------------------- derived metrics, reload
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_rate_and_latency_p95_come_from_the_gateway_counters_and_window() {
+    let rules = r#"
+[[rule]]
+name = "errors"
+metric = "ModelErrorRate"
+reducer = "avg"
+window = "1m"
+op = ">"
+threshold = 5
+for = "0s"
+severity = "critical"
+summary = "{{Model}} error rate {{value}} %"
+
+[[rule]]
+name = "slow"
+metric = "ModelLatency"
+where = { Model = "clash-detector" }
+reducer = "p95"
+window = "1m"
+op = ">"
+threshold = 1500
+for = "0s"
+severity = "warning"
+"#;
+    let slack = SlackReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let chans = channels(None, &(String::new(), String::new()), &slack).await;
+    let t0 = now_ms();
+    let e = Engine::start(
+        rules,
+        &dir.path().join("alerts"),
+        chans,
+        Duration::from_secs(3600),
+        t0,
+    );
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    for model in ["clash-detector", "risk-analyzer"] {
+        for i in 0..100u64 {
+            let (ms, ok) = if i % 10 == 9 {
+                (2000.0, false)
+            } else {
+                (100.0, true)
+            };
+            e.store.record_request(model, ms, ok, at(t0 + i * 10));
+        }
+    }
+    e.clock.store(t0 + 2000, Ordering::SeqCst);
+    let mut fired = e.handle.evaluate_now();
+    fired.sort_by(|a, b| (&a.rule, &a.labels).cmp(&(&b.rule, &b.labels)));
+    let got: Vec<(String, String, f64)> = fired
+        .iter()
+        .map(|n| (n.rule.clone(), n.labels["Model"].clone(), n.value))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1.as_str()),
+        ("errors", "clash-detector")
+    );
+    assert!((got[0].2 - 10.0).abs() < 0.5, "error rate {got:?}");
+    assert_eq!(
+        (got[2].0.as_str(), got[2].1.as_str(), got[2].2),
+        ("slow", "clash-detector", 2000.0)
+    );
+    // Two minutes of clean, fast traffic: both resolve (the bad minute left the window).
+    for i in 0..100u64 {
+        e.store
+            .record_request("clash-detector", 50.0, true, at(t0 + 120_000 + i));
+        e.store
+            .record_request("risk-analyzer", 50.0, true, at(t0 + 120_000 + i));
+    }
+    e.clock.store(t0 + 121_000, Ordering::SeqCst);
+    let resolved = e.handle.evaluate_now();
+    assert_eq!(resolved.len(), 3, "{resolved:?}");
+    assert!(resolved.iter().all(|n| n.kind.as_str() == "resolved"));
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_rules_keeps_alert_state() {
+    let slack = SlackReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(&rules_path, GPU_RULES).unwrap();
+    let config_path = dir.path().join("warden.toml");
+    let config_text =
+        format!("[agent]\nhost_id = \"{HOST}\"\n[alerts]\nrules = [\"rules.toml\"]\n");
+    std::fs::write(&config_path, &config_text).unwrap();
+    let config = warden::config::Config::load(&config_path).unwrap();
+    let settings = AlertsSettings::from_config(&config).unwrap();
+    let store = Arc::new(MetricStore::new(HOST, 600));
+    let clock = Arc::new(AtomicU64::new(now_ms()));
+    let c = clock.clone();
+    let (_tx, rx) = broadcast::channel(4);
+    let (_stx, srx) = broadcast::channel(4);
+    let cancel = CancellationToken::new();
+    let chans = channels(None, &(String::new(), String::new()), &slack).await;
+    let (handle, tasks) = AlertsHandle::start_with(
+        settings,
+        &dir.path().join("state/alerts"),
+        chans,
+        store.clone(),
+        srx,
+        rx,
+        Arc::new(move || c.load(Ordering::SeqCst)),
+        cancel.clone(),
+    )
+    .unwrap();
+    let t = clock.load(Ordering::SeqCst) + 1000;
+    clock.store(t, Ordering::SeqCst);
+    store.set_gauge(
+        "GPUUtilization",
+        &[(Dim::Gpu, "0")],
+        95.0,
+        UNIX_EPOCH + Duration::from_millis(t),
+    );
+    assert_eq!(handle.evaluate_now().len(), 1);
+    // A bad edit is rejected and the old rules stay.
+    std::fs::write(&rules_path, "[[rule]]\nname = \"x\"\n").unwrap();
+    let bad = warden::config::Config::load(&config_path);
+    assert!(bad.is_err());
+    // A good edit: a new rule, gpu-hot's threshold moved; gpu-hot stays firing, no new firing.
+    std::fs::write(&rules_path, GPU_RULES.replace("threshold = 90", "threshold = 92") + "\n[[rule]]\nname = \"gpu-warm\"\nmetric = \"GPUUtilization\"\nop = \">\"\nthreshold = 50\nfor = \"0s\"\nseverity = \"info\"\n").unwrap();
+    let config = warden::config::Config::load(&config_path).unwrap();
+    assert_eq!(handle.reload(&config).unwrap(), 3);
+    clock.store(t + 1000, Ordering::SeqCst);
+    store.set_gauge(
+        "GPUUtilization",
+        &[(Dim::Gpu, "0")],
+        95.0,
+        UNIX_EPOCH + Duration::from_millis(t + 1000),
+    );
+    handle.evaluate_now();
+    // (The reload itself wakes the loop, which may evaluate first: judge by what was sent.)
+    let msgs = wait_until(LONG, || {
+        let m = slack_msgs(&slack);
+        (m.len() >= 2).then_some(m)
+    })
+    .unwrap();
+    assert_eq!(
+        states(&msgs, "gpu-hot"),
+        vec!["firing"],
+        "no second firing after reload"
+    );
+    assert_eq!(states(&msgs, "gpu-warm"), vec!["firing"]);
+    let snap = handle.snapshot();
+    let hot = snap["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule"] == "gpu-hot")
+        .unwrap()
+        .clone();
+    assert_eq!(hot["state"], "firing");
+    assert_eq!(hot["threshold"], 92.0);
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
