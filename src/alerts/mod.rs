@@ -94,8 +94,13 @@ fn series_labels(key: &SeriesKey) -> Labels {
         .collect()
 }
 
-fn filter_matches(m: &MetricCondition, labels: &Labels) -> bool {
-    m.filter.iter().all(|(k, v)| labels.get(k) == Some(v))
+/// `where` matches on any of the series' dimensions, Host included.
+fn filter_matches(m: &MetricCondition, key: &SeriesKey) -> bool {
+    m.filter.iter().all(|(k, v)| {
+        key.dims
+            .iter()
+            .any(|(d, value)| d.cloudwatch() == k && value == v)
+    })
 }
 
 /// Reads the store for one metric rule: one observation per matching series.
@@ -116,7 +121,7 @@ pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> 
                 continue;
             }
             let labels = series_labels(&s.key);
-            if !filter_matches(m, &labels) {
+            if !filter_matches(m, &s.key) {
                 continue;
             }
             let errors = SeriesKey::new("ModelErrors", s.key.dims.clone());
@@ -134,7 +139,7 @@ pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> 
     if m.metric == "ModelLatency" {
         for h in store.histograms(&[]) {
             let labels = series_labels(&h.key);
-            if !filter_matches(m, &labels) {
+            if !filter_matches(m, &h.key) {
                 continue;
             }
             let samples: Vec<evaluator::Sample> = store
@@ -156,7 +161,7 @@ pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> 
             continue;
         }
         let labels = series_labels(&s.key);
-        if !filter_matches(m, &labels) {
+        if !filter_matches(m, &s.key) {
             continue;
         }
         if let Some(v) = evaluator::reduce(m.reducer, &history(&s.key), now_ms, m.window) {
