@@ -185,6 +185,12 @@ pub struct AlertsSettings {
 
 impl AlertsSettings {
     pub fn from_config(config: &Config) -> Result<Self, ConfigErrors> {
+        if !config.alerts.group_wait.is_zero() {
+            // Each alert is its own message; say so rather than silently ignore the key.
+            tracing::warn!(
+                "alerts.group_wait is not implemented yet: notifications are not grouped"
+            );
+        }
         Ok(AlertsSettings {
             rules: rules::load_for(config)?,
             evaluation_interval: config.alerts.evaluation_interval,

@@ -81,3 +81,39 @@ impl StateFile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_sets_a_corrupt_file_aside() {
+        let dir = std::env::temp_dir().join(format!("warden-alert-state-{}", uuid::Uuid::new_v4()));
+        let file = StateFile::new(&dir);
+        assert_eq!(
+            file.load(),
+            PersistedState::default(),
+            "missing file: fresh start"
+        );
+        let mut state = PersistedState::default();
+        state.silences.push(Silence {
+            id: "s".into(),
+            matchers: [("GPU".to_string(), "0".to_string())].into(),
+            expires_ms: 42,
+            creator: "ops".into(),
+            comment: String::new(),
+        });
+        state.events.push(EventCondition {
+            source: EventSource::GpuLost,
+            labels: [("GPU".to_string(), "1".to_string())].into(),
+            active: true,
+            last_ms: 7,
+        });
+        file.save(&state).unwrap();
+        assert_eq!(file.load(), state);
+        std::fs::write(file.path(), b"{not json").unwrap();
+        assert_eq!(file.load(), PersistedState::default());
+        assert!(file.path().with_extension("json.corrupt").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
