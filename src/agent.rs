@@ -41,6 +41,17 @@ pub enum AgentError {
     Audit(#[from] crate::api::audit::AuditError),
     #[error("CloudWatch: {0}")]
     CloudWatch(#[from] crate::sinks::cloudwatch::CloudWatchError),
+    #[error("alerts: {0}")]
+    Alerts(#[from] crate::alerts::AlertsError),
+}
+
+/// `/metrics` extras: the store's series, then the alert gauge.
+struct MetricsChain(Vec<Arc<dyn crate::api::MetricsText>>);
+
+impl crate::api::MetricsText for MetricsChain {
+    fn render(&self) -> String {
+        self.0.iter().map(|m| m.render()).collect()
+    }
 }
 
 /// The gateway and the samplers see models through the supervisor's status.
@@ -104,6 +115,7 @@ async fn start_api(
     config: &Config,
     supervisor: &SupervisorHandle,
     store: &Arc<MetricStore>,
+    alerts: &crate::alerts::AlertsHandle,
     state_dir: &Path,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
@@ -113,7 +125,10 @@ async fn start_api(
         directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
         audit,
         observer: Some(Arc::new(StoreObserver(store.clone()))),
-        extra_metrics: Some(Arc::new(StoreObserver(store.clone()))),
+        extra_metrics: Some(Arc::new(MetricsChain(vec![
+            Arc::new(StoreObserver(store.clone())),
+            Arc::new(alerts.clone()),
+        ]))),
     };
     let state = std::sync::Arc::new(api::AppState::new(config, peers)?);
     let listener = api::bind(config.agent.listen).await?;
@@ -226,6 +241,7 @@ pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), Age
 /// shipper) take a clone of `supervisor` and a child of `cancel`.
 pub struct Agent {
     pub supervisor: SupervisorHandle,
+    pub alerts: crate::alerts::AlertsHandle,
     pub cancel: CancellationToken,
     pub store: Arc<MetricStore>,
     /// `debug.wedge` requests (only with WARDEN_TEST_HOOKS=1), for the main loop.
@@ -254,8 +270,9 @@ impl Agent {
         let mut tasks = Vec::new();
         let mut dispatcher = Dispatcher::with_supervisor(&supervisor);
         let test_hooks = crate::ops::notify::register_test_hooks(&mut dispatcher);
-        // Alerts and telemetry add their control methods with dispatcher.register(...) before
-        // `control.run` below.
+        // Modules add their control methods with dispatcher.register(...) before `control.run`
+        // below. Subscribed before anything runs, so no early event escapes the alert rules.
+        let alert_supervisor_events = supervisor.subscribe();
 
         // The CloudWatch Logs shipper takes `log_rx` here once it exists; until then lines
         // stay in the per-model rings and are echoed at debug level.
@@ -274,6 +291,16 @@ impl Agent {
 
         let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
         let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
+        let (alerts, alert_tasks) = crate::alerts::AlertsHandle::start(
+            &config,
+            store.clone(),
+            alert_supervisor_events,
+            telemetry_events.subscribe(),
+            cancel.child_token(),
+        )
+        .await?;
+        tasks.extend(alert_tasks);
+        alerts.register(&mut dispatcher);
         tasks.push(telemetry::spawn_samplers(
             telemetry::SamplerConfig::from_config(&config),
             store.clone(),
@@ -301,10 +328,21 @@ impl Agent {
         tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 
         let api_cancel = cancel.child_token();
-        tasks.push(start_api(&config, &supervisor, &store, &state_dir, api_cancel.clone()).await?);
+        tasks.push(
+            start_api(
+                &config,
+                &supervisor,
+                &store,
+                &alerts,
+                &state_dir,
+                api_cancel.clone(),
+            )
+            .await?,
+        );
 
         Ok(Agent {
             supervisor,
+            alerts,
             cancel,
             store,
             test_hooks,
@@ -331,6 +369,11 @@ impl Agent {
     pub async fn reload(&self, config: Config) -> crate::supervisor::ReloadSummary {
         if let Ok(exe) = std::env::current_exe() {
             ensure_models(&config, &exe).await;
+        }
+        // Rules reload in place: alert state (firing, silences, acks) carries over.
+        match self.alerts.reload(&config) {
+            Ok(n) => tracing::info!(rules = n, "alert rules reloaded"),
+            Err(e) => tracing::error!(error = %e, "alert rules rejected; keeping the old ones"),
         }
         self.supervisor.apply(&config).await
     }

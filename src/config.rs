@@ -516,24 +516,32 @@ impl Config {
         config.source = Some(path.to_path_buf());
         config.apply_env();
         let problems = config.validate();
-        if problems.is_empty() {
+        let locator = Locator::new(text);
+        let mut errors: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|p| {
+                let (line, col) = locator.locate(&p.path);
+                ConfigError {
+                    file: path.to_path_buf(),
+                    line,
+                    col,
+                    message: p.message,
+                }
+            })
+            .collect();
+        // Rule files are part of the config: their errors point into the rule file.
+        for rules in config.alerts.rules.iter().flatten() {
+            let resolved = config.resolve(rules);
+            if resolved.exists()
+                && let Err(e) = crate::alerts::rules::load(&resolved)
+            {
+                errors.extend(e.0);
+            }
+        }
+        if errors.is_empty() {
             Ok(config)
         } else {
-            let locator = Locator::new(text);
-            Err(ConfigErrors(
-                problems
-                    .into_iter()
-                    .map(|p| {
-                        let (line, col) = locator.locate(&p.path);
-                        ConfigError {
-                            file: path.to_path_buf(),
-                            line,
-                            col,
-                            message: p.message,
-                        }
-                    })
-                    .collect(),
-            ))
+            Err(ConfigErrors(errors))
         }
     }
 
@@ -894,7 +902,7 @@ fn valid_sns_arn(arn: &str) -> bool {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum PathPart {
+pub(crate) enum PathPart {
     Key(&'static str),
     Idx(usize),
 }
@@ -905,20 +913,20 @@ struct Problem {
 }
 
 /// Finds where a key path sits in the source, for semantic errors after deserialising.
-struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     text: &'a str,
     root: Option<toml::Spanned<toml::de::DeTable<'a>>>,
 }
 
 impl<'a> Locator<'a> {
-    fn new(text: &'a str) -> Self {
+    pub(crate) fn new(text: &'a str) -> Self {
         Locator {
             text,
             root: toml::de::DeTable::parse(text).ok(),
         }
     }
 
-    fn locate(&self, path: &[PathPart]) -> (usize, usize) {
+    pub(crate) fn locate(&self, path: &[PathPart]) -> (usize, usize) {
         let Some(root) = &self.root else {
             return (1, 1);
         };

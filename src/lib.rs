@@ -5,6 +5,7 @@
 //! wires them together for `warden run`.
 
 pub mod agent;
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod console;

@@ -51,6 +51,9 @@ enum Command {
         #[arg(long)]
         read_only: bool,
     },
+    /// The alert rules as CloudWatch alarms (PutMetricAlarm definitions).
+    #[command(subcommand)]
+    Alarms(AlarmsCommand),
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,26 @@ struct DashboardArgs {
     /// Dashboard name.
     #[arg(long, default_value = "warden")]
     name: String,
+}
+
+#[derive(Subcommand)]
+enum AlarmsCommand {
+    /// Print the alarm definitions as JSON (deterministic).
+    Render(AlarmsArgs),
+    /// PutMetricAlarm each definition (uses `[aws]` from the config).
+    Push(AlarmsArgs),
+}
+
+#[derive(clap::Args)]
+struct AlarmsArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Host id the alarms watch (default: the config's `agent.host_id`, else the hostname).
+    #[arg(long)]
+    host: Option<String>,
+    /// GPUs on the host (one alarm per GPU for GPU rules).
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
 }
 
 #[derive(Subcommand)]
@@ -146,6 +169,17 @@ enum BenchCommand {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Alert latency: fake NVML GPU util 10 -> 95 until the Slack webhook gets the POST.
+    Alerts {
+        /// Runs with `for = "0s"`.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Runs with the default `for` (1m each).
+        #[arg(long, default_value_t = 3)]
+        default_for_runs: usize,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        sample_interval: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -171,6 +205,7 @@ fn main() -> ExitCode {
             };
             warden::console::run(options).map_err(|e| anyhow!("{e}"))
         }
+        Command::Alarms(cmd) => alarms(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -267,6 +302,34 @@ fn dashboards(cmd: DashboardsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
+    use warden::alerts::{alarms, rules};
+    let (args, push) = match cmd {
+        AlarmsCommand::Render(a) => (a, false),
+        AlarmsCommand::Push(a) => (a, true),
+    };
+    let config = load_config(args.config)?;
+    let rules = rules::load_for(&config).map_err(|e| anyhow!("{e}"))?;
+    let target = alarms::AlarmTarget {
+        host: args.host.unwrap_or_else(|| config.agent.host_id()),
+        gpus: args.gpus,
+    };
+    let set = alarms::render(&rules, &config, &target);
+    if !push {
+        print!("{}", alarms::render_json(&set));
+        return Ok(());
+    }
+    let n = runtime()?.block_on(async {
+        let sdk = warden::sinks::aws::sdk_config(&config.aws).await;
+        alarms::push(&sdk, &set).await
+    })?;
+    println!("{n} alarms written");
+    for (rule, why) in &set.skipped {
+        eprintln!("skipped {rule}: {why}");
+    }
+    Ok(())
+}
+
 fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
     match bench {
         BenchCommand::Restart {
@@ -316,6 +379,21 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 interval,
                 duration,
                 flush_interval: Duration::from_secs(60),
+            };
+            let report = runtime()?
+                .block_on(bench.run())
+                .map_err(|e| anyhow!("{e}"))?;
+            print!("{report}");
+        }
+        BenchCommand::Alerts {
+            runs,
+            default_for_runs,
+            sample_interval,
+        } => {
+            let bench = warden::alerts::bench::AlertsBench {
+                runs,
+                default_for_runs,
+                sample_interval,
             };
             let report = runtime()?
                 .block_on(bench.run())

@@ -113,7 +113,13 @@ struct Latency {
     all: Histogram<u64>,
     window: Histogram<u64>,
     sum_us: u64,
+    /// The latest raw samples (ms) for windowed percentiles (alert rules).
+    recent: VecDeque<(SystemTime, f64)>,
 }
+
+/// Raw latency samples kept per model for windowed percentiles; at high request rates the
+/// window is effectively the last this-many requests.
+const RECENT_LATENCIES: usize = 20_000;
 
 #[derive(Default)]
 struct Inner {
@@ -136,6 +142,7 @@ fn new_latency() -> Option<Latency> {
         all: h.clone(),
         window: h,
         sum_us: 0,
+        recent: VecDeque::new(),
     })
 }
 
@@ -259,6 +266,11 @@ impl MetricStore {
 
     /// Records one inference latency for `model` (called by the API gateway per request).
     pub fn observe_latency(&self, model: &str, ms: f64) {
+        self.observe_latency_at(model, ms, SystemTime::now());
+    }
+
+    /// [`observe_latency`](Self::observe_latency) at a given time.
+    pub fn observe_latency_at(&self, model: &str, ms: f64, at: SystemTime) {
         let key = self.key("ModelLatency", &[(Dim::Model, model)]);
         let us = (ms.max(0.0) * 1000.0).round().max(1.0) as u64;
         let mut inner = self.write();
@@ -273,11 +285,30 @@ impl MetricStore {
         let _ = l.all.record(us);
         let _ = l.window.record(us);
         l.sum_us = l.sum_us.saturating_add(us);
+        if l.recent.len() == RECENT_LATENCIES {
+            l.recent.pop_front();
+        }
+        l.recent.push_back((at, ms.max(0.0)));
+    }
+
+    /// Raw latencies (ms) of one ModelLatency series recorded at or after `since`.
+    pub fn latency_samples(&self, key: &SeriesKey, since: SystemTime) -> Vec<(SystemTime, f64)> {
+        self.read()
+            .latency
+            .get(key)
+            .map(|l| {
+                l.recent
+                    .iter()
+                    .filter(|(t, _)| *t >= since)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// One finished request: latency, the request counter and, on failure, the error counter.
     pub fn record_request(&self, model: &str, ms: f64, ok: bool, at: SystemTime) {
-        self.observe_latency(model, ms);
+        self.observe_latency_at(model, ms, at);
         self.add_counter("ModelRequests", &[(Dim::Model, model)], 1.0, at);
         if !ok {
             self.add_counter("ModelErrors", &[(Dim::Model, model)], 1.0, at);
