@@ -4,4 +4,5 @@
 //! → `api` and `console`; `supervisor` and `serving` sit beside the pipeline.
 
 pub mod config;
+pub mod serving;
 pub mod tls;
