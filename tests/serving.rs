@@ -252,6 +252,19 @@ async fn each_model_answers_its_example_with_valid_deterministic_outputs() {
             }
             _ => unreachable!(),
         }
+        let r = server
+            .client
+            .post(server.url("/infer"))
+            .header("x-request-id", "req-42")
+            .json(&example)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()["x-request-id"],
+            "req-42",
+            "{name} must echo x-request-id"
+        );
         let health = server
             .client
             .get(server.url("/health"))

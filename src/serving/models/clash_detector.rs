@@ -154,3 +154,33 @@ impl Net for ClashNet {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_a_batch_to_its_longest_sequence_leaves_shorter_ones_unchanged() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = ClashNet::build(&vs.root());
+        let short = parse(&example_with(2, 0)).unwrap();
+        let long = parse(&example_with(5, 3)).unwrap();
+        let alone = tch::no_grad(|| net.run(&[&short], Device::Cpu)).unwrap();
+        let batched = tch::no_grad(|| net.run(&[&long, &short], Device::Cpu)).unwrap();
+        assert_eq!(batched[1]["steps"].as_array().unwrap().len(), 2);
+        assert_eq!(batched[0]["steps"].as_array().unwrap().len(), 5);
+        for (a, b) in alone[0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(batched[1]["steps"].as_array().unwrap())
+        {
+            let (pa, pb) = (
+                a["clash_probability"].as_f64().unwrap(),
+                b["clash_probability"].as_f64().unwrap(),
+            );
+            assert!((pa - pb).abs() < 1e-5, "{pa} vs {pb}");
+        }
+    }
+}
