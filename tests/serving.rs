@@ -627,6 +627,7 @@ async fn a_torchscript_module_serves_rows_matching_plain_rust() {
         );
     }
     let example = server.example().await;
+    assert_eq!(example["inputs"][0].as_array().unwrap().len(), 3);
     assert_eq!(server.infer(&example).await.0, 200);
     // Ragged rows are caught by validation; a width the module cannot take, by the model.
     let (status, e) = server.infer(&json!({"inputs": [[1, 2, 3], [1, 2]]})).await;

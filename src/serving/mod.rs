@@ -166,9 +166,12 @@ impl ModelKind {
                 risk_analyzer::example(),
             ),
             ModelKind::TorchScript => (
-                json!({"inputs": format!("array of 1..{} rows, each a nested array of numbers \
-                        (float32), all the same shape; this module was warmed up with rows of \
-                        shape {row_shape:?}", torchscript::MAX_ROWS)}),
+                json!({
+                    "inputs": format!("array of 1..{} rows, each a nested array of numbers \
+                        (float32), all the same shape", torchscript::MAX_ROWS),
+                    // Only known when the server was started with --input-shape.
+                    "row_shape": if row_shape.is_empty() { Value::Null } else { json!(row_shape) },
+                }),
                 json!({"outputs": "array, one row per input row, in order"}),
                 torchscript::example(row_shape),
             ),
