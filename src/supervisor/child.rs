@@ -26,15 +26,17 @@ pub fn model_argv(
         model.name.clone(),
         "--port".into(),
         model.port.to_string(),
-        "--models-dir".into(),
-        config
-            .resolve(&config.agent.models_dir)
-            .display()
-            .to_string(),
     ];
-    if let Some(w) = &model.weights {
-        argv.push("--weights".into());
-        argv.push(config.resolve(w).display().to_string());
+    // serve-model takes either a weight file or the models dir, not both.
+    match &model.weights {
+        Some(w) => argv.extend(["--weights".into(), config.resolve(w).display().to_string()]),
+        None => argv.extend([
+            "--models-dir".into(),
+            config
+                .resolve(&config.agent.models_dir)
+                .display()
+                .to_string(),
+        ]),
     }
     argv.extend(["--device".into(), model.device.as_str().into()]);
     if let Some(t) = model.threads {

@@ -1,0 +1,431 @@
+//! The model process's HTTP server: /infer, /health, /ready, /metrics, /metadata on 127.0.0.1.
+
+use super::batcher::{self, BatchQueue, InferenceSpec, SubmitError};
+use super::metrics::ModelMetrics;
+use super::{BatchConfig, ModelKind, ServingError, select_device};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Largest accepted /infer body.
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything `warden serve-model` takes.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The model's name (a built-in, or any name with `--weights model.pt`).
+    pub name: String,
+    pub port: u16,
+    pub models_dir: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
+    pub device: crate::config::Device,
+    pub threads: Option<usize>,
+    pub batch: BatchConfig,
+    /// TorchScript only: the row shape used for the warm-up forward pass.
+    pub row_shape: Option<Vec<i64>>,
+}
+
+impl ServeOptions {
+    /// Resolves what to serve and from which file.
+    pub fn resolve(&self) -> Result<(ModelKind, PathBuf), ServingError> {
+        let builtin = ModelKind::builtin(&self.name);
+        match (&self.weights, builtin) {
+            (Some(path), _) if path.extension().is_some_and(|e| e == "pt" || e == "pth") => {
+                Ok((ModelKind::TorchScript, path.clone()))
+            }
+            (Some(path), Some(kind)) => Ok((kind, path.clone())),
+            (Some(path), None) => Err(ServingError::Options(format!(
+                "--weights {}: a model that is not built in must be a TorchScript file (.pt)",
+                path.display()
+            ))),
+            (None, Some(kind)) => {
+                let dir = self
+                    .models_dir
+                    .clone()
+                    .unwrap_or_else(|| crate::config::Config::embedded().agent.models_dir);
+                Ok((kind, dir.join(kind.weight_file())))
+            }
+            (None, None) => Err(ServingError::UnknownModel(
+                self.name.clone(),
+                super::BUILTIN.map(|k| k.name()).join(", "),
+            )),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    name: Arc<str>,
+    kind: ModelKind,
+    metadata: Arc<Value>,
+    queue: BatchQueue,
+    metrics: ModelMetrics,
+    ready: Arc<AtomicBool>,
+}
+
+/// An /infer failure as `{"error": {"code", "message"}}`.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: false,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// `warden serve-model`: builds a runtime, serves until SIGTERM/SIGINT, drains, returns.
+pub fn run_model_server(opts: ServeOptions) -> Result<(), ServingError> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| ServingError::Io {
+            context: "starting the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let addr = SocketAddr::from(([127, 0, 0, 1], opts.port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServingError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        serve(opts, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, only Ctrl-C can stop us; keep serving meanwhile.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown requested: no longer accepting, draining the queue");
+}
+
+/// Serves `opts`'s model on `listener` until `shutdown` resolves, then drains queued work.
+/// Returns an error if the weights fail to load or warm up.
+pub async fn serve(
+    opts: ServeOptions,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServingError> {
+    if let Some(t) = opts.threads {
+        tch::set_num_threads(t.max(1) as i32);
+    }
+    let (kind, weights) = opts.resolve()?;
+    let device = select_device(opts.device)?;
+    if opts.batch.max_batch == 0 || opts.batch.queue_capacity == 0 {
+        return Err(ServingError::Options(
+            "--max-batch and --queue-capacity must be at least 1".into(),
+        ));
+    }
+    let metrics = ModelMetrics::new(&opts.name)
+        .map_err(|e| ServingError::Options(format!("metrics registry: {e}")))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let spec = InferenceSpec {
+        kind,
+        weights: weights.clone(),
+        device,
+        batch: opts.batch,
+        row_shape: opts.row_shape.clone(),
+    };
+    let batcher::InferenceThread {
+        queue,
+        loaded,
+        handle: thread,
+    } = batcher::spawn(spec, metrics.clone(), ready.clone())?;
+    let state = AppState {
+        name: Arc::from(opts.name.as_str()),
+        kind,
+        metadata: Arc::new(kind.metadata(&opts.name, opts.row_shape.as_deref().unwrap_or(&[]))),
+        queue,
+        metrics,
+        ready,
+    };
+    let app = Router::new()
+        .route("/infer", post(infer))
+        .route("/health", get(health))
+        .route("/ready", get(readiness))
+        .route("/metrics", get(metrics_text))
+        .route("/metadata", get(metadata))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state);
+    tracing::info!(
+        model = %opts.name,
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        weights = %weights.display(),
+        max_batch = opts.batch.max_batch,
+        batch_timeout_ms = opts.batch.batch_timeout.as_secs_f64() * 1000.0,
+        queue_capacity = opts.batch.queue_capacity,
+        "serving"
+    );
+
+    // A load failure ends the process even though the listener is already up.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let load_watch = tokio::spawn(async move {
+        match loaded.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let _ = stop_tx.send(());
+                Err(e)
+            }
+            Err(_) => {
+                let _ = stop_tx.send(());
+                Err(ServingError::WarmUp("the inference thread stopped".into()))
+            }
+        }
+    });
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            // Only a sent stop counts: the sender is dropped (Err) once loading succeeded.
+            Ok(()) = stop_rx => {}
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|source| ServingError::Io {
+            context: "serving HTTP".into(),
+            source,
+        })?;
+    // The router (and its queue handle) is gone: the thread drains what is queued and exits.
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    if load_watch.is_finished() {
+        match load_watch.await {
+            Ok(result) => result?,
+            Err(e) => return Err(ServingError::WarmUp(e.to_string())),
+        }
+    } else {
+        load_watch.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|v| v.len() <= 128)
+        .cloned()
+        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let id = request_id(&headers);
+    let result = infer_inner(&state, body).await;
+    let mut resp = match result {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err((kind, e)) => {
+            state.metrics.errors.with_label_values(&[kind]).inc();
+            tracing::info!(request_id = ?id, status = e.status.as_u16(), code = e.code, message = %e.message, "infer rejected");
+            e.into_response()
+        }
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[resp.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    resp.headers_mut().insert(REQUEST_ID, id);
+    resp
+}
+
+async fn infer_inner(
+    state: &AppState,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Value, (&'static str, ApiError)> {
+    if !state.ready.load(Ordering::SeqCst) {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the model is still loading",
+        );
+        e.retry_after = true;
+        return Err(("not_ready", e));
+    }
+    let body = body.map_err(|r| {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            (
+                "body_too_large",
+                ApiError::new(
+                    status,
+                    "body_too_large",
+                    format!("request body exceeds {BODY_LIMIT} bytes"),
+                ),
+            )
+        } else {
+            (
+                "invalid_body",
+                ApiError::new(status, "invalid_body", r.body_text()),
+            )
+        }
+    })?;
+    let json: Value = serde_json::from_slice(&body).map_err(|e| {
+        (
+            "invalid_json",
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not valid JSON: {e}"),
+            ),
+        )
+    })?;
+    let samples = state.kind.parse(&json).map_err(|e| {
+        (
+            "invalid_input",
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.code,
+                format!("{}: {}", e.field, e.message),
+            ),
+        )
+    })?;
+    let rx = state.queue.submit(samples).map_err(|e| match e {
+        SubmitError::Full => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                "the inference queue is full; retry shortly",
+            );
+            err.retry_after = true;
+            ("queue_full", err)
+        }
+        SubmitError::Closed => (
+            "shutting_down",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the model is shutting down",
+            ),
+        ),
+    })?;
+    let outputs = rx
+        .await
+        .map_err(|_| {
+            (
+                "inference_failed",
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "inference_failed",
+                    "the inference thread stopped",
+                ),
+            )
+        })?
+        .map_err(|e| {
+            if e.rejected_input {
+                (
+                    "invalid_input",
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "rejected_by_model",
+                        format!("inputs: the model rejected these rows: {}", e.message),
+                    ),
+                )
+            } else {
+                (
+                    "inference_failed",
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "inference_failed",
+                        e.message,
+                    ),
+                )
+            }
+        })?;
+    Ok(state.kind.respond(outputs))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    axum::Json(json!({"status": "ok", "model": &*state.name})).into_response()
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        axum::Json(json!({"ready": true, "model": &*state.name})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "model": &*state.name})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    axum::Json((*state.metadata).clone()).into_response()
+}
