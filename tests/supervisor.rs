@@ -534,8 +534,7 @@ async fn huge_lines_and_binary_garbage_do_not_hurt_the_agent() {
 }
 
 /// The embedded default (no config file) supervises the five built-in models on 8001-8005.
-/// Readiness needs `warden serve-model` (the serving issue); before it exists the models
-/// only back off, so that part is checked when the subcommand is present.
+/// On a machine with no GPU and no AWS, all five become ready and answer through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_without_config_supervises_the_five_default_models() {
     let state = tempfile::tempdir().unwrap();
@@ -560,18 +559,40 @@ async fn run_without_config_supervises_the_five_default_models() {
     let mut want: Vec<(&str, u16)> = warden::config::DEFAULT_MODELS.to_vec();
     want.sort();
     assert_eq!(got, want);
-    let has_serve_model = Command::new(support::warden_bin())
-        .args(["serve-model", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has_serve_model {
-        let ready = wait_until_async(Duration::from_secs(180), || async {
-            let mut c = ControlClient::connect(&socket).await.ok()?;
-            let s = c.status().await.ok()?;
-            s.iter().all(|m| m.state == ModelState::Ready).then_some(())
-        })
-        .await;
-        assert!(ready.is_some(), "default models not ready\n{}", read_log());
+    let ready = wait_until_async(Duration::from_secs(180), || async {
+        let mut c = ControlClient::connect(&socket).await.ok()?;
+        let s = c.status().await.ok()?;
+        s.iter().all(|m| m.state == ModelState::Ready).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "default models not ready\n{}", read_log());
+    // The embedded API on 127.0.0.1:8000 answers every model's own example, unauthenticated.
+    warden::tls::install_crypto_provider();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let api = "http://127.0.0.1:8000";
+    let ready = http.get(format!("{api}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", read_log());
+    let models: serde_json::Value = http
+        .get(format!("{api}/api/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let models = models.as_array().unwrap();
+    assert_eq!(models.len(), 5);
+    for m in models {
+        let name = m["name"].as_str().unwrap();
+        let example = &m["metadata"]["example"];
+        assert!(example.is_object(), "{name} publishes an example: {m}");
+        let r = http
+            .post(format!("{api}/api/v1/{name}"))
+            .json(example)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}: {}", r.text().await.unwrap());
     }
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let exited = wait_until(LONG, || child.try_wait().unwrap());
