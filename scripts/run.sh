@@ -6,4 +6,4 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ./scripts/setup.sh
 cargo build --release --locked
-exec ./target/release/warden check-config config/warden.toml "$@"
+exec ./target/release/warden run "$@"
