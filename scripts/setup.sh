@@ -11,6 +11,7 @@ TORCH_VERSION=2.13.0            # tch 0.26.0 needs exactly this libtorch
 CUDART_VERSION=13.0.96          # libtorch_cpu links libcudart/libcupti even on CPU
 CUPTI_VERSION=13.0.85
 MOTO_VERSION=5.2.5
+SCHEMATHESIS_VERSION=4.32.5   # OpenAPI-driven fuzzing of the API (tests/api_fuzz.rs)
 mkdir -p "$DEPS" "$CACHE/wheels"
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -62,15 +63,21 @@ else
   say "libtorch $TORCH_VERSION (CPU) installed in $LT ($(du -sh "$LT" | cut -f1))"
 fi
 
-# --- Python venv with moto (the AWS emulator used by the tests) -------------
+# --- Python venv: moto (the AWS emulator) and schemathesis (API fuzzing) ----------
 VENV="$DEPS/venv"
-if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c "import moto,sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
-  say "venv with moto $MOTO_VERSION present in $VENV"
+venv_ok() {
+  [ -x "$VENV/bin/moto_server" ] && [ -x "$VENV/bin/st" ] && "$VENV/bin/python" - <<PY 2>/dev/null
+import sys, importlib.metadata as m
+sys.exit(not (m.version("moto") == "$MOTO_VERSION" and m.version("schemathesis") == "$SCHEMATHESIS_VERSION"))
+PY
+}
+if venv_ok; then
+  say "venv with moto $MOTO_VERSION and schemathesis $SCHEMATHESIS_VERSION present in $VENV"
 else
-  say "creating venv with moto[server]==$MOTO_VERSION"
+  say "creating venv with moto[server]==$MOTO_VERSION and schemathesis==$SCHEMATHESIS_VERSION"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
-  say "moto $MOTO_VERSION installed in $VENV"
+  "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
+  say "venv ready in $VENV"
 fi
 
 say "done"

@@ -61,7 +61,8 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
+            // The feature is off on this agent: as if the route did not exist (not a 5xx).
+            ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

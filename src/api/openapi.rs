@@ -33,10 +33,19 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-pub fn document_json() -> Result<String, String> {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .map_err(|e| e.to_string())
+/// The document, with the configured model names as the `{model}` parameter's enum so
+/// clients (and fuzzers) see exactly which models this agent serves.
+pub fn document_json(models: &[String]) -> Result<String, String> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
+    if let Some(params) = doc
+        .pointer_mut("/paths/~1api~1v1~1{model}/post/parameters")
+        .and_then(|p| p.as_array_mut())
+    {
+        for p in params.iter_mut().filter(|p| p["name"] == "model") {
+            p["schema"]["enum"] = serde_json::json!(models);
+        }
+    }
+    serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())
 }
 
 /// Loads the renderer when viewed, so the build downloads nothing.

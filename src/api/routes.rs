@@ -59,7 +59,9 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "agent", security(("bearer" = [])),
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut text = state.metrics.render();
     if let Some(extra) = &state.extra_metrics {
@@ -87,7 +89,9 @@ pub struct ModelInfo {
 }
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "models", security(("bearer" = [])),
-    responses((status = 200, body = Vec<ModelInfo>)))]
+    responses((status = 200, body = Vec<ModelInfo>),
+        (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Vec<ModelInfo>> {
     let models = state.directory.models();
     let mut tasks = tokio::task::JoinSet::new();
@@ -177,10 +181,11 @@ async fn call_model(
     request_body(content = Object, description = "the model's input; GET /api/v1/models shows each schema and an example"),
     responses(
         (status = 200, description = "the model's output", body = Object),
-        (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
+        (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
         (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
-        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody),
+        (status = 504, body = super::error::ErrorBody, description = "the model did not answer in time")))]
 pub async fn infer(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
@@ -251,7 +256,10 @@ pub struct BatchResponse {
 #[utoipa::path(post, path = "/api/v1/batch-analysis", tag = "models", security(("bearer" = [])),
     request_body = BatchRequest,
     responses((status = 200, body = BatchResponse, description = "one result per item, in order; a failed item does not fail the batch"),
-        (status = 400, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+        (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
+        (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn batch(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -340,8 +348,11 @@ pub struct RefreshRequest {
 }
 
 #[utoipa::path(post, path = "/auth/token", tag = "auth", request_body = TokenRequest,
-    responses((status = 200, body = super::auth::TokenPair), (status = 401, body = super::error::ErrorBody),
-        (status = 501, body = super::error::ErrorBody, description = "auth off or no private key here")))]
+    responses((status = 200, body = super::auth::TokenPair), (status = 400, body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody, description = "auth off or no private key on this agent"),
+        (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -386,7 +397,11 @@ pub async fn token(
 }
 
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = super::auth::TokenPair), (status = 401, body = super::error::ErrorBody)))]
+    responses((status = 200, body = super::auth::TokenPair), (status = 400, body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody, description = "auth off or no private key on this agent"),
+        (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn refresh(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -415,8 +430,14 @@ pub async fn refresh(
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "agent", responses((status = 200, description = "this document")))]
-pub async fn openapi_json() -> Response {
-    match super::openapi::document_json() {
+pub async fn openapi_json(State(state): State<Arc<AppState>>) -> Response {
+    let models: Vec<String> = state
+        .directory
+        .models()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    match super::openapi::document_json(&models) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => ApiError::Internal(e).into_response(),
     }
