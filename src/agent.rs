@@ -1,6 +1,7 @@
 //! The `warden run` daemon: loads the config, supervises the models, serves the control
 //! socket, and turns SIGTERM/SIGINT into a clean stop and SIGHUP into a reload.
 
+use crate::api::audit as api_audit;
 use crate::config::{Config, ConfigErrors};
 use crate::control::{ControlError, ControlServer, Dispatcher};
 use crate::sinks::cloudwatch::{CloudWatchSink, config::CloudWatchSinkConfig};
@@ -18,6 +19,9 @@ const HISTORY_POINTS: usize = 600;
 
 /// How long `warden models init` may take on first run.
 const MODELS_INIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Audit records waiting for the log shipper before the API feels back-pressure.
+const AUDIT_TO_LOGS_CAPACITY: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -39,6 +43,8 @@ pub enum AgentError {
     Audit(#[from] crate::api::audit::AuditError),
     #[error("CloudWatch: {0}")]
     CloudWatch(#[from] crate::sinks::cloudwatch::CloudWatchError),
+    #[error("CloudWatch Logs: {0}")]
+    Logs(#[from] crate::sinks::logs::LogsError),
 }
 
 /// The gateway and the samplers see models through the supervisor's status.
@@ -103,10 +109,13 @@ async fn start_api(
     supervisor: &SupervisorHandle,
     store: &Arc<MetricStore>,
     state_dir: &Path,
+    audit_forward: Option<tokio::sync::mpsc::Sender<api_audit::AuditRecord>>,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     use crate::api;
-    let (audit, _writer) = api::audit::AuditSink::start(&state_dir.join("audit/api.jsonl")).await?;
+    let (audit, _writer) =
+        api::audit::AuditSink::start_forwarding(&state_dir.join("audit/api.jsonl"), audit_forward)
+            .await?;
     let peers = api::Peers {
         directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
         audit,
@@ -225,8 +234,7 @@ impl Agent {
         ensure_models(&config, &exe).await;
 
         let cancel = CancellationToken::new();
-        let (supervisor, mut log_rx) =
-            SupervisorHandle::start(&config, SupervisorOptions::new(exe))?;
+        let (supervisor, log_rx) = SupervisorHandle::start(&config, SupervisorOptions::new(exe))?;
         tracing::info!(socket = %control.path().display(), "control socket listening");
 
         let mut tasks = Vec::new();
@@ -234,22 +242,32 @@ impl Agent {
         // Alerts and telemetry add their control methods here: dispatcher.register(...).
         tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 
-        // The CloudWatch Logs shipper takes `log_rx` here once it exists; until then lines
-        // stay in the per-model rings and are echoed at debug level.
-        let logs_cancel = cancel.child_token();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = logs_cancel.cancelled() => return,
-                    line = log_rx.recv() => match line {
-                        Some(l) => tracing::debug!(model = %l.model, stream = ?l.stream, "{}", l.line),
-                        None => return,
-                    },
-                }
-            }
-        }));
-
         let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
+        // Model lines and audit records go to CloudWatch Logs through the spool; without it
+        // lines stay in the per-model rings only.
+        let audit_forward = if config.logs.enabled {
+            let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_TO_LOGS_CAPACITY);
+            let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
+            let sources = crate::sinks::logs::Sources {
+                model_lines: Some(log_rx),
+                audit: Some(audit_rx),
+                entries: None,
+            };
+            let shipper = crate::sinks::logs::LogShipper::start(
+                crate::sinks::logs::config::LogsSinkConfig::from_config(&config),
+                &sdk,
+                sources,
+                Some(store.clone()),
+                cancel.child_token(),
+            )?;
+            tasks.push(tokio::spawn(shipper.join()));
+            Some(audit_tx)
+        } else {
+            tracing::info!("CloudWatch Logs disabled (logs.enabled = false)");
+            drop(log_rx);
+            None
+        };
+
         let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
         tasks.push(telemetry::spawn_samplers(
             telemetry::SamplerConfig::from_config(&config),
@@ -271,7 +289,17 @@ impl Agent {
         }
 
         let api_cancel = cancel.child_token();
-        tasks.push(start_api(&config, &supervisor, &store, &state_dir, api_cancel.clone()).await?);
+        tasks.push(
+            start_api(
+                &config,
+                &supervisor,
+                &store,
+                &state_dir,
+                audit_forward,
+                api_cancel.clone(),
+            )
+            .await?,
+        );
 
         Ok(Agent {
             supervisor,
