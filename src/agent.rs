@@ -144,12 +144,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError 
     move |source| AgentError::Io { what, source }
 }
 
-/// Logs to stderr (journald picks it up); `RUST_LOG` overrides the `info` default.
+/// Logs to stderr (journald picks it up); `RUST_LOG` overrides the `info` default. No colour
+/// codes unless stderr is a terminal, so journald and log files get plain text.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -444,6 +444,8 @@ impl Ingest {
             }
         }
         let shared = self.shared.clone();
+        // A record must fit the spool's segments (an eighth of its bound).
+        let record_cap = (shared.cfg.max_spool_bytes_per_group / 8) as usize;
         // fsync is blocking I/O: keep it off the async workers.
         let done = tokio::task::spawn_blocking(move || {
             let stats = &shared.stats;
@@ -454,7 +456,7 @@ impl Ingest {
                     .filter(|e| e.size() > request::MAX_EVENT_BYTES)
                     .count();
                 LogsStats::add(&stats.events_truncated, truncated);
-                match g.append(request::split(evs)) {
+                match g.append(request::split_within(evs, record_cap)) {
                     Ok(dropped) => {
                         LogsStats::add(&stats.events_spooled, n);
                         if dropped > 0 {
@@ -564,7 +566,7 @@ impl Shipper {
         let shared = self.shared.clone();
         let (stats, cfg) = (&shared.stats, &shared.cfg);
         let mut failures = 0u32;
-        loop {
+        'peek: loop {
             g.unshipped_events.store(0, Ordering::Relaxed);
             g.unshipped_bytes.store(0, Ordering::Relaxed);
             let records = match self.peek().await {
@@ -643,7 +645,9 @@ impl Shipper {
                         if !self.backoff(failures - 1, cancel).await {
                             return;
                         }
-                        continue;
+                        // Read the spool again: while we waited, a full spool may have dropped
+                        // these very records (already counted as lost).
+                        continue 'peek;
                     }
                 }
                 if !self.ack(batch.last_seq).await {

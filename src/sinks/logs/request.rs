@@ -97,21 +97,38 @@ impl AgeWindow {
 }
 
 /// Running totals of a batch being built; says whether one more event still fits.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Fill {
+    max_bytes: usize,
     events: usize,
     bytes: usize,
     oldest: i64,
     newest: i64,
 }
 
+impl Default for Fill {
+    fn default() -> Self {
+        Fill::within(MAX_BATCH_BYTES)
+    }
+}
+
 impl Fill {
+    fn within(max_bytes: usize) -> Self {
+        Fill {
+            max_bytes: max_bytes.min(MAX_BATCH_BYTES),
+            events: 0,
+            bytes: 0,
+            oldest: 0,
+            newest: 0,
+        }
+    }
+
     fn fits(&self, e: &LogEvent) -> bool {
         if self.events == 0 {
             return true;
         }
         self.events < MAX_BATCH_EVENTS
-            && self.bytes + e.size() <= MAX_BATCH_BYTES
+            && self.bytes + e.size() <= self.max_bytes
             && e.timestamp_ms.max(self.newest) - e.timestamp_ms.min(self.oldest) < MAX_SPAN_MS
     }
 
@@ -129,18 +146,24 @@ impl Fill {
 
 /// Splits events into valid batches: truncates oversize ones, sorts by time (stable, so equal
 /// timestamps keep arrival order), and cuts on count, bytes and span. Every batch is non-empty.
-pub fn split(mut events: Vec<LogEvent>) -> Vec<Vec<LogEvent>> {
+pub fn split(events: Vec<LogEvent>) -> Vec<Vec<LogEvent>> {
+    split_within(events, MAX_BATCH_BYTES)
+}
+
+/// As [`split`], with batches of at most `max_bytes` (≤ 1 MiB) so a small spool's segments can
+/// hold them; a single event larger than that still gets a batch of its own.
+pub fn split_within(mut events: Vec<LogEvent>, max_bytes: usize) -> Vec<Vec<LogEvent>> {
     for e in &mut events {
         truncate(&mut e.message);
     }
     events.sort_by_key(|e| e.timestamp_ms);
     let mut out = Vec::new();
     let mut current = Vec::new();
-    let mut fill = Fill::default();
+    let mut fill = Fill::within(max_bytes);
     for e in events {
         if !fill.fits(&e) {
             out.push(std::mem::take(&mut current));
-            fill = Fill::default();
+            fill = Fill::within(max_bytes);
         }
         fill.add(&e);
         current.push(e);
@@ -339,6 +362,16 @@ mod tests {
             );
             got.iter().for_each(|b| check_valid(b));
         }
+    }
+
+    #[test]
+    fn smaller_byte_caps_cut_earlier_but_never_lose_an_event() {
+        let events: Vec<LogEvent> = (0..100).map(|i| ev(i, 74)).collect(); // 100 bytes each
+        let got = split_within(events.clone(), 1000);
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![10; 10]);
+        assert_eq!(split_within(events, 10 << 20).len(), 1, "never above 1 MiB");
+        let got = split_within(vec![ev(0, 5000), ev(1, 1)], 1000);
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
     }
 
     #[test]
