@@ -92,6 +92,20 @@ enum BenchCommand {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// A child printing lines as fast as it can, shipped to CloudWatch Logs (moto): lines/s, CPU.
+    Logs {
+        #[arg(long, default_value_t = 300_000)]
+        lines: u64,
+        #[arg(long, default_value_t = 100)]
+        line_bytes: usize,
+        /// A running AWS emulator; without it `--moto-server` is started.
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, default_value = ".deps/venv/bin/moto_server")]
+        moto_server: PathBuf,
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -210,6 +224,25 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 interval,
                 duration,
                 flush_interval: Duration::from_secs(60),
+            };
+            let report = runtime()?
+                .block_on(bench.run())
+                .map_err(|e| anyhow!("{e}"))?;
+            print!("{report}");
+        }
+        BenchCommand::Logs {
+            lines,
+            line_bytes,
+            endpoint,
+            moto_server,
+            timeout,
+        } => {
+            let bench = warden::sinks::logs::bench::LogsBench {
+                lines,
+                line_bytes,
+                endpoint,
+                moto_server,
+                timeout,
             };
             let report = runtime()?
                 .block_on(bench.run())

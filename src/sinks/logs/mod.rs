@@ -14,6 +14,7 @@
 //! acknowledged only after the call that carried it succeeded, so a crash or outage replays it
 //! and normal acks never send it twice.
 
+pub mod bench;
 pub mod config;
 pub mod request;
 pub mod retry;
@@ -38,6 +39,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Lines taken from a source per ingest round (one spool append per group per round).
 const INGEST_CHUNK: usize = 8192;
+/// Rounds queued between the receiver and the spool writer (≤ 8192 lines each).
+const RECEIVED_QUEUE: usize = 64;
+/// Lines the receiver holds while the spool writer is busy (a burst buffer, ~150 B per line);
+/// past it, back-pressure reaches the supervisor's channel, which drops and counts.
+const MAX_BUFFERED_LINES: usize = 262_144;
+/// Lines one spool write takes at most (one fsync per group per write).
+const WRITE_ROUND: usize = 65_536;
 /// Spool records read per replay step.
 const PEEK_RECORDS: usize = 16;
 /// After cancel, ingest stops once its sources were quiet this long.
@@ -315,6 +323,66 @@ async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>, buf: &mut Vec<T>) -> O
     }
 }
 
+/// What the receiver took from the sources in one go.
+#[derive(Default)]
+struct Received {
+    lines: Vec<LogLine>,
+    audits: Vec<AuditRecord>,
+    entries: Vec<LogEntry>,
+}
+
+impl Received {
+    fn len(&self) -> usize {
+        self.lines.len() + self.audits.len() + self.entries.len()
+    }
+
+    fn append(&mut self, mut other: Received) {
+        self.lines.append(&mut other.lines);
+        self.audits.append(&mut other.audits);
+        self.entries.append(&mut other.entries);
+    }
+}
+
+/// Empties the sources as fast as they fill and queues what it took for the spool writer, so
+/// an fsync never backs up into the supervisor's channel (which drops when full): while the
+/// writer is busy it keeps receiving into its own round, up to [`MAX_BUFFERED_LINES`]. After
+/// `cancel`, stops once every source is closed or quiet.
+async fn receive(mut sources: Sources, cancel: CancellationToken, tx: mpsc::Sender<Received>) {
+    let mut round = Received::default();
+    let mut stopping = false;
+    loop {
+        let all_closed =
+            sources.model_lines.is_none() && sources.audit.is_none() && sources.entries.is_none();
+        if all_closed {
+            if round.len() > 0 {
+                let _ = tx.send(round).await;
+            }
+            return;
+        }
+        let room = round.len() < MAX_BUFFERED_LINES;
+        let got = tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if !stopping => { stopping = true; continue; }
+            Ok(permit) = tx.reserve(), if round.len() > 0 => {
+                permit.send(std::mem::take(&mut round));
+                continue;
+            }
+            Some(_) = recv_some(&mut sources.model_lines, &mut round.lines), if room => true,
+            Some(_) = recv_some(&mut sources.audit, &mut round.audits), if room => true,
+            Some(_) = recv_some(&mut sources.entries, &mut round.entries), if room => true,
+            _ = tokio::time::sleep(QUIET_AT_SHUTDOWN), if stopping => false,
+            else => false,
+        };
+        if !got && stopping {
+            // Hand over what is still held before stopping.
+            if round.len() > 0 {
+                let _ = tx.send(round).await;
+            }
+            return;
+        }
+    }
+}
+
 impl Ingest {
     fn reopen_previous(&mut self) -> Result<(), LogsError> {
         let dir = &self.shared.cfg.spool_dir;
@@ -359,45 +427,33 @@ impl Ingest {
         Ok(g)
     }
 
-    async fn run(mut self, mut sources: Sources, cancel: CancellationToken) {
-        let mut lines = Vec::new();
-        let mut audits = Vec::new();
-        let mut entries = Vec::new();
-        let mut stopping = false;
-        loop {
-            let all_closed = sources.model_lines.is_none()
-                && sources.audit.is_none()
-                && sources.entries.is_none();
-            if all_closed {
-                break;
+    async fn run(mut self, sources: Sources, cancel: CancellationToken) {
+        let (tx, mut rx) = mpsc::channel(RECEIVED_QUEUE);
+        let receiver = tokio::spawn(receive(sources, cancel, tx));
+        while let Some(mut round) = rx.recv().await {
+            // Whatever queued up while the last fsync ran goes into this one.
+            while round.len() < WRITE_ROUND {
+                match rx.try_recv() {
+                    Ok(more) => round.append(more),
+                    Err(_) => break,
+                }
             }
-            let got = tokio::select! {
-                biased;
-                _ = cancel.cancelled(), if !stopping => { stopping = true; continue; }
-                Some(_) = recv_some(&mut sources.model_lines, &mut lines) => true,
-                Some(_) = recv_some(&mut sources.audit, &mut audits) => true,
-                Some(_) = recv_some(&mut sources.entries, &mut entries) => true,
-                _ = tokio::time::sleep(QUIET_AT_SHUTDOWN), if stopping => false,
-                else => false,
-            };
-            if !got && stopping {
-                break;
-            }
-            let events = self.collect(&mut lines, &mut audits, &mut entries);
+            let events = self.collect(round);
             self.spool(events).await;
         }
+        let _ = receiver.await;
         // Everything received is spooled; let the shippers make a last attempt.
         self.ship_cancel.cancel();
         while self.shippers.join_next().await.is_some() {}
     }
 
     /// Turns what arrived into per-target event lists, in arrival order.
-    fn collect(
-        &mut self,
-        lines: &mut Vec<LogLine>,
-        audits: &mut Vec<AuditRecord>,
-        entries: &mut Vec<LogEntry>,
-    ) -> Vec<(Target, Vec<LogEvent>)> {
+    fn collect(&mut self, round: Received) -> Vec<(Target, Vec<LogEvent>)> {
+        let Received {
+            lines,
+            audits,
+            entries,
+        } = round;
         let cfg = &self.shared.cfg;
         let mut out: Vec<(Target, Vec<LogEvent>)> = Vec::new();
         let mut push =
@@ -412,19 +468,19 @@ impl Ingest {
                 )),
             };
         let n = lines.len() + audits.len() + entries.len();
-        for l in lines.drain(..) {
+        for l in lines {
             // A JSON line is shipped as printed, so Logs Insights sees its fields.
             push(
                 cfg.model_group(&l.model),
                 LogEvent::new(l.timestamp_ms as i64, l.line),
             );
         }
-        for r in audits.drain(..) {
+        for r in audits {
             if let Some(e) = audit_event(&r) {
                 push(cfg.api_group.clone(), e);
             }
         }
-        for e in entries.drain(..) {
+        for e in entries {
             push(e.group, e.event);
         }
         LogsStats::add(&self.shared.stats.events_received, n);
