@@ -23,6 +23,9 @@ const MODELS_INIT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Audit records waiting for the log shipper before the API feels back-pressure.
 const AUDIT_TO_LOGS_CAPACITY: usize = 8192;
 
+/// The agent's own log events waiting for the shipper (skipped, not blocked on, when full).
+const AGENT_LOG_CAPACITY: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
@@ -149,10 +152,16 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError 
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    // The agent-log layer forwards nothing until `logs.agent_group` turns it on.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(crate::sinks::logs::agent::AgentLogLayer)
         .try_init();
 }
 
@@ -250,10 +259,14 @@ impl Agent {
         let audit_forward = if config.logs.enabled {
             let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_TO_LOGS_CAPACITY);
             let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
+            let agent_rx = config.logs.agent_group.clone().and_then(|group| {
+                let (tx, rx) = tokio::sync::mpsc::channel(AGENT_LOG_CAPACITY);
+                crate::sinks::logs::agent::forward_to(group, tx).then_some(rx)
+            });
             let sources = crate::sinks::logs::Sources {
                 model_lines: Some(log_rx),
                 audit: Some(audit_rx),
-                entries: None,
+                entries: agent_rx,
             };
             let shipper = crate::sinks::logs::LogShipper::start(
                 crate::sinks::logs::config::LogsSinkConfig::from_config(&config),

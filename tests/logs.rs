@@ -786,7 +786,7 @@ async fn warden_run_ships_model_lines_and_audit_records_through_an_outage_and_a_
         format!(
             "[agent]\nhost_id = \"{HOST}\"\nlisten = \"127.0.0.1:{listen}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\n\n\
              [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[cloudwatch]\nenabled = false\n\n\
-             [logs]\nenabled = true\nflush_interval = \"500ms\"\n\n{}",
+             [logs]\nenabled = true\nflush_interval = \"500ms\"\nagent_group = \"/aws/ec2/warden\"\n\n{}",
             dir.path().join("control.sock").display().to_string(),
             dir.path().join("state").display().to_string(),
             proxy.url,
@@ -878,6 +878,16 @@ async fn warden_run_ships_model_lines_and_audit_records_through_an_outage_and_a_
     for k in ["interaction_id", "model", "latency_ms", "outcome", "status"] {
         assert!(v.get(k).is_some(), "{k} missing in {v}");
     }
+    // The agent's own logs, as JSON lines, in the optional agent group.
+    let own = wait_until_async(LONG, || async {
+        let events = read_events(&read, "/aws/ec2/warden", HOST).await;
+        events
+            .iter()
+            .filter_map(|(_, m)| serde_json::from_str::<Value>(m).ok())
+            .find(|v| v["message"] == "model ready" && v["model"] == "clash-detector")
+    })
+    .await;
+    assert!(own.is_some(), "agent log events shipped\n{}", agent.log());
     agent.stop();
 }
 

@@ -14,6 +14,7 @@
 //! acknowledged only after the call that carried it succeeded, so a crash or outage replays it
 //! and normal acks never send it twice.
 
+pub mod agent;
 pub mod bench;
 pub mod config;
 pub mod request;
