@@ -1,6 +1,7 @@
 //! The `warden run` daemon: loads the config, supervises the models, serves the control
 //! socket, and turns SIGTERM/SIGINT into a clean stop and SIGHUP into a reload.
 
+use crate::api::audit as api_audit;
 use crate::config::{Config, ConfigErrors};
 use crate::control::snapshot::{SinkStatsSource, SnapshotSource};
 use crate::control::{ControlError, ControlServer, Dispatcher};
@@ -20,6 +21,12 @@ const HISTORY_POINTS: usize = 600;
 
 /// How long `warden models init` may take on first run.
 const MODELS_INIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Audit records waiting for the log shipper before the API feels back-pressure.
+const AUDIT_TO_LOGS_CAPACITY: usize = 8192;
+
+/// The agent's own log events waiting for the shipper (skipped, not blocked on, when full).
+const AGENT_LOG_CAPACITY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -43,6 +50,8 @@ pub enum AgentError {
     CloudWatch(#[from] crate::sinks::cloudwatch::CloudWatchError),
     #[error("alerts: {0}")]
     Alerts(#[from] crate::alerts::AlertsError),
+    #[error("CloudWatch Logs: {0}")]
+    Logs(#[from] crate::sinks::logs::LogsError),
 }
 
 /// `/metrics` extras: the store's series, then the alert gauge.
@@ -117,10 +126,13 @@ async fn start_api(
     store: &Arc<MetricStore>,
     alerts: &crate::alerts::AlertsHandle,
     state_dir: &Path,
+    audit_forward: Option<tokio::sync::mpsc::Sender<api_audit::AuditRecord>>,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     use crate::api;
-    let (audit, _writer) = api::audit::AuditSink::start(&state_dir.join("audit/api.jsonl")).await?;
+    let (audit, _writer) =
+        api::audit::AuditSink::start_forwarding(&state_dir.join("audit/api.jsonl"), audit_forward)
+            .await?;
     let peers = api::Peers {
         directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
         audit,
@@ -152,13 +164,21 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError 
     move |source| AgentError::Io { what, source }
 }
 
-/// Logs to stderr (journald picks it up); `RUST_LOG` overrides the `info` default.
+/// Logs to stderr (journald picks it up); `RUST_LOG` overrides the `info` default. No colour
+/// codes unless stderr is a terminal, so journald and log files get plain text.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // The agent-log layer forwards nothing until `logs.agent_group` turns it on.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(crate::sinks::logs::agent::AgentLogLayer)
         .try_init();
 }
 
@@ -263,8 +283,7 @@ impl Agent {
         ensure_models(&config, &exe).await;
 
         let cancel = CancellationToken::new();
-        let (supervisor, mut log_rx) =
-            SupervisorHandle::start(&config, SupervisorOptions::new(exe))?;
+        let (supervisor, log_rx) = SupervisorHandle::start(&config, SupervisorOptions::new(exe))?;
         tracing::info!(socket = %control.path().display(), "control socket listening");
 
         let mut tasks = Vec::new();
@@ -274,22 +293,36 @@ impl Agent {
         // below. Subscribed before anything runs, so no early event escapes the alert rules.
         let alert_supervisor_events = supervisor.subscribe();
 
-        // The CloudWatch Logs shipper takes `log_rx` here once it exists; until then lines
-        // stay in the per-model rings and are echoed at debug level.
-        let logs_cancel = cancel.child_token();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = logs_cancel.cancelled() => return,
-                    line = log_rx.recv() => match line {
-                        Some(l) => tracing::debug!(model = %l.model, stream = ?l.stream, "{}", l.line),
-                        None => return,
-                    },
-                }
-            }
-        }));
-
         let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
+        // Model lines and audit records go to CloudWatch Logs through the spool; without it
+        // lines stay in the per-model rings only.
+        let audit_forward = if config.logs.enabled {
+            let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_TO_LOGS_CAPACITY);
+            let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
+            let agent_rx = config.logs.agent_group.clone().and_then(|group| {
+                let (tx, rx) = tokio::sync::mpsc::channel(AGENT_LOG_CAPACITY);
+                crate::sinks::logs::agent::forward_to(group, tx).then_some(rx)
+            });
+            let sources = crate::sinks::logs::Sources {
+                model_lines: Some(log_rx),
+                audit: Some(audit_rx),
+                entries: agent_rx,
+            };
+            let shipper = crate::sinks::logs::LogShipper::start(
+                crate::sinks::logs::config::LogsSinkConfig::from_config(&config),
+                &sdk,
+                sources,
+                Some(store.clone()),
+                cancel.child_token(),
+            )?;
+            tasks.push(tokio::spawn(shipper.join()));
+            Some(audit_tx)
+        } else {
+            tracing::info!("CloudWatch Logs disabled (logs.enabled = false)");
+            drop(log_rx);
+            None
+        };
+
         let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
         let (alerts, alert_tasks) = crate::alerts::AlertsHandle::start(
             &config,
@@ -335,6 +368,7 @@ impl Agent {
                 &store,
                 &alerts,
                 &state_dir,
+                audit_forward,
                 api_cancel.clone(),
             )
             .await?,

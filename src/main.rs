@@ -240,6 +240,20 @@ enum BenchCommand {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         sample_interval: Duration,
     },
+    /// A child printing lines as fast as it can, shipped to CloudWatch Logs (moto): lines/s, CPU.
+    Logs {
+        #[arg(long, default_value_t = 300_000)]
+        lines: u64,
+        #[arg(long, default_value_t = 100)]
+        line_bytes: usize,
+        /// A running AWS emulator; without it `--moto-server` is started.
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, default_value = ".deps/venv/bin/moto_server")]
+        moto_server: PathBuf,
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -462,6 +476,25 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 runs,
                 default_for_runs,
                 sample_interval,
+            };
+            let report = runtime()?
+                .block_on(bench.run())
+                .map_err(|e| anyhow!("{e}"))?;
+            print!("{report}");
+        }
+        BenchCommand::Logs {
+            lines,
+            line_bytes,
+            endpoint,
+            moto_server,
+            timeout,
+        } => {
+            let bench = warden::sinks::logs::bench::LogsBench {
+                lines,
+                line_bytes,
+                endpoint,
+                moto_server,
+                timeout,
             };
             let report = runtime()?
                 .block_on(bench.run())

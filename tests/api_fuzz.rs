@@ -16,7 +16,7 @@ fn schemathesis_finds_no_server_errors() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut toml = format!(
-        "[agent]\nlisten = \"127.0.0.1:{port}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\nmodels_dir = {:?}\n",
+        "[agent]\nlisten = \"127.0.0.1:{port}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\nmodels_dir = {:?}\n[cloudwatch]\nenabled = false\n[logs]\nenabled = false\n",
         dir.path().join("control.sock"),
         dir.path().join("state"),
         dir.path().join("models"),
@@ -50,29 +50,46 @@ fn schemathesis_finds_no_server_errors() {
     assert!(ready.is_some(), "agent not ready\n{}", agent_log());
 
     let st = support::repo_root().join(".deps/venv/bin/st");
-    let out = Command::new(&st)
-        .args(["run", &format!("{base}/openapi.json")])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance",
-        ])
-        .args([
-            "--max-examples",
-            "40",
-            "--seed",
-            "7",
-            "--workers",
-            "2",
-            "--request-timeout",
-            "20",
-        ])
-        .args(["--suppress-health-check", "all", "--no-color"])
-        .env("SCHEMATHESIS_HOOKS", "")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run schemathesis (scripts/setup.sh installs it)");
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // CPython 3.11's ast module can crash inside hypothesis ("AST constructor recursion depth
+    // mismatch") while it describes a strategy: a tool fault, not a finding. Such runs are
+    // retried with another seed; any real failure (ST1xx) fails at once.
+    let mut attempts = Vec::new();
+    let (out, report) = loop {
+        let seed = [7, 11, 13][attempts.len()];
+        let out = Command::new(&st)
+            .args(["run", &format!("{base}/openapi.json")])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance",
+            ])
+            .args([
+                "--max-examples",
+                "40",
+                "--seed",
+                &seed.to_string(),
+                "--workers",
+                "1",
+            ])
+            .args([
+                "--request-timeout",
+                "20",
+                "--suppress-health-check",
+                "all",
+                "--no-color",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run schemathesis (scripts/setup.sh installs it)");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let tool_fault = !out.status.success()
+            && report.contains("AST constructor recursion depth mismatch")
+            && !report.contains("Failures:");
+        attempts.push(seed);
+        if !tool_fault || attempts.len() == 3 {
+            break (out, report);
+        }
+    };
     let alive = agent.try_wait().unwrap().is_none();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.id() as i32),

@@ -58,7 +58,7 @@ impl Daemon {
         let mut toml = format!(
             "[agent]\nhost_id = \"tmux-host\"\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\n\
              state_dir = {:?}\nmodels_dir = {:?}\nsample_interval = \"500ms\"\n\n\
-             [gpu]\nnvml_library = {:?}\n\n[cloudwatch]\nenabled = false\n\n",
+             [gpu]\nnvml_library = {:?}\n\n[cloudwatch]\nenabled = false\n[logs]\nenabled = false\n\n",
             api_port,
             socket.display().to_string(),
             dir.path().join("state").display().to_string(),

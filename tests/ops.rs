@@ -223,7 +223,7 @@ impl NotifiedAgent {
         std::fs::write(
             &config,
             format!(
-                "[agent]\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\nmodels_dir = {:?}\n\n[cloudwatch]\nenabled = false\n\n{models}",
+                "[agent]\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\nmodels_dir = {:?}\n\n[cloudwatch]\nenabled = false\n[logs]\nenabled = false\n\n{models}",
                 free_port(),
                 socket.display().to_string(),
                 dir.path().join("state").display().to_string(),

@@ -48,7 +48,7 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("control.sock");
         let header = format!(
-            "[agent]\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\nmodels_dir = {:?}\n\n",
+            "[agent]\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\nmodels_dir = {:?}\n\n[cloudwatch]\nenabled = false\n[logs]\nenabled = false\n\n",
             free_port(),
             socket.display().to_string(),
             dir.path().join("state").display().to_string(),

@@ -1,5 +1,5 @@
 //! The audit trail: one JSON record per API request (every status), written as JSON lines to
-//! the state dir and offered to the log shipper. Never contains a token or key.
+//! the state dir and handed, without loss, to the log shipper. Never contains a token or key.
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -62,6 +62,16 @@ impl AuditSink {
     pub async fn start(
         path: &Path,
     ) -> Result<(AuditSink, tokio::task::JoinHandle<()>), AuditError> {
+        Self::start_forwarding(path, None).await
+    }
+
+    /// As [`Self::start`], and the writer also hands every record to `forward` (the log
+    /// shipper) after writing it, waiting when that channel is full: back-pressure reaches
+    /// [`Self::record`] instead of losing a record.
+    pub async fn start_forwarding(
+        path: &Path,
+        forward: Option<mpsc::Sender<AuditRecord>>,
+    ) -> Result<(AuditSink, tokio::task::JoinHandle<()>), AuditError> {
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
@@ -81,7 +91,7 @@ impl AuditSink {
             })?;
         let (tx, rx) = mpsc::channel(65_536);
         let (live, _) = broadcast::channel(65_536);
-        let writer = tokio::spawn(write_records(file, rx, live.clone()));
+        let writer = tokio::spawn(write_records(file, rx, live.clone(), forward));
         Ok((AuditSink { tx, live }, writer))
     }
 
@@ -92,7 +102,8 @@ impl AuditSink {
         }
     }
 
-    /// Every record as it is written (for the CloudWatch Logs shipper).
+    /// Every record as it is written, best effort (a lagging subscriber misses records; the
+    /// log shipper uses [`Self::start_forwarding`] instead).
     pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
         self.live.subscribe()
     }
@@ -102,6 +113,7 @@ async fn write_records(
     file: tokio::fs::File,
     mut rx: mpsc::Receiver<AuditRecord>,
     live: broadcast::Sender<AuditRecord>,
+    mut forward: Option<mpsc::Sender<AuditRecord>>,
 ) {
     let mut out = tokio::io::BufWriter::new(file);
     let mut batch = Vec::with_capacity(256);
@@ -116,7 +128,13 @@ async fn write_records(
                 }
                 Err(e) => tracing::error!(error = %e, "audit record not serialisable"),
             }
-            let _ = live.send(record);
+            let _ = live.send(record.clone());
+            if let Some(tx) = &forward
+                && tx.send(record).await.is_err()
+            {
+                tracing::error!("log shipper stopped taking audit records");
+                forward = None;
+            }
         }
         if let Err(e) = out.flush().await {
             tracing::error!(error = %e, "audit log flush failed");

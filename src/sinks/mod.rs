@@ -1,6 +1,8 @@
-//! Sinks: where samples leave the host (CloudWatch, Prometheus) and the durable spool they share.
+//! Sinks: where samples and logs leave the host (CloudWatch, CloudWatch Logs, Prometheus) and
+//! the durable spool they share.
 
 pub mod aws;
 pub mod cloudwatch;
+pub mod logs;
 pub mod prometheus;
 pub mod spool;

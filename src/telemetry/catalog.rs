@@ -359,6 +359,14 @@ pub const CATALOG: &[MetricDef] = &[
         MODEL,
         "Resident memory of the model's process"
     ),
+    def!(
+        "LogEventsDropped",
+        "warden_log_events_dropped",
+        Count,
+        Counter,
+        HOST,
+        "Log events the CloudWatch Logs spool dropped (oldest first) because it was full"
+    ),
 ];
 
 /// The entry for a CloudWatch metric name.

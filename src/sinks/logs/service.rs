@@ -1,0 +1,137 @@
+//! The CloudWatch Logs calls: create group/stream and set retention (tolerating "already
+//! exists"), and PutLogEvents with its `rejectedLogEventsInfo` reduced to counts.
+
+use super::request::{LogEvent, Rejected};
+use super::retry::{Failure, Outcome, classify};
+use aws_config::SdkConfig;
+use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
+use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+
+/// A failed call: what to do about it, and what to log.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{call} failed ({outcome:?}): {message}")]
+pub struct CallError {
+    pub call: &'static str,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+fn call_error<E>(call: &'static str, e: SdkError<E, HttpResponse>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let failure = match &e {
+        SdkError::ConstructionFailure(_) => Failure::Construction,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::NoResponse,
+        SdkError::ResponseError(r) => Failure::Service {
+            status: r.raw().status().as_u16(),
+            code: None,
+        },
+        SdkError::ServiceError(s) => Failure::Service {
+            status: s.raw().status().as_u16(),
+            code: s.err().code(),
+        },
+        _ => Failure::NoResponse,
+    };
+    CallError {
+        call,
+        outcome: classify(failure),
+        message: format!("{}", aws_sdk_cloudwatchlogs::error::DisplayErrorContext(&e)),
+    }
+}
+
+fn already_exists<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    matches!(e, SdkError::ServiceError(s) if s.err().code() == Some("ResourceAlreadyExistsException"))
+}
+
+#[derive(Clone)]
+pub struct LogsService {
+    client: aws_sdk_cloudwatchlogs::Client,
+}
+
+impl LogsService {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        LogsService {
+            client: aws_sdk_cloudwatchlogs::Client::new(sdk),
+        }
+    }
+
+    /// Creates the group (with retention) and the stream when missing; idempotent.
+    pub async fn ensure(
+        &self,
+        group: &str,
+        stream: &str,
+        retention_days: u32,
+    ) -> Result<(), CallError> {
+        match self
+            .client
+            .create_log_group()
+            .log_group_name(group)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if already_exists(&e) => {}
+            Err(e) => return Err(call_error("CreateLogGroup", e)),
+        }
+        // Set every time: a group created by hand or by an older agent gets the platform's value.
+        self.client
+            .put_retention_policy()
+            .log_group_name(group)
+            .retention_in_days(retention_days as i32)
+            .send()
+            .await
+            .map_err(|e| call_error("PutRetentionPolicy", e))?;
+        match self
+            .client
+            .create_log_stream()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if already_exists(&e) => Ok(()),
+            Err(e) => Err(call_error("CreateLogStream", e)),
+        }
+    }
+
+    /// One PutLogEvents call; `events` must already be a valid, chronological batch.
+    pub async fn put(
+        &self,
+        group: &str,
+        stream: &str,
+        events: &[LogEvent],
+    ) -> Result<Rejected, CallError> {
+        let input: Vec<InputLogEvent> = events
+            .iter()
+            .filter_map(|e| {
+                InputLogEvent::builder()
+                    .timestamp(e.timestamp_ms)
+                    .message(&e.message)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let out = self
+            .client
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_log_events(Some(input))
+            .send()
+            .await
+            .map_err(|e| call_error("PutLogEvents", e))?;
+        Ok(out
+            .rejected_log_events_info()
+            .map_or_else(Rejected::default, |r| {
+                Rejected::from_indexes(
+                    events.len(),
+                    r.too_old_log_event_end_index(),
+                    r.expired_log_event_end_index(),
+                    r.too_new_log_event_start_index(),
+                )
+            }))
+    }
+}
