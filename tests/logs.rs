@@ -532,7 +532,9 @@ async fn outage_and_restart_during_it_deliver_every_line_and_audit_record_exactl
     let read = moto.sdk_config().await;
     wait_for_events(&read, model_group, 500, LONG).await;
 
-    // Outage: lines and requests keep flowing for a few seconds.
+    // Outage: 30 s (as the issue asks) while lines and requests keep flowing, with an agent
+    // restart halfway through.
+    let outage_started = tokio::time::Instant::now();
     proxy.outage(true);
     feed(&run, &mut next_line, &mut next_audit, 1000, true).await;
     let refused = wait_until_async(LONG, || async {
@@ -544,6 +546,7 @@ async fn outage_and_restart_during_it_deliver_every_line_and_audit_record_exactl
         "the shipper kept trying during the outage"
     );
     // The agent restarts in the middle of the outage.
+    tokio::time::sleep_until(outage_started + Duration::from_secs(15)).await;
     let stats = run.stats();
     run.stop().await;
     assert!(
@@ -553,6 +556,7 @@ async fn outage_and_restart_during_it_deliver_every_line_and_audit_record_exactl
     );
     let run = Running::start(sink_config(&spool), &proxy.url).await;
     feed(&run, &mut next_line, &mut next_audit, 500, true).await;
+    tokio::time::sleep_until(outage_started + Duration::from_secs(30)).await;
     proxy.outage(false);
 
     let got = wait_for_events(&read, model_group, 2000, LONG).await;
