@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::fake_model;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -602,24 +604,6 @@ async fn slack_and_sns_outages_delay_notifications_but_never_drop_them() {
 }
 
 // ---------------------------------------------------------------- warden run
-
-fn fake_model(name: &str, port: u16, extra: &[&str], keys: &str) -> String {
-    let script = support::repo_root().join("tests/support/fake_model.py");
-    let mut argv = vec![
-        "python3".to_string(),
-        script.display().to_string(),
-        "--port".into(),
-        port.to_string(),
-        "--name".into(),
-        name.into(),
-    ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "[[models]]\nname = \"{name}\"\nport = {port}\ncommand = [{}]\nhealth_interval = \"200ms\"\nstop_timeout = \"5s\"\n{keys}\n",
-        argv.join(", ")
-    )
-}
 
 const E2E_RULES: &str = r#"
 [[rule]]

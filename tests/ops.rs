@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::fake_model;
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::os::unix::fs::PermissionsExt;
@@ -186,24 +188,6 @@ impl NotifySocket {
 
 fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| l.strip_prefix(key))
-}
-
-fn fake_model(name: &str, port: u16, extra: &[&str], keys: &str) -> String {
-    let script = support::repo_root().join("tests/support/fake_model.py");
-    let mut argv = vec![
-        "python3".to_string(),
-        script.display().to_string(),
-        "--port".into(),
-        port.to_string(),
-        "--name".into(),
-        name.into(),
-    ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "[[models]]\nname = \"{name}\"\nport = {port}\ncommand = [{}]\nhealth_interval = \"200ms\"\nstop_timeout = \"5s\"\n{keys}\n",
-        argv.join(", ")
-    )
 }
 
 /// `warden run --config` with NOTIFY_SOCKET and WATCHDOG_USEC set, test hooks on.

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::fake_model;
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -15,25 +17,6 @@ use warden::control::ControlClient;
 use warden::supervisor::{EventKind, ExitInfo, ModelState, ModelStatus, SupervisorEvent};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// A fake model's `[[models]]` table; `extra_args` go to the fake, `keys` into the table.
-fn fake_model(name: &str, port: u16, extra_args: &[&str], keys: &str) -> String {
-    let script = support::repo_root().join("tests/support/fake_model.py");
-    let mut argv = vec![
-        "python3".to_string(),
-        script.display().to_string(),
-        "--port".into(),
-        port.to_string(),
-        "--name".into(),
-        name.into(),
-    ];
-    argv.extend(extra_args.iter().map(|s| s.to_string()));
-    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "[[models]]\nname = \"{name}\"\nport = {port}\ncommand = [{}]\nhealth_interval = \"200ms\"\nstop_timeout = \"5s\"\n{keys}\n",
-        argv.join(", ")
-    )
-}
 
 struct Agent {
     child: Option<Child>,

@@ -265,10 +265,7 @@ pub async fn batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    require_json(&headers)?;
-    let body = body_bytes(body, state.body_limit)?;
-    let request: BatchRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?;
+    let request: BatchRequest = json_body(&headers, body, state.body_limit)?;
     if request.requests.is_empty() || request.requests.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::Unprocessable(format!(
             "requests: between 1 and {MAX_BATCH_ITEMS} items"
@@ -337,6 +334,31 @@ pub async fn batch(
     }))
 }
 
+/// The auth state, when this agent issues tokens (auth on and a private key configured).
+fn token_issuer(state: &AppState) -> Result<&super::Auth, ApiError> {
+    let auth = state
+        .auth
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("auth is not enabled on this agent"))?;
+    if !auth.tokens.can_issue() {
+        return Err(ApiError::NotConfigured(
+            "no jwt_private_key: tokens are not issued here",
+        ));
+    }
+    Ok(auth)
+}
+
+/// A JSON request body: right media type, within the size limit, of the expected shape.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let body = body_bytes(body, limit)?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))
+}
+
 #[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
     pub api_key: String,
@@ -358,19 +380,8 @@ pub async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let auth = state
-        .auth
-        .as_ref()
-        .ok_or(ApiError::NotConfigured("auth is not enabled on this agent"))?;
-    if !auth.tokens.can_issue() {
-        return Err(ApiError::NotConfigured(
-            "no jwt_private_key: tokens are not issued here",
-        ));
-    }
-    require_json(&headers)?;
-    let body = body_bytes(body, state.body_limit)?;
-    let request: TokenRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?;
+    let auth = token_issuer(&state)?;
+    let request: TokenRequest = json_body(&headers, body, state.body_limit)?;
     // argon2 is deliberately slow: keep it off the async workers.
     let key = request.api_key;
     let state2 = state.clone();
@@ -407,19 +418,8 @@ pub async fn refresh(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<super::auth::TokenPair>, ApiError> {
-    let auth = state
-        .auth
-        .as_ref()
-        .ok_or(ApiError::NotConfigured("auth is not enabled on this agent"))?;
-    if !auth.tokens.can_issue() {
-        return Err(ApiError::NotConfigured(
-            "no jwt_private_key: tokens are not issued here",
-        ));
-    }
-    require_json(&headers)?;
-    let body = body_bytes(body, state.body_limit)?;
-    let request: RefreshRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?;
+    let auth = token_issuer(&state)?;
+    let request: RefreshRequest = json_body(&headers, body, state.body_limit)?;
     auth.tokens
         .refresh(&request.refresh_token)
         .map(Json)

@@ -18,3 +18,24 @@ pub fn repo_root() -> PathBuf {
 pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
+
+/// A `[[models]]` entry running `tests/support/fake_model.py` (a stdlib stand-in for
+/// `warden serve-model`) through the `command` override, with short health checks; `keys` are
+/// extra `[[models]]` lines.
+pub fn fake_model(name: &str, port: u16, extra_args: &[&str], keys: &str) -> String {
+    let script = repo_root().join("tests/support/fake_model.py");
+    let mut argv = vec![
+        "python3".to_string(),
+        script.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--name".into(),
+        name.into(),
+    ];
+    argv.extend(extra_args.iter().map(|s| s.to_string()));
+    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[[models]]\nname = \"{name}\"\nport = {port}\ncommand = [{}]\nhealth_interval = \"200ms\"\nstop_timeout = \"5s\"\n{keys}\n",
+        argv.join(", ")
+    )
+}
