@@ -39,6 +39,12 @@ if [[ -z "$binary" || ! -x "$binary" ]]; then
   echo "install.sh: no warden binary (build with 'cargo build --release' or pass --binary)" >&2
   exit 2
 fi
+# serve-model runs warden-model, the sibling binary that links libtorch (the agent does not).
+model_binary="$(dirname "$binary")/warden-model"
+if [[ ! -x "$model_binary" ]]; then
+  echo "install.sh: no $model_binary next to the warden binary" >&2
+  exit 2
+fi
 if [[ -n "$prefix" ]]; then
   prefix="$(realpath -m "$prefix")"
 fi
@@ -77,6 +83,7 @@ host() {
 run install -d -m 0755 "$prefix/usr/local/bin" "$prefix$share_dir/alerts" "$prefix$doc_dir" \
   "$prefix/etc/systemd/system"
 run install -m 0755 "$binary" "$prefix$bin_path"
+run install -m 0755 "$model_binary" "$prefix$(dirname "$bin_path")/warden-model"
 run install -m 0644 "$repo/alerts/default.toml" "$prefix$rules_path"
 run install -m 0644 "$repo/docs/runbook.md" "$prefix$doc_dir/runbook.md"
 run install -m 0644 "$repo/systemd/warden.service" "$prefix$unit_path"

@@ -11,7 +11,6 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod ops;
-pub mod serving;
 pub mod sinks;
 pub mod supervisor;
 pub mod telemetry;

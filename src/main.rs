@@ -29,11 +29,19 @@ enum Command {
     },
     /// Validate a configuration file: exit 0, or print `file:line:col: message` and exit 2.
     CheckConfig { file: PathBuf },
-    /// Serve one model on 127.0.0.1:PORT (the supervisor spawns one per model).
-    ServeModel(ServeModelArgs),
-    /// Manage model weight files.
-    #[command(subcommand)]
-    Models(ModelsCommand),
+    /// Serve one model on 127.0.0.1:PORT (the supervisor spawns one per model; runs
+    /// `warden-model`, the sibling binary that links libtorch).
+    #[command(disable_help_flag = true)]
+    ServeModel {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Manage model weight files (`models init [--dir DIR]`; runs `warden-model`).
+    #[command(disable_help_flag = true)]
+    Models {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Mint access tokens (operators).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -59,44 +67,6 @@ enum Command {
     /// The alert rules as CloudWatch alarms (PutMetricAlarm definitions).
     #[command(subcommand)]
     Alarms(AlarmsCommand),
-}
-
-#[derive(clap::Args)]
-struct ServeModelArgs {
-    /// Model name: a built-in (connection-designer, ...) or any name with `--weights model.pt`.
-    name: String,
-    #[arg(long)]
-    port: u16,
-    /// Directory `warden models init` wrote (default: the embedded config's models dir).
-    #[arg(long, conflicts_with = "weights")]
-    models_dir: Option<PathBuf>,
-    /// A weight file: a TorchScript module (.pt) or the built-in model's own weight file.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    device: String,
-    /// tch intra-op threads (five processes share the host's cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long, default_value_t = 32)]
-    max_batch: usize,
-    /// Longest wait to fill a batch, e.g. "2ms".
-    #[arg(long, default_value = "2ms", value_parser = warden::config::parse_duration)]
-    batch_timeout: std::time::Duration,
-    #[arg(long, default_value_t = 1024)]
-    queue_capacity: usize,
-    /// TorchScript only: row shape for the warm-up pass, e.g. "3" or "2,4".
-    #[arg(long, value_delimiter = ',')]
-    input_shape: Option<Vec<i64>>,
-}
-
-#[derive(Subcommand)]
-enum ModelsCommand {
-    /// Write the five models' weight files (deterministic seed).
-    Init {
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -173,22 +143,11 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Bare forward loop vs the HTTP server with dynamic batching.
+    /// Bare forward loop vs the HTTP server with dynamic batching (runs `warden-model`).
+    #[command(disable_help_flag = true)]
     Serving {
-        /// Models to measure (comma-separated).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "risk-analyzer,connection-designer"
-        )]
-        models: Vec<String>,
-        /// Length of each measurement, e.g. "3s".
-        #[arg(long, default_value = "3s", value_parser = warden::config::parse_duration)]
-        duration: std::time::Duration,
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        #[arg(long, default_value_t = 32)]
-        max_batch: usize,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Time from `kill -9 <child>` to the new child answering /ready (median over N kills).
     Restart {
@@ -268,8 +227,8 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::ServeModel(args) => serve_model(args),
-        Command::Models(ModelsCommand::Init { dir }) => models_init(dir),
+        Command::ServeModel { args } => exec_model_binary(&["serve-model"], &args),
+        Command::Models { args } => exec_model_binary(&["models"], &args),
         Command::Token(TokenCommand::Issue { config, sub, role }) => issue_token(config, sub, role),
         Command::Keys(KeysCommand::Add { config, user, role }) => add_key(config, user, role),
         Command::Bench(bench) => run_bench(bench),
@@ -424,12 +383,7 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 warden::supervisor::bench::run_restart(options).map_err(|e| anyhow!("{e}"))?;
             println!("{report}");
         }
-        BenchCommand::Serving {
-            models,
-            duration,
-            threads,
-            max_batch,
-        } => bench_serving(models, duration, threads, max_batch)?,
+        BenchCommand::Serving { args } => exec_model_binary(&["bench", "serving"], &args)?,
         BenchCommand::Api {
             clients,
             duration,
@@ -505,55 +459,16 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve_model(args: ServeModelArgs) -> anyhow::Result<()> {
-    use warden::config::Device;
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda,
-        _ => Device::Auto,
-    };
-    let opts = warden::serving::ServeOptions {
-        name: args.name,
-        port: args.port,
-        models_dir: args.models_dir,
-        weights: args.weights,
-        device,
-        threads: args.threads,
-        batch: warden::serving::BatchConfig {
-            max_batch: args.max_batch,
-            batch_timeout: args.batch_timeout,
-            queue_capacity: args.queue_capacity,
-        },
-        row_shape: args.input_shape,
-    };
-    warden::serving::run_model_server(opts)?;
-    Ok(())
-}
-
-fn models_init(dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let dir = dir.unwrap_or_else(|| Config::embedded().agent.models_dir);
-    for path in warden::serving::weights::init(&dir)? {
-        println!("{}", path.display());
-    }
-    Ok(())
-}
-
-fn bench_serving(
-    models: Vec<String>,
-    duration: std::time::Duration,
-    threads: usize,
-    max_batch: usize,
-) -> anyhow::Result<()> {
-    let opts = warden::serving::bench::BenchOptions {
-        models,
-        duration,
-        threads,
-        batch: warden::serving::BatchConfig {
-            max_batch,
-            ..Default::default()
-        },
-    };
-    let report = warden::serving::bench::run(&opts)?;
-    println!("{report}");
-    Ok(())
+/// Runs a libtorch subcommand in `warden-model`, the sibling binary that links libtorch, so the
+/// agent process itself never loads it. `exec` keeps the pid, process group and parent-death
+/// signal the supervisor set up.
+fn exec_model_binary(subcommand: &[&str], args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locating the warden binary")?;
+    let model_exe = exe.with_file_name("warden-model");
+    let err = std::process::Command::new(&model_exe)
+        .args(subcommand)
+        .args(args)
+        .exec();
+    Err(anyhow!("cannot run {}: {err}", model_exe.display()))
 }

@@ -570,6 +570,13 @@ fn install_into_a_temp_root_produces_the_tree() {
         std::fs::metadata(&bin).unwrap().len(),
         std::fs::metadata(support::warden_bin()).unwrap().len()
     );
+    // The libtorch half (serve-model, models init) sits next to it.
+    let model_bin = r.join("usr/local/bin/warden-model");
+    assert_eq!(mode(&model_bin), 0o755);
+    assert_eq!(
+        std::fs::read(&model_bin).unwrap(),
+        std::fs::read(support::warden_bin().with_file_name("warden-model")).unwrap()
+    );
     let repo = support::repo_root();
     let same = |installed: &str, source: &str| {
         assert_eq!(

@@ -587,14 +587,6 @@ fn ts_expected(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Regenerates tests/fixtures/tiny_linear.pt (run with --ignored when the weights change).
-#[test]
-#[ignore]
-fn regenerate_torchscript_fixture() {
-    warden::serving::torchscript::write_linear_relu_module(&ts_fixture(), &TS_WEIGHT, &TS_BIAS, 3)
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torchscript_module_serves_rows_matching_plain_rust() {
     let weights = ts_fixture();
@@ -644,106 +636,6 @@ async fn a_torchscript_module_serves_rows_matching_plain_rust() {
     assert_eq!(server.infer(&json!({"inputs": [[1, 2, 3]]})).await.0, 200);
 }
 
-fn xgb_fixture() -> (Value, Value) {
-    let dir = support::repo_root().join("tests/fixtures");
-    let model = std::fs::read_to_string(dir.join("section_optimizer_xgb.json")).unwrap();
-    let preds =
-        std::fs::read_to_string(dir.join("section_optimizer_xgb_predictions.json")).unwrap();
-    (
-        serde_json::from_str(&model).unwrap(),
-        serde_json::from_str(&preds).unwrap(),
-    )
-}
-
-/// An independent reference: walk the raw JSON trees (not the library's parsed form).
-fn walk_raw_trees(model: &Value, row: &[Option<f32>]) -> Vec<f64> {
-    let params = &model["learner"]["learner_model_param"];
-    let base: Vec<f64> = params["base_score"]
-        .as_str()
-        .unwrap()
-        .trim_matches(['[', ']'])
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let gb = &model["learner"]["gradient_booster"]["model"];
-    let mut out = base;
-    for (tree, group) in gb["trees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(gb["tree_info"].as_array().unwrap())
-    {
-        let at = |k: &str, n: usize| tree[k][n].clone();
-        let mut n = 0usize;
-        while at("left_children", n).as_i64().unwrap() != -1 {
-            let f = at("split_indices", n).as_u64().unwrap() as usize;
-            let left = match row[f] {
-                None => at("default_left", n).as_i64().unwrap() == 1,
-                Some(x) => x < at("split_conditions", n).as_f64().unwrap() as f32,
-            };
-            let next = if left {
-                "left_children"
-            } else {
-                "right_children"
-            };
-            n = at(next, n).as_u64().unwrap() as usize;
-        }
-        out[group.as_u64().unwrap() as usize] += at("split_conditions", n).as_f64().unwrap();
-    }
-    out
-}
-
-#[test]
-fn xgboost_json_as_tensor_ops_matches_xgboost_and_a_plain_tree_walk() {
-    use warden::serving::xgboost::{TensorEnsemble, TreeEnsemble};
-    let (model, preds) = xgb_fixture();
-    let ensemble = TreeEnsemble::from_json(&model.to_string()).unwrap();
-    let tensors = TensorEnsemble::new(&ensemble, tch::Device::Cpu).unwrap();
-    let rows: Vec<Vec<Option<f32>>> = preds["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().map(|x| x as f32))
-                .collect()
-        })
-        .collect();
-    let flat: Vec<f32> = rows
-        .iter()
-        .flatten()
-        .map(|v| v.unwrap_or(f32::NAN))
-        .collect();
-    let x = tch::Tensor::from_slice(&flat).view([rows.len() as i64, 6]);
-    let probs = Vec::<Vec<f32>>::try_from(&tensors.predict(&x).unwrap()).unwrap();
-    let margins = Vec::<Vec<f32>>::try_from(&tensors.margins(&x).unwrap()).unwrap();
-    assert!(
-        rows.iter().any(|r| r.iter().any(Option::is_none)),
-        "fixture should hold a missing value"
-    );
-    for (i, row) in rows.iter().enumerate() {
-        let reference = walk_raw_trees(&model, row);
-        for c in 0..6 {
-            let xgb_margin = preds["margins"][i][c].as_f64().unwrap();
-            let xgb_prob = preds["probabilities"][i][c].as_f64().unwrap();
-            assert!(
-                (margins[i][c] as f64 - xgb_margin).abs() < 1e-4,
-                "row {i} class {c} margin"
-            );
-            assert!(
-                (reference[c] - xgb_margin).abs() < 1e-4,
-                "plain walk row {i} class {c}"
-            );
-            assert!(
-                (probs[i][c] as f64 - xgb_prob).abs() < 1e-5,
-                "row {i} class {c} probability"
-            );
-        }
-    }
-}
-
 #[test]
 fn models_init_writes_the_same_files_every_time() {
     let other = tempfile::tempdir().unwrap();
@@ -782,4 +674,25 @@ fn missing_weights_fail_to_start_with_a_clear_error() {
         err.contains("risk-analyzer.safetensors") && err.contains("models init"),
         "{err}"
     );
+}
+
+/// The agent's binary must not load libtorch (~100 MB of RSS it never uses): only the
+/// `warden-model` binary, which `warden serve-model` execs, links it.
+#[test]
+fn only_the_model_binary_links_libtorch() {
+    let needed = |bin: &Path| {
+        let out = Command::new("readelf")
+            .arg("-d")
+            .arg(bin)
+            .output()
+            .expect("readelf (binutils)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter(|l| l.contains("(NEEDED)"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let agent = support::warden_bin();
+    assert!(!needed(&agent).contains("libtorch"), "{}", needed(&agent));
+    assert!(needed(&agent.with_file_name("warden-model")).contains("libtorch_cpu"));
 }

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use server::{ServeOptions, run_model_server, serve};
+pub use server::{ServeOptions, run_model_server};
 
 /// Model version reported by /metadata (the weights' format version, not the binary's).
 pub const MODEL_VERSION: &str = "1";

@@ -5,7 +5,7 @@ use super::models::{Model, num};
 use super::schema::{Sample, SchemaError, array, index, infer_shape, object};
 use serde_json::{Value, json};
 use std::path::Path;
-use tch::{CModule, Device, Kind, TchError, Tensor};
+use tch::{CModule, Device, Kind, TchError};
 
 /// Rows per request.
 pub const MAX_ROWS: usize = 1024;
@@ -114,6 +114,7 @@ impl Model for TorchScriptModel {
 
 /// Traces `y = relu(x·Wᵀ + b)` with the given weights into a TorchScript file: the committed
 /// test fixture `tests/fixtures/tiny_linear.pt` was made by this (see tests/serving.rs).
+#[cfg(test)]
 pub fn write_linear_relu_module(
     path: &Path,
     weight: &[f32],
@@ -121,6 +122,7 @@ pub fn write_linear_relu_module(
     inputs: i64,
 ) -> Result<(), TchError> {
     let outputs = bias.len() as i64;
+    use tch::Tensor;
     let w = Tensor::from_slice(weight).f_view([outputs, inputs])?;
     let b = Tensor::from_slice(bias);
     let probe = Tensor::zeros([1, inputs], (Kind::Float, Device::Cpu));
@@ -128,4 +130,19 @@ pub fn write_linear_relu_module(
         vec![(xs[0].matmul(&w.tr()) + &b).relu()]
     })?;
     module.save(path)
+}
+
+#[cfg(test)]
+mod fixture {
+    /// Regenerates tests/fixtures/tiny_linear.pt (`cargo test --bin warden-model -- --ignored`).
+    /// tests/serving.rs checks the committed file against these same weights.
+    #[test]
+    #[ignore]
+    fn regenerate_torchscript_fixture() {
+        const TS_WEIGHT: [f32; 6] = [0.5, -1.0, 2.0, 1.5, 0.25, -0.75];
+        const TS_BIAS: [f32; 2] = [0.1, -0.2];
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_linear.pt");
+        super::write_linear_relu_module(&path, &TS_WEIGHT, &TS_BIAS, 3).unwrap();
+    }
 }

@@ -58,6 +58,7 @@ impl Tree {
     }
 
     /// The leaf value for one row, walking the tree in plain Rust (NaN = missing).
+    #[cfg(test)]
     pub fn leaf(&self, row: &[f32]) -> f32 {
         let mut n = 0usize;
         while self.left[n] >= 0 {
@@ -252,6 +253,7 @@ impl TreeEnsemble {
     }
 
     /// Raw margins for one row, walking every tree in plain Rust (the reference path).
+    #[cfg(test)]
     pub fn margins(&self, row: &[f32]) -> Vec<f32> {
         let mut out = self.base_margin.clone();
         for (tree, &g) in self.trees.iter().zip(&self.tree_group) {
@@ -264,7 +266,6 @@ impl TreeEnsemble {
 /// A [`TreeEnsemble`] laid out as flat tensors for batched evaluation.
 pub struct TensorEnsemble {
     objective: Objective,
-    num_feature: i64,
     nodes_per_tree: i64,
     num_trees: i64,
     depth: usize,
@@ -311,7 +312,6 @@ impl TensorEnsemble {
         let depth = e.trees.iter().map(Tree::depth).max().unwrap_or(0);
         Ok(TensorEnsemble {
             objective: e.objective,
-            num_feature: e.num_feature as i64,
             nodes_per_tree: width as i64,
             num_trees: e.trees.len() as i64,
             depth,
@@ -327,10 +327,6 @@ impl TensorEnsemble {
                 .to_device(device),
             base_margin: Tensor::from_slice(&e.base_margin).to_device(device),
         })
-    }
-
-    pub fn num_feature(&self) -> i64 {
-        self.num_feature
     }
 
     /// Raw margins `[batch, groups]` for `x: [batch, features]` (float, NaN = missing).
@@ -403,5 +399,112 @@ mod tests {
             TreeEnsemble::from_json(&bad),
             Err(XgboostError::Format(_))
         ));
+    }
+}
+
+/// Checked against the real xgboost package's own predictions (tests/fixtures/make_xgb.py) and
+/// against an independent walk over the raw JSON trees.
+#[cfg(test)]
+mod fixture_tests {
+    use super::{TensorEnsemble, TreeEnsemble};
+    use serde_json::Value;
+
+    fn xgb_fixture() -> (Value, Value) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let model = std::fs::read_to_string(dir.join("section_optimizer_xgb.json")).unwrap();
+        let preds =
+            std::fs::read_to_string(dir.join("section_optimizer_xgb_predictions.json")).unwrap();
+        (
+            serde_json::from_str(&model).unwrap(),
+            serde_json::from_str(&preds).unwrap(),
+        )
+    }
+
+    /// An independent reference: walk the raw JSON trees (not the library's parsed form).
+    fn walk_raw_trees(model: &Value, row: &[Option<f32>]) -> Vec<f64> {
+        let params = &model["learner"]["learner_model_param"];
+        let base: Vec<f64> = params["base_score"]
+            .as_str()
+            .unwrap()
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let gb = &model["learner"]["gradient_booster"]["model"];
+        let mut out = base;
+        for (tree, group) in gb["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(gb["tree_info"].as_array().unwrap())
+        {
+            let at = |k: &str, n: usize| tree[k][n].clone();
+            let mut n = 0usize;
+            while at("left_children", n).as_i64().unwrap() != -1 {
+                let f = at("split_indices", n).as_u64().unwrap() as usize;
+                let left = match row[f] {
+                    None => at("default_left", n).as_i64().unwrap() == 1,
+                    Some(x) => x < at("split_conditions", n).as_f64().unwrap() as f32,
+                };
+                let next = if left {
+                    "left_children"
+                } else {
+                    "right_children"
+                };
+                n = at(next, n).as_u64().unwrap() as usize;
+            }
+            out[group.as_u64().unwrap() as usize] += at("split_conditions", n).as_f64().unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn xgboost_json_as_tensor_ops_matches_xgboost_and_a_plain_tree_walk() {
+        let (model, preds) = xgb_fixture();
+        let ensemble = TreeEnsemble::from_json(&model.to_string()).unwrap();
+        let tensors = TensorEnsemble::new(&ensemble, tch::Device::Cpu).unwrap();
+        let rows: Vec<Vec<Option<f32>>> = preds["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().map(|x| x as f32))
+                    .collect()
+            })
+            .collect();
+        let flat: Vec<f32> = rows
+            .iter()
+            .flatten()
+            .map(|v| v.unwrap_or(f32::NAN))
+            .collect();
+        let x = tch::Tensor::from_slice(&flat).view([rows.len() as i64, 6]);
+        let probs = Vec::<Vec<f32>>::try_from(&tensors.predict(&x).unwrap()).unwrap();
+        let margins = Vec::<Vec<f32>>::try_from(&tensors.margins(&x).unwrap()).unwrap();
+        assert!(
+            rows.iter().any(|r| r.iter().any(Option::is_none)),
+            "fixture should hold a missing value"
+        );
+        for (i, row) in rows.iter().enumerate() {
+            let reference = walk_raw_trees(&model, row);
+            for c in 0..6 {
+                let xgb_margin = preds["margins"][i][c].as_f64().unwrap();
+                let xgb_prob = preds["probabilities"][i][c].as_f64().unwrap();
+                assert!(
+                    (margins[i][c] as f64 - xgb_margin).abs() < 1e-4,
+                    "row {i} class {c} margin"
+                );
+                assert!(
+                    (reference[c] - xgb_margin).abs() < 1e-4,
+                    "plain walk row {i} class {c}"
+                );
+                assert!(
+                    (probs[i][c] as f64 - xgb_prob).abs() < 1e-5,
+                    "row {i} class {c} probability"
+                );
+            }
+        }
     }
 }

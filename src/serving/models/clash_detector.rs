@@ -161,6 +161,9 @@ mod tests {
 
     #[test]
     fn padding_a_batch_to_its_longest_sequence_leaves_shorter_ones_unchanged() {
+        let _rng = crate::serving::models::SEEDED_RNG
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let net = ClashNet::build(&vs.root());

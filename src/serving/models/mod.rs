@@ -44,7 +44,13 @@ pub struct VarStoreModel<N: Net> {
 impl<N: Net> VarStoreModel<N> {
     pub fn load(path: &std::path::Path, device: Device) -> Result<Self, TchError> {
         let mut vs = nn::VarStore::new(device);
-        let net = N::build(&vs.root());
+        // Building draws initial values (then overwritten) from the shared generator.
+        let net = {
+            let _rng = SEEDED_RNG
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            N::build(&vs.root())
+        };
         vs.load(path)?;
         Ok(VarStoreModel {
             _vs: vs,
@@ -56,6 +62,10 @@ impl<N: Net> VarStoreModel<N> {
     /// Writes freshly initialised weights for `N` seeded with `seed` as safetensors, sorted by
     /// name so the file is byte-for-byte reproducible (VarStore::save's order is a HashMap's).
     pub fn init(path: &std::path::Path, seed: i64) -> Result<(), TchError> {
+        // libtorch's generator is process-wide: hold the lock from seeding to the last draw.
+        let _rng = SEEDED_RNG
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
         let _net = N::build(&vs.root());
@@ -64,6 +74,9 @@ impl<N: Net> VarStoreModel<N> {
         Tensor::write_safetensors(&named, path)
     }
 }
+
+/// Serialises users of libtorch's global random generator that need a reproducible sequence.
+pub(crate) static SEEDED_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl<N: Net> Model for VarStoreModel<N> {
     fn forward(&self, batch: &[&Sample]) -> Result<Vec<Value>, TchError> {
