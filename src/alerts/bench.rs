@@ -17,8 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-const FAKE_NVML_C: &str = include_str!("../../tests/support/fake_nvml.c");
-
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("benchmark I/O: {0}")]
@@ -44,19 +42,7 @@ pub struct AlertsBench {
 }
 
 fn build_fake(dir: &Path) -> Result<PathBuf, BenchError> {
-    let src = dir.join("fake_nvml.c");
-    std::fs::write(&src, FAKE_NVML_C)?;
-    let lib = dir.join("libnvidia-ml.so.1");
-    let ok = std::process::Command::new("gcc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .arg("-lpthread")
-        .status()?
-        .success();
-    if !ok {
-        return Err(BenchError::Gcc);
-    }
+    let lib = crate::telemetry::bench::compile_fake_nvml(dir)?.ok_or(BenchError::Gcc)?;
     set_util(dir, 10)?;
     Ok(lib)
 }

@@ -42,7 +42,9 @@ fn rusage() -> (Duration, u64) {
     (tv(u.ru_utime) + tv(u.ru_stime), u.ru_maxrss as u64 * 1024)
 }
 
-fn build_fake(dir: &Path, gpus: usize, pids: &[u32]) -> Result<std::path::PathBuf, BenchError> {
+/// Compiles the test suite's fake NVML (`tests/support/fake_nvml.c`) into `dir`; `None` when gcc
+/// fails. Shared by the benches that drive GPUs through nvml-wrapper's real FFI path.
+pub(crate) fn compile_fake_nvml(dir: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
     let src = dir.join("fake_nvml.c");
     std::fs::write(&src, FAKE_NVML_C)?;
     let lib = dir.join("libnvidia-ml.so.1");
@@ -53,9 +55,11 @@ fn build_fake(dir: &Path, gpus: usize, pids: &[u32]) -> Result<std::path::PathBu
         .arg("-lpthread")
         .status()?
         .success();
-    if !ok {
-        return Err(BenchError::Gcc);
-    }
+    Ok(ok.then_some(lib))
+}
+
+fn build_fake(dir: &Path, gpus: usize, pids: &[u32]) -> Result<std::path::PathBuf, BenchError> {
+    let lib = crate::telemetry::bench::compile_fake_nvml(dir)?.ok_or(BenchError::Gcc)?;
     let mut state = format!("count={gpus}\n");
     for g in 0..gpus {
         let pid = pids.get(g % pids.len().max(1)).copied().unwrap_or(1);

@@ -1,5 +1,7 @@
 //! Which PutMetricData failures are worth retrying, and how long to wait between tries.
 
+use aws_sdk_cloudwatch::config::http::HttpResponse;
+use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use std::time::Duration;
 
 /// Jittered exponential backoff: attempt n waits base·2ⁿ (capped), scaled into [½, 1] by jitter.
@@ -50,6 +52,25 @@ pub enum Failure<'a> {
     Construction,
     /// The service answered with an HTTP status and maybe an error code.
     Service { status: u16, code: Option<&'a str> },
+}
+
+impl<'a> Failure<'a> {
+    /// Reduces any AWS SDK error to plain data (every service crate shares smithy's error shape).
+    pub fn from_sdk<E: ProvideErrorMetadata>(e: &'a SdkError<E, HttpResponse>) -> Failure<'a> {
+        match e {
+            SdkError::ConstructionFailure(_) => Failure::Construction,
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::NoResponse,
+            SdkError::ResponseError(r) => Failure::Service {
+                status: r.raw().status().as_u16(),
+                code: None,
+            },
+            SdkError::ServiceError(s) => Failure::Service {
+                status: s.raw().status().as_u16(),
+                code: s.err().code(),
+            },
+            _ => Failure::NoResponse,
+        }
+    }
 }
 
 pub fn classify(f: Failure<'_>) -> ErrorClass {

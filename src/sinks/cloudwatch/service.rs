@@ -3,7 +3,6 @@
 use super::request::{Datum, to_sdk};
 use super::retry::{ErrorClass, Failure, classify};
 use aws_config::SdkConfig;
-use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 
 /// A failed call: whether to retry, and what to log.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,19 +38,7 @@ impl PutService {
         match result {
             Ok(_) => Ok(()),
             Err(e) => {
-                let failure = match &e {
-                    SdkError::ConstructionFailure(_) => Failure::Construction,
-                    SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::NoResponse,
-                    SdkError::ResponseError(r) => Failure::Service {
-                        status: r.raw().status().as_u16(),
-                        code: None,
-                    },
-                    SdkError::ServiceError(s) => Failure::Service {
-                        status: s.raw().status().as_u16(),
-                        code: s.err().code(),
-                    },
-                    _ => Failure::NoResponse,
-                };
+                let failure = Failure::from_sdk(&e);
                 Err(PutError {
                     class: classify(failure),
                     message: format!("{}", aws_sdk_cloudwatch::error::DisplayErrorContext(&e)),

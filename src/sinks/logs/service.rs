@@ -21,19 +21,7 @@ fn call_error<E>(call: &'static str, e: SdkError<E, HttpResponse>) -> CallError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let failure = match &e {
-        SdkError::ConstructionFailure(_) => Failure::Construction,
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::NoResponse,
-        SdkError::ResponseError(r) => Failure::Service {
-            status: r.raw().status().as_u16(),
-            code: None,
-        },
-        SdkError::ServiceError(s) => Failure::Service {
-            status: s.raw().status().as_u16(),
-            code: s.err().code(),
-        },
-        _ => Failure::NoResponse,
-    };
+    let failure = Failure::from_sdk(&e);
     CallError {
         call,
         outcome: classify(failure),
