@@ -98,7 +98,6 @@ async fn start_gateway(extra_toml: &str, auth: bool) -> Gateway {
     let config = Config::parse(&dir.path().join("warden.toml"), &toml).unwrap();
     std::fs::write(dir.path().join("warden.toml"), &toml).unwrap();
     let audit_path = dir.path().join("audit/api.jsonl");
-    let (audit, _writer) = AuditSink::start(&audit_path).await.unwrap();
     let ready_flags = vec![
         alpha.ready.clone(),
         slow.ready.clone(),
@@ -109,19 +108,8 @@ async fn start_gateway(extra_toml: &str, auth: bool) -> Gateway {
         ("slow".into(), slow.port, slow.ready.clone()),
         ("gone".into(), gone_port, ready_flags[2].clone()),
     ]);
-    let peers = api::Peers {
-        directory: Arc::new(directory),
-        audit,
-        observer: None,
-        extra_metrics: None,
-    };
-    let state = Arc::new(api::AppState::new(&config, peers).unwrap());
-    let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let origins = config.api.cors_origins.clone();
-    tokio::spawn(async move { api::serve(listener, state, &origins, token).await });
+    let base = serve_gateway(&config, directory, &audit_path, shutdown.clone()).await;
     Gateway {
         base,
         audit_path,
@@ -643,20 +631,30 @@ async fn start_gateway_with_dir(dir: &Path) -> String {
     let toml = std::fs::read_to_string(dir.join("warden.toml")).unwrap();
     let config = Config::parse(&dir.join("warden.toml"), &toml).unwrap();
     let alpha = start_model("alpha", Duration::ZERO).await;
-    let (audit, _) = AuditSink::start(&dir.join("audit2/api.jsonl"))
-        .await
-        .unwrap();
     let directory = Directory(vec![("alpha".into(), alpha.port, alpha.ready.clone())]);
+    let audit = dir.join("audit2/api.jsonl");
+    serve_gateway(&config, directory, &audit, CancellationToken::new()).await
+}
+
+/// The gateway as the agent builds it, on a free port; returns its base URL.
+async fn serve_gateway(
+    config: &Config,
+    directory: Directory,
+    audit_path: &Path,
+    shutdown: CancellationToken,
+) -> String {
+    let (audit, _writer) = AuditSink::start(audit_path).await.unwrap();
     let peers = api::Peers {
         directory: Arc::new(directory),
         audit,
         observer: None,
         extra_metrics: None,
     };
-    let state = Arc::new(api::AppState::new(&config, peers).unwrap());
+    let state = Arc::new(api::AppState::new(config, peers).unwrap());
     let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { api::serve(listener, state, &[], CancellationToken::new()).await });
+    let origins = config.api.cors_origins.clone();
+    tokio::spawn(async move { api::serve(listener, state, &origins, shutdown).await });
     base
 }
 

@@ -119,18 +119,8 @@ impl FaultProxy {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                let mut fwd = client.request(parts.method.clone(), format!("{upstream}{path}"));
-                for (k, v) in parts.headers.iter() {
-                    if k != "host" && k != "content-length" {
-                        fwd = fwd.header(k, v);
-                    }
-                }
-                let resp = fwd.body(bytes.to_vec()).send().await.unwrap();
+                let resp =
+                    support::proxy::forward(&client, &upstream, &parts, bytes.to_vec()).await;
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let body = resp.bytes().await.unwrap();

@@ -84,18 +84,8 @@ impl Recorder {
                 rec.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&bytes).to_string());
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                let mut fwd = client.request(parts.method.clone(), format!("{upstream}{path}"));
-                for (k, v) in parts.headers.iter() {
-                    if k != "host" && k != "content-length" {
-                        fwd = fwd.header(k, v);
-                    }
-                }
-                let resp = fwd.body(bytes.to_vec()).send().await.unwrap();
+                let resp =
+                    support::proxy::forward(&client, &upstream, &parts, bytes.to_vec()).await;
                 let status = resp.status();
                 let ct = resp.headers().get("content-type").cloned();
                 let body = resp.bytes().await.unwrap();

@@ -5,6 +5,7 @@
 pub mod moto;
 pub mod net;
 pub mod nvml;
+pub mod proxy;
 pub mod slack;
 
 use std::path::PathBuf;
