@@ -88,13 +88,33 @@ fn start_agent(models_dir: Option<&PathBuf>, max_concurrency: usize) -> Result<A
     let config = dir.path().join("warden.toml");
     std::fs::write(&config, toml)?;
     let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+        .stderr(Stdio::inherit());
+    // A bench killed from outside (timeout, Ctrl-C) must not leave its agent and models behind:
+    // the agent gets SIGTERM when the bench dies and stops its models itself.
+    // SAFETY: only an async-signal-safe libc call between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
     Ok(Agent {
         child,
         _dir: dir,
