@@ -17,7 +17,10 @@ mkdir -p "$DEPS" "$CACHE/wheels"
 say() { printf 'setup: %s\n' "$*"; }
 
 # --- apt packages -----------------------------------------------------------
-APT_PACKAGES=(build-essential pkg-config unzip curl openssl tmux procps systemd python3-venv)
+# prometheus: promtool checks /metrics; wrk: the load generator of the fault suite; nginx-light:
+# a fast fake model (fixed error fraction) and the reverse proxy the gateway is compared with.
+APT_PACKAGES=(build-essential pkg-config unzip curl openssl tmux procps systemd python3-venv
+  prometheus wrk nginx-light)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -138,8 +138,8 @@ fn instances(
             Dim::Host => vec![target.host.clone()],
             Dim::Gpu => (0..target.gpus).map(|g| g.to_string()).collect(),
             Dim::Model => models.to_vec(),
-            // XID codes are only known when errors happen.
-            Dim::Code => return None,
+            // XID codes, drop sinks and reasons are only known when they happen.
+            Dim::Code | Dim::Sink | Dim::Reason => return None,
         };
         let values: Vec<String> = values
             .into_iter()

@@ -10,6 +10,10 @@ pub enum Dim {
     Model,
     /// XID error code (only on `GPUXidErrors`).
     Code,
+    /// Where a dropped record was headed (only on `RecordsDropped`).
+    Sink,
+    /// Why it was dropped (only on `RecordsDropped`).
+    Reason,
 }
 
 impl Dim {
@@ -20,6 +24,8 @@ impl Dim {
             Dim::Gpu => "GPU",
             Dim::Model => "Model",
             Dim::Code => "Code",
+            Dim::Sink => "Sink",
+            Dim::Reason => "Reason",
         }
     }
 
@@ -30,6 +36,8 @@ impl Dim {
             Dim::Gpu => "gpu",
             Dim::Model => "model",
             Dim::Code => "code",
+            Dim::Sink => "sink",
+            Dim::Reason => "reason",
         }
     }
 }
@@ -87,6 +95,7 @@ const HOST: &[Dim] = &[Dim::Host];
 const GPU: &[Dim] = &[Dim::Host, Dim::Gpu];
 const XID: &[Dim] = &[Dim::Host, Dim::Gpu, Dim::Code];
 const MODEL: &[Dim] = &[Dim::Host, Dim::Model];
+const DROPS: &[Dim] = &[Dim::Host, Dim::Sink, Dim::Reason];
 
 macro_rules! def {
     ($name:literal, $prom:literal, $unit:ident, $kind:ident, $dims:ident, $desc:literal) => {
@@ -366,6 +375,14 @@ pub const CATALOG: &[MetricDef] = &[
         Counter,
         HOST,
         "Log events the CloudWatch Logs spool dropped (oldest first) because it was full"
+    ),
+    def!(
+        "RecordsDropped",
+        "warden_records_dropped",
+        Count,
+        Counter,
+        DROPS,
+        "Records the agent gave up on, by the sink they were headed for and the reason"
     ),
 ];
 

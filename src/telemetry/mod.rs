@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod drops;
 pub mod host;
 pub mod models;
 pub mod nvml;
@@ -24,6 +25,20 @@ pub enum TelemetryEvent {
     GpuRecovered { gpu: u32 },
     /// The driver reported an XID error.
     Xid { gpu: u32, code: u64 },
+    /// A sink's AWS call was refused for lack of permission or with rejected credentials
+    /// (AccessDenied, UnrecognizedClient, expired token). Its data waits and is retried.
+    AwsAccessDenied {
+        /// `cloudwatch`, `logs`, `sns` (see `drops::sink`).
+        sink: String,
+        /// The refused operation, e.g. `PutLogEvents`.
+        operation: String,
+        /// The IAM permission it needs, e.g. `logs:PutLogEvents`.
+        permission: String,
+        /// The service's error code and message.
+        error: String,
+    },
+    /// The sink's calls succeed again.
+    AwsAccessRestored { sink: String },
 }
 
 use crate::config::Config;

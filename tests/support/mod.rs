@@ -2,6 +2,8 @@
 //! receiver, and helpers for ports and deadlines. Every peer listens on 127.0.0.1 only.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod agent;
+pub mod fault;
 pub mod moto;
 pub mod net;
 pub mod nvml;

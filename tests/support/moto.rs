@@ -91,12 +91,13 @@ impl Drop for Moto {
 }
 
 /// Minimal blocking HTTP GET over std, so the harness needs no async runtime.
-mod plain_http {
+pub mod plain_http {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::Duration;
 
-    pub fn get(url: &str) -> Option<String> {
+    /// The status and body of a GET, any status.
+    pub fn fetch(url: &str) -> Option<(u16, String)> {
         let rest = url.strip_prefix("http://")?;
         let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
         let mut s = TcpStream::connect(host).ok()?;
@@ -105,9 +106,17 @@ mod plain_http {
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         let (head, body) = buf.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.0 200")
-            .then(|| body.to_string())
-            .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    }
+
+    /// The body of a GET answered 200.
+    pub fn get(url: &str) -> Option<String> {
+        fetch(url).and_then(|(status, body)| (status == 200).then_some(body))
+    }
+
+    pub fn status(url: &str) -> Option<u16> {
+        fetch(url).map(|(status, _)| status)
     }
 
     pub fn get_ok(url: &str) -> bool {
