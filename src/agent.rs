@@ -424,7 +424,7 @@ impl Agent {
 }
 
 /// First run: fill an empty models dir with `warden models init` when a model needs it.
-pub(crate) async fn ensure_models(config: &Config, exe: &Path) {
+pub async fn ensure_models(config: &Config, exe: &Path) {
     let needs_dir = config
         .effective_models()
         .iter()

@@ -4,7 +4,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+
 use warden::api::auth::{ApiKeyStore, Principal, Role, Tokens};
 use warden::config::Config;
 
@@ -48,9 +48,14 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Benchmarks that print ratios measured side by side (not tests).
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Benchmarks that print ratios measured side by side (not tests; runs `warden-bench`).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// `serving`, `restart`, `api`, `telemetry`, `alerts` or `logs`, then its flags
+        /// (`warden bench --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// CloudWatch dashboards rendered from the metric catalogue.
     #[command(subcommand)]
     Dashboards(DashboardsCommand),
@@ -141,80 +146,6 @@ enum KeysCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Bare forward loop vs the HTTP server with dynamic batching (runs `warden-model`).
-    #[command(disable_help_flag = true)]
-    Serving {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Time from `kill -9 <child>` to the new child answering /ready (median over N kills).
-    Restart {
-        /// The built-in model to run (ignored with --command).
-        #[arg(long, default_value = "connection-designer")]
-        model: String,
-        #[arg(long, default_value_t = 20)]
-        kills: usize,
-        /// Models dir for the built-in model (`warden models init` fills it).
-        #[arg(long)]
-        models_dir: Option<PathBuf>,
-        /// Spawn this instead (argv; `{port}` is replaced by the port).
-        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
-        command: Option<Vec<String>>,
-    },
-    /// Load through the gateway (many clients), then direct-vs-gateway overhead, one run.
-    Api {
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        #[arg(long, default_value_t = 32)]
-        overhead_clients: usize,
-        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-        overhead_duration: Duration,
-        /// Reuse weights (`warden models init`) instead of writing them in a temp dir.
-        #[arg(long)]
-        models_dir: Option<PathBuf>,
-    },
-    /// Sampling cost with fake GPUs (dev tree: needs gcc for the fake NVML).
-    Telemetry {
-        #[arg(long, default_value_t = 8)]
-        gpus: usize,
-        #[arg(long, default_value_t = 5)]
-        models: usize,
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-    },
-    /// Alert latency: fake NVML GPU util 10 -> 95 until the Slack webhook gets the POST.
-    Alerts {
-        /// Runs with `for = "0s"`.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-        /// Runs with the default `for` (1m each).
-        #[arg(long, default_value_t = 3)]
-        default_for_runs: usize,
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        sample_interval: Duration,
-    },
-    /// A child printing lines as fast as it can, shipped to CloudWatch Logs (moto): lines/s, CPU.
-    Logs {
-        #[arg(long, default_value_t = 300_000)]
-        lines: u64,
-        #[arg(long, default_value_t = 100)]
-        line_bytes: usize,
-        /// A running AWS emulator; without it `--moto-server` is started.
-        #[arg(long)]
-        endpoint: Option<String>,
-        #[arg(long, default_value = ".deps/venv/bin/moto_server")]
-        moto_server: PathBuf,
-        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -227,11 +158,11 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::ServeModel { args } => exec_model_binary(&["serve-model"], &args),
-        Command::Models { args } => exec_model_binary(&["models"], &args),
+        Command::ServeModel { args } => exec_sibling("warden-model", &["serve-model"], &args),
+        Command::Models { args } => exec_sibling("warden-model", &["models"], &args),
         Command::Token(TokenCommand::Issue { config, sub, role }) => issue_token(config, sub, role),
         Command::Keys(KeysCommand::Add { config, user, role }) => add_key(config, user, role),
-        Command::Bench(bench) => run_bench(bench),
+        Command::Bench { args } => exec_sibling("warden-bench", &[], &args),
         Command::Dashboards(cmd) => dashboards(cmd),
         Command::Console { socket, read_only } => {
             let options = warden::console::ConsoleOptions {
@@ -365,110 +296,16 @@ fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
-    match bench {
-        BenchCommand::Restart {
-            model,
-            kills,
-            models_dir,
-            command,
-        } => {
-            let options = warden::supervisor::bench::RestartBench {
-                model,
-                kills,
-                models_dir,
-                command,
-            };
-            let report =
-                warden::supervisor::bench::run_restart(options).map_err(|e| anyhow!("{e}"))?;
-            println!("{report}");
-        }
-        BenchCommand::Serving { args } => exec_model_binary(&["bench", "serving"], &args)?,
-        BenchCommand::Api {
-            clients,
-            duration,
-            overhead_clients,
-            overhead_duration,
-            models_dir,
-        } => {
-            let bench = warden::api::bench::ApiBench {
-                clients,
-                duration,
-                overhead_clients,
-                overhead_duration,
-                models_dir,
-            };
-            let report = runtime()?
-                .block_on(bench.run())
-                .map_err(|e| anyhow!("{e}"))?;
-            print!("{report}");
-        }
-        BenchCommand::Telemetry {
-            gpus,
-            models,
-            interval,
-            duration,
-        } => {
-            let bench = warden::telemetry::bench::TelemetryBench {
-                gpus,
-                models,
-                interval,
-                duration,
-                flush_interval: Duration::from_secs(60),
-            };
-            let report = runtime()?
-                .block_on(bench.run())
-                .map_err(|e| anyhow!("{e}"))?;
-            print!("{report}");
-        }
-        BenchCommand::Alerts {
-            runs,
-            default_for_runs,
-            sample_interval,
-        } => {
-            let bench = warden::alerts::bench::AlertsBench {
-                runs,
-                default_for_runs,
-                sample_interval,
-            };
-            let report = runtime()?
-                .block_on(bench.run())
-                .map_err(|e| anyhow!("{e}"))?;
-            print!("{report}");
-        }
-        BenchCommand::Logs {
-            lines,
-            line_bytes,
-            endpoint,
-            moto_server,
-            timeout,
-        } => {
-            let bench = warden::sinks::logs::bench::LogsBench {
-                lines,
-                line_bytes,
-                endpoint,
-                moto_server,
-                timeout,
-            };
-            let report = runtime()?
-                .block_on(bench.run())
-                .map_err(|e| anyhow!("{e}"))?;
-            print!("{report}");
-        }
-    }
-    Ok(())
-}
-
-/// Runs a libtorch subcommand in `warden-model`, the sibling binary that links libtorch, so the
-/// agent process itself never loads it. `exec` keeps the pid, process group and parent-death
-/// signal the supervisor set up.
-fn exec_model_binary(subcommand: &[&str], args: &[String]) -> anyhow::Result<()> {
+/// Runs a subcommand in a sibling binary: `warden-model` (the only one that links libtorch, so
+/// the agent process never loads it) or `warden-bench` (the benchmarks, kept out of the
+/// daemon). `exec` keeps the pid, process group and parent-death signal the supervisor set up.
+fn exec_sibling(binary: &str, subcommand: &[&str], args: &[String]) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("locating the warden binary")?;
-    let model_exe = exe.with_file_name("warden-model");
-    let err = std::process::Command::new(&model_exe)
+    let sibling = exe.with_file_name(binary);
+    let err = std::process::Command::new(&sibling)
         .args(subcommand)
         .args(args)
         .exec();
-    Err(anyhow!("cannot run {}: {err}", model_exe.display()))
+    Err(anyhow::Error::new(err).context(format!("cannot run {}", sibling.display())))
 }

@@ -7,7 +7,6 @@
 //! `warden_alerts` gauge on `/metrics`.
 
 pub mod alarms;
-pub mod bench;
 pub mod evaluator;
 pub mod notify;
 pub mod rules;

@@ -3,7 +3,6 @@
 
 pub mod audit;
 pub mod auth;
-pub mod bench;
 pub mod error;
 pub mod metrics;
 mod middleware;

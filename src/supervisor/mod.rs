@@ -4,7 +4,6 @@
 //! Other modules use [`SupervisorHandle`] and the plain data in [`types`]; nothing outside
 //! this folder touches a process.
 
-pub mod bench;
 pub mod child;
 pub mod health;
 pub mod output;

@@ -1,6 +1,5 @@
 //! Telemetry: samplers (NVML, host, models) that feed the metric store, and their events.
 
-pub mod bench;
 pub mod catalog;
 pub mod drops;
 pub mod host;

@@ -1,14 +1,14 @@
-//! Real local peers for the integration tests: the AWS emulator (moto), a Slack webhook
-//! receiver, and helpers for ports and deadlines. Every peer listens on 127.0.0.1 only.
+//! Real local peers for the integration tests. The harness shared with the benchmarks (ports,
+//! waits, moto, the fake NVML, the Slack receiver) is the `warden-testkit` crate, re-exported
+//! here; what only tests need (the `TestAgent` builder, the fault proxy) lives beside it.
+//! Every peer listens on 127.0.0.1 only.
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod agent;
 pub mod fault;
-pub mod moto;
-pub mod net;
-pub mod nvml;
 pub mod proxy;
-pub mod slack;
+#[allow(unused_imports)] // as above
+pub use warden_testkit::{moto, net, nvml, slack};
 
 use std::path::PathBuf;
 

@@ -4,7 +4,7 @@
 //! Layout: `schema` (JSON → validated samples, no tch), `models` (the five architectures),
 //! `xgboost` (tree ensembles as tensor ops), `torchscript` (user modules), `batcher` (the
 //! queue and inference thread), `server` (axum routes and Prometheus metrics), `weights`
-//! (`warden models init`), `bench` (`warden bench serving`).
+//! (`warden models init`), `bench` lives with the binary (`warden bench serving`).
 //!
 //! Metrics on the model process's `GET /metrics` (all carry the constant label `model`):
 //! - `warden_model_requests_total{code}` — /infer responses by HTTP status
@@ -17,7 +17,6 @@
 //! - `warden_model_ready` — 1 once weights are loaded and a warm-up forward passed
 
 pub mod batcher;
-pub mod bench;
 pub mod metrics;
 pub mod models;
 pub mod schema;

@@ -15,7 +15,6 @@
 //! and normal acks never send it twice.
 
 pub mod agent;
-pub mod bench;
 pub mod config;
 pub mod request;
 pub mod retry;

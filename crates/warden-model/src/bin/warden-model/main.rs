@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use warden::config::Config;
 use warden_model as serving;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "warden", version, about = "warden's libtorch subcommands")]
 struct Cli {
@@ -145,7 +147,7 @@ fn bench_serving(
     threads: usize,
     max_batch: usize,
 ) -> anyhow::Result<()> {
-    let opts = serving::bench::BenchOptions {
+    let opts = bench::BenchOptions {
         models,
         duration,
         threads,
@@ -154,7 +156,7 @@ fn bench_serving(
             ..Default::default()
         },
     };
-    let report = serving::bench::run(&opts)?;
+    let report = bench::run(&opts)?;
     println!("{report}");
     Ok(())
 }

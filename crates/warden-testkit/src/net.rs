@@ -5,10 +5,14 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
+    try_free_port().unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn try_free_port() -> Result<u16, super::HarnessError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+        .map_err(super::io("binding an ephemeral port on 127.0.0.1"))
 }
 
 /// Polls `probe` until it yields a value or `timeout` passes; never sleeps unbounded.

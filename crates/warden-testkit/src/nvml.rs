@@ -7,18 +7,25 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::HarnessError;
+
 const SOURCE: &str = include_str!("fake_nvml.c");
 
 /// Name of the state file the library reads from its own directory.
 pub const STATE_FILE: &str = "fake_nvml.state";
 
-/// Compiles the library once per source version and returns the cached path.
+/// Compiles the library once per source version and returns the cached path; panics with the
+/// reason (tests).
 pub fn build_library() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(compile).clone()
+    BUILT
+        .get_or_init(|| try_build_library().unwrap_or_else(|e| panic!("{e}")))
+        .clone()
 }
 
-fn compile() -> PathBuf {
+/// Compiles `fake_nvml.c` with gcc into `target/fake-nvml/<source hash>/libnvidia-ml.so.1`
+/// (kept between runs) and returns its path.
+pub fn try_build_library() -> Result<PathBuf, HarnessError> {
     let mut h = DefaultHasher::new();
     SOURCE.hash(&mut h);
     let dir = super::repo_root()
@@ -27,22 +34,30 @@ fn compile() -> PathBuf {
         .join(format!("{:016x}", h.finish()));
     let lib = dir.join("libnvidia-ml.so.1");
     if lib.exists() {
-        return lib;
+        return Ok(lib);
     }
-    std::fs::create_dir_all(&dir).expect("create fake NVML cache dir");
-    let src = super::repo_root().join("tests/support/fake_nvml.c");
-    // Build under a unique name and rename, so parallel test binaries never see half a file.
+    std::fs::create_dir_all(&dir).map_err(super::io("creating the fake NVML cache dir"))?;
+    let src = dir.join("fake_nvml.c");
+    // Build under unique names and rename, so parallel processes never see half a file.
     let tmp = dir.join(format!("build-{}.so", std::process::id()));
+    let tmp_src = dir.join(format!("src-{}.c", std::process::id()));
+    std::fs::write(&tmp_src, SOURCE).map_err(super::io("writing fake_nvml.c"))?;
+    std::fs::rename(&tmp_src, &src).map_err(super::io("installing fake_nvml.c"))?;
     let status = Command::new("gcc")
         .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
         .arg(&tmp)
         .arg(&src)
         .arg("-lpthread")
         .status()
-        .expect("run gcc to build the fake NVML library");
-    assert!(status.success(), "gcc failed building {}", src.display());
-    std::fs::rename(&tmp, &lib).expect("install fake NVML library");
-    lib
+        .map_err(super::io("running gcc (is it installed?)"))?;
+    if !status.success() {
+        return Err(HarnessError::Peer(format!(
+            "gcc failed building {}",
+            src.display()
+        )));
+    }
+    std::fs::rename(&tmp, &lib).map_err(super::io("installing the fake NVML library"))?;
+    Ok(lib)
 }
 
 /// One fake GPU's values and faults; `Default` is a healthy, idle 16 GiB card.
@@ -163,16 +178,20 @@ pub struct FakeNvml {
 }
 
 impl FakeNvml {
-    /// A fresh library copy (its own XID bookkeeping) starting in `state`.
+    /// A fresh library copy (its own XID bookkeeping) starting in `state`; panics (tests).
     pub fn new(state: &FakeState) -> Self {
-        let built = build_library();
-        let dir = tempfile::tempdir().expect("temp dir for fake NVML");
+        Self::try_new(state).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_new(state: &FakeState) -> Result<Self, HarnessError> {
+        let built = try_build_library()?;
+        let dir = tempfile::tempdir().map_err(super::io("creating a temp dir for fake NVML"))?;
         let lib = dir.path().join("libnvidia-ml.so.1");
-        // A copy, not a link: the dynamic loader dedups by inode, and each test needs its own.
-        std::fs::copy(&built, &lib).expect("copy fake NVML library");
+        // A copy, not a link: the dynamic loader dedups by inode, and each user needs its own.
+        std::fs::copy(&built, &lib).map_err(super::io("copying the fake NVML library"))?;
         let fake = Self { dir, lib };
-        fake.set(state);
-        fake
+        fake.try_set(state)?;
+        Ok(fake)
     }
 
     /// Path to pass to `Nvml::builder().lib_path(..)` or `gpu.nvml_library`.
@@ -186,8 +205,13 @@ impl FakeNvml {
 
     /// Replaces the state atomically (temp file + rename): the library never reads half a file.
     pub fn set(&self, state: &FakeState) {
+        self.try_set(state).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_set(&self, state: &FakeState) -> Result<(), HarnessError> {
         let tmp = self.dir.path().join(format!("{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, state.render()).expect("write fake NVML state");
-        std::fs::rename(&tmp, self.state_path()).expect("install fake NVML state");
+        std::fs::write(&tmp, state.render()).map_err(super::io("writing the fake NVML state"))?;
+        std::fs::rename(&tmp, self.state_path())
+            .map_err(super::io("installing the fake NVML state"))
     }
 }

@@ -18,6 +18,8 @@ pub enum BenchError {
     Setup(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Harness(#[from] warden_testkit::HarnessError),
 }
 
 pub struct ApiBench {
@@ -57,15 +59,9 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> Result<u16, BenchError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn start_agent(models_dir: Option<&PathBuf>, max_concurrency: usize) -> Result<Agent, BenchError> {
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = warden_testkit::net::try_free_port()?;
     let models_dir = match models_dir {
         Some(d) => d.clone(),
         None => dir.path().join("models"),
@@ -78,11 +74,11 @@ fn start_agent(models_dir: Option<&PathBuf>, max_concurrency: usize) -> Result<A
         models_dir,
     );
     // The five built-in models on free ports: the bench must not collide with a running agent.
-    for (name, _) in crate::config::DEFAULT_MODELS {
+    for (name, _) in warden::config::DEFAULT_MODELS {
         let _ = write!(
             toml,
             "\n[[models]]\nname = \"{name}\"\nport = {}\nthreads = 1\n",
-            free_port()?
+            warden_testkit::net::try_free_port()?
         );
     }
     let config = dir.path().join("warden.toml");
@@ -293,7 +289,7 @@ fn describe(out: &mut String, label: &str, r: &LoadResult) {
 
 impl ApiBench {
     pub async fn run(&self) -> Result<String, BenchError> {
-        crate::tls::install_crypto_provider();
+        warden::tls::install_crypto_provider();
         // Room for every client plus headroom: shedding is measured, not configured away.
         let agent = start_agent(self.models_dir.as_ref(), self.clients * 2)?;
         let http = reqwest::Client::builder()

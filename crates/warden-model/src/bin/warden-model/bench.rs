@@ -6,12 +6,12 @@
 //! mean batch size from /metrics), and the bare loop re-measured at the batch size the
 //! server formed, to give the ratio that says what HTTP + batching cost.
 
-use super::schema::Sample;
-use super::server::{ServeOptions, serve};
-use super::{BatchConfig, ModelKind, ServingError, weights};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use warden_model::schema::Sample;
+use warden_model::server::{ServeOptions, serve};
+use warden_model::{BatchConfig, ModelKind, ServingError, weights};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -68,7 +68,10 @@ pub fn run(opts: &BenchOptions) -> Result<String, ServingError> {
         })?;
     for name in &opts.models {
         let kind = ModelKind::builtin(name).ok_or_else(|| {
-            ServingError::UnknownModel(name.clone(), super::BUILTIN.map(|k| k.name()).join(", "))
+            ServingError::UnknownModel(
+                name.clone(),
+                warden_model::BUILTIN.map(|k| k.name()).join(", "),
+            )
         })?;
         let section = bench_model(kind, &dir, opts, &runtime)?;
         report.push_str(&section);
@@ -79,7 +82,7 @@ pub fn run(opts: &BenchOptions) -> Result<String, ServingError> {
 }
 
 fn bare_rate(
-    model: &dyn super::models::Model,
+    model: &dyn warden_model::models::Model,
     sample: &Sample,
     batch: usize,
     duration: Duration,

@@ -1,23 +1,38 @@
 //! moto in server mode, from the project's venv (`scripts/setup.sh`), on a free 127.0.0.1 port.
 //! Stopped by pid when dropped; `stop`/`start` let fault tests take AWS away and bring it back.
 
-use super::net::{free_port, wait_until};
+use super::HarnessError;
+use super::net::wait_until;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub struct Moto {
     pub port: u16,
+    bin: PathBuf,
     child: Option<Child>,
 }
 
+/// The project's moto (`scripts/setup.sh` installs it in `.deps/venv`).
+pub fn default_server() -> PathBuf {
+    super::repo_root().join(".deps/venv/bin/moto_server")
+}
+
 impl Moto {
+    /// Starts the project's moto; panics with the reason (tests).
     pub fn start() -> Moto {
+        Self::try_start(&default_server()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `bin` (a `moto_server`) on a free port and waits until it answers.
+    pub fn try_start(bin: &Path) -> Result<Moto, HarnessError> {
         let mut moto = Moto {
-            port: free_port(),
+            port: super::net::try_free_port()?,
+            bin: bin.to_path_buf(),
             child: None,
         };
-        moto.restart();
-        moto
+        moto.try_restart()?;
+        Ok(moto)
     }
 
     pub fn endpoint(&self) -> String {
@@ -26,29 +41,34 @@ impl Moto {
 
     /// Starts (again) on the same port; state is empty after a restart, as after an outage.
     pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_restart(&mut self) -> Result<(), HarnessError> {
         self.stop();
-        let bin = super::repo_root().join(".deps/venv/bin/moto_server");
-        assert!(
-            bin.exists(),
-            "{} missing: run scripts/setup.sh",
-            bin.display()
-        );
-        let child = Command::new(bin)
+        if !self.bin.exists() {
+            return Err(HarnessError::Peer(format!(
+                "{} missing: run scripts/setup.sh",
+                self.bin.display()
+            )));
+        }
+        let child = Command::new(&self.bin)
             .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn moto_server");
+            .map_err(super::io(format!("spawning {}", self.bin.display())))?;
         self.child = Some(child);
         let url = format!("{}/moto-api/data.json", self.endpoint());
         let up = wait_until(Duration::from_secs(30), || {
             plain_http::get_ok(&url).then_some(())
         });
-        assert!(
-            up.is_some(),
-            "moto did not answer on port {} within 30 s",
-            self.port
-        );
+        up.ok_or_else(|| {
+            HarnessError::Peer(format!(
+                "moto did not answer on port {} within 30 s",
+                self.port
+            ))
+        })
     }
 
     /// Kills the emulator (the outage in fault tests).

@@ -2,23 +2,23 @@
 //! supervisor captures model output, shipped through the spool to CloudWatch Logs (moto);
 //! reports lines/s end to end, loss, and the agent side's CPU.
 
-use super::config::LogsSinkConfig;
-use super::{LogShipper, Sources};
-use crate::supervisor::output::{LogSink, capture};
-use crate::supervisor::types::LogStream;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use warden::sinks::logs::config::LogsSinkConfig;
+use warden::sinks::logs::{LogShipper, Sources};
+use warden::supervisor::output::{LogSink, capture};
+use warden::supervisor::types::LogStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
-    Logs(#[from] super::LogsError),
+    Logs(#[from] warden::sinks::logs::LogsError),
     #[error("timed out after {0:?} with {1} of {2} lines shipped")]
     Timeout(Duration, u64, u64),
 }
@@ -31,53 +31,6 @@ pub struct LogsBench {
     pub endpoint: Option<String>,
     pub moto_server: PathBuf,
     pub timeout: Duration,
-}
-
-fn rusage() -> Duration {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// Kills the emulator we started when the bench ends, however it ends.
-struct Emulator(Option<std::process::Child>);
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-async fn start_moto(bin: &PathBuf) -> Result<(String, Emulator), BenchError> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::Setup(format!("no free port: {e}")))?;
-    let child = std::process::Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Setup(format!("starting {}: {e}", bin.display())))?;
-    let emulator = Emulator(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err(BenchError::Setup("moto did not come up in 30 s".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok((format!("http://127.0.0.1:{port}"), emulator))
 }
 
 /// Counts the events moto holds for the bench stream.
@@ -111,17 +64,25 @@ async fn count_in_emulator(sdk: &aws_config::SdkConfig, group: &str, stream: &st
 
 impl LogsBench {
     pub async fn run(&self) -> Result<String, BenchError> {
-        let (endpoint, _emulator) = match &self.endpoint {
-            Some(e) => (e.clone(), Emulator(None)),
-            None => start_moto(&self.moto_server).await?,
+        let emulator = match &self.endpoint {
+            Some(_) => None,
+            None => Some(
+                warden_testkit::moto::Moto::try_start(&self.moto_server)
+                    .map_err(|e| BenchError::Setup(e.to_string()))?,
+            ),
         };
-        let aws = crate::config::AwsConfig {
+        let endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| emulator.as_ref().map(|m| m.endpoint()))
+            .ok_or_else(|| BenchError::Setup("no AWS endpoint".into()))?;
+        let aws = warden::config::AwsConfig {
             endpoint_url: Some(endpoint.clone()),
-            ..crate::config::AwsConfig::default()
+            ..warden::config::AwsConfig::default()
         };
-        let sdk = crate::sinks::aws::sdk_config(&aws).await;
+        let sdk = warden::sinks::aws::sdk_config(&aws).await;
         let dir = std::env::temp_dir().join(format!("warden-bench-logs-{}", uuid::Uuid::new_v4()));
-        let mut cfg = LogsSinkConfig::from_config(&crate::config::Config::default());
+        let mut cfg = LogsSinkConfig::from_config(&warden::config::Config::default());
         cfg.spool_dir = dir.join("spool");
         cfg.stream = "bench-host".into();
         cfg.max_spool_bytes_per_group = 1 << 30;
@@ -131,7 +92,7 @@ impl LogsBench {
         // The supervisor's capture path: a bounded channel that drops (and counts) what the
         // shipper cannot take in time.
         let (sink, rx) = LogSink::new(
-            crate::supervisor::SupervisorOptions::new(PathBuf::new()).log_channel_capacity,
+            warden::supervisor::SupervisorOptions::new(PathBuf::new()).log_channel_capacity,
         );
         let cancel = CancellationToken::new();
         let shipper = LogShipper::start(
@@ -151,7 +112,7 @@ impl LogsBench {
             "import sys\nw = sys.stdout.write\npad = 'x' * {pad}\nfor i in range({}):\n    w(f'{{i:012d}} {{pad}}\\n')\nsys.stdout.flush()\n",
             self.lines
         );
-        let cpu0 = rusage();
+        let cpu0 = warden_testkit::rusage::self_usage().0;
         let t0 = Instant::now();
         let mut child = tokio::process::Command::new("python3")
             .args(["-c", &script])
@@ -188,7 +149,7 @@ impl LogsBench {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let wall = t0.elapsed();
-        let cpu = rusage() - cpu0;
+        let cpu = warden_testkit::rusage::self_usage().0 - cpu0;
         cancel.cancel();
         shipper.join().await;
         let in_emulator = count_in_emulator(&sdk, &group, "bench-host").await;

@@ -20,14 +20,25 @@ pub struct SlackReceiver {
 }
 
 impl SlackReceiver {
+    /// Starts on a free port; panics with the reason (tests).
     pub fn start() -> SlackReceiver {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start() -> Result<SlackReceiver, super::HarnessError> {
         let shared = Shared {
             status: Arc::new(Mutex::new(200)),
             ..Default::default()
         };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind slack receiver");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(super::io("binding the Slack receiver"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(super::io("binding the Slack receiver"))?;
+        let port = listener
+            .local_addr()
+            .map_err(super::io("binding the Slack receiver"))?
+            .port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app_state = shared.clone();
         let thread = std::thread::spawn(move || {
@@ -47,12 +58,12 @@ impl SlackReceiver {
                     .await;
             });
         });
-        SlackReceiver {
+        Ok(SlackReceiver {
             port,
             shared,
             shutdown: Some(tx),
             thread: Some(thread),
-        }
+        })
     }
 
     pub fn url(&self) -> String {

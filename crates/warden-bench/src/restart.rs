@@ -1,14 +1,16 @@
 //! `warden bench restart`: how fast a SIGKILLed model is back, split into the agent's part
 //! (notice the exit, respawn) and the model's part (load until `/ready`).
 
-use super::{EventKind, ModelState, SupervisorError, SupervisorHandle, SupervisorOptions};
-use crate::config::{Config, ModelConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
+use warden::config::{Config, ModelConfig};
+use warden::supervisor::{
+    EventKind, ModelState, SupervisorError, SupervisorHandle, SupervisorOptions,
+};
 
 #[derive(Debug, Clone)]
 pub struct RestartBench {
@@ -94,16 +96,10 @@ pub fn run_restart(options: RestartBench) -> Result<RestartReport, BenchError> {
     runtime.block_on(bench(options))
 }
 
-fn free_port() -> Result<u16, BenchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::Setup(format!("no free port: {e}")))
-}
-
 async fn bench(options: RestartBench) -> Result<RestartReport, BenchError> {
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
-    let port = free_port()?;
+    let port =
+        warden_testkit::net::try_free_port().map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut config = Config::embedded();
     if let Some(dir) = &options.models_dir {
         config.agent.models_dir = dir.clone();
@@ -121,7 +117,7 @@ async fn bench(options: RestartBench) -> Result<RestartReport, BenchError> {
     model.crash_loop_exits = u32::MAX;
     config.models = vec![model.clone()];
     if model.command.is_none() {
-        crate::agent::ensure_models(&config, &exe).await;
+        warden::agent::ensure_models(&config, &exe).await;
     }
     let (supervisor, _logs) =
         SupervisorHandle::start(&config, SupervisorOptions::new(exe.clone()))?;
@@ -166,7 +162,7 @@ async fn measure(
     exe: &std::path::Path,
     kills: usize,
 ) -> Result<RestartReport, BenchError> {
-    crate::tls::install_crypto_provider();
+    warden::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .no_proxy()
@@ -174,7 +170,7 @@ async fn measure(
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut report = RestartReport {
         model: model.name.clone(),
-        command: super::child::model_argv(model, config, exe),
+        command: warden::supervisor::child::model_argv(model, config, exe),
         ..Default::default()
     };
     for _ in 0..kills {

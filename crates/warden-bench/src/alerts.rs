@@ -6,27 +6,28 @@
 //! util 10 to 95 and times until the "firing" POST arrives, then cools the GPU and waits for
 //! "resolved" before the next run.
 
-use super::notify::{Channel, MessageContext, slack::SlackChannel};
-use super::{AlertsHandle, AlertsSettings, evaluator::Settings, rules};
-use crate::config::Secret;
-use crate::telemetry::nvml::NvmlSamplerConfig;
-use crate::telemetry::{MetricStore, ModelSource, SamplerConfig, Samplers};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use warden::alerts::notify::{Channel, MessageContext, slack::SlackChannel};
+use warden::alerts::{AlertsHandle, AlertsSettings, evaluator::Settings, rules};
+use warden::config::Secret;
+use warden::telemetry::nvml::NvmlSamplerConfig;
+use warden::telemetry::{MetricStore, ModelSource, SamplerConfig, Samplers};
+use warden_testkit::nvml::{FakeGpu, FakeNvml, FakeState};
+use warden_testkit::slack::SlackReceiver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("benchmark I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("gcc failed to build the fake NVML library (is gcc installed?)")]
-    Gcc,
+    #[error(transparent)]
+    Harness(#[from] warden_testkit::HarnessError),
     #[error("{0}")]
-    Alerts(#[from] super::AlertsError),
+    Alerts(#[from] warden::alerts::AlertsError),
     #[error("rules: {0}")]
-    Rules(#[from] crate::config::ConfigErrors),
+    Rules(#[from] warden::config::ConfigErrors),
     #[error("no Slack POST within {0:?}")]
     Timeout(Duration),
 }
@@ -41,52 +42,34 @@ pub struct AlertsBench {
     pub sample_interval: Duration,
 }
 
-fn build_fake(dir: &Path) -> Result<PathBuf, BenchError> {
-    let lib = crate::telemetry::bench::compile_fake_nvml(dir)?.ok_or(BenchError::Gcc)?;
-    set_util(dir, 10)?;
-    Ok(lib)
+/// One fake GPU at `util` % (the tests' fake NVML, through nvml-wrapper's real FFI path).
+fn gpu_at(util: u32) -> FakeState {
+    FakeState::with_gpus(vec![FakeGpu {
+        util,
+        temp: 50,
+        ..FakeGpu::default()
+    }])
 }
 
-/// Rewrites the fake's state atomically (temp + rename), as the tests do.
-fn set_util(dir: &Path, util: u32) -> Result<(), BenchError> {
-    let tmp = dir.join("fake_nvml.state.tmp");
-    std::fs::write(&tmp, format!("count=1\ngpu0.util={util}\ngpu0.temp=50\n"))?;
-    std::fs::rename(&tmp, dir.join("fake_nvml.state"))?;
-    Ok(())
-}
-
-/// A webhook receiver that reports each POST's arrival and whether it was a resolve.
-async fn receiver() -> Result<(String, mpsc::UnboundedReceiver<(Instant, bool)>), BenchError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let tx = tx.clone();
-        async move {
-            let resolved = String::from_utf8_lossy(&body).contains("[RESOLVED]");
-            let _ = tx.send((Instant::now(), resolved));
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/services/bench", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((url, rx))
-}
-
+/// Waits for the next webhook POST after the first `seen` that is (or is not) a resolve.
 async fn next_post(
-    rx: &mut mpsc::UnboundedReceiver<(Instant, bool)>,
+    slack: &SlackReceiver,
+    seen: &mut usize,
     resolved: bool,
     timeout: Duration,
 ) -> Result<Instant, BenchError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((at, r))) if r == resolved => return Ok(at),
-            Ok(Some(_)) => continue,
-            _ => return Err(BenchError::Timeout(timeout)),
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let posts = slack.timed_posts();
+        for (at, body) in &posts[(*seen).min(posts.len())..] {
+            *seen += 1;
+            if body.contains("[RESOLVED]") == resolved {
+                return Ok(*at);
+            }
         }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Err(BenchError::Timeout(timeout))
 }
 
 fn stats(mut v: Vec<Duration>) -> String {
@@ -105,10 +88,9 @@ fn stats(mut v: Vec<Duration>) -> String {
 
 impl AlertsBench {
     async fn measure(&self, for_line: &str, runs: usize) -> Result<Vec<Duration>, BenchError> {
-        let dir =
-            std::env::temp_dir().join(format!("warden-bench-alerts-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir)?;
-        let lib = build_fake(&dir)?;
+        let state_dir = tempfile::tempdir()?;
+        let dir = state_dir.path().to_path_buf();
+        let fake = FakeNvml::try_new(&gpu_at(10))?;
         let rule = format!(
             "[[rule]]\nname = \"gpu-hot\"\nmetric = \"GPUUtilization\"\nreducer = \"last\"\nwindow = \"10s\"\nop = \">\"\nthreshold = 90\nclear_threshold = 85\n{for_line}\nseverity = \"warning\"\n"
         );
@@ -125,9 +107,10 @@ impl AlertsBench {
             },
         };
         let for_ = settings.rules[0].for_;
-        let (url, mut posts) = receiver().await?;
-        let slack = SlackChannel::new(Secret::new(url), None, settings.context.clone())
-            .map_err(super::AlertsError::from)?;
+        let receiver = SlackReceiver::try_start()?;
+        let mut seen = 0;
+        let slack = SlackChannel::new(Secret::new(receiver.url()), None, settings.context.clone())
+            .map_err(warden::alerts::AlertsError::from)?;
         let store = Arc::new(MetricStore::new("bench-host", 600));
         let (events, telemetry_rx) = tokio::sync::broadcast::channel(64);
         let (_sup, sup_rx) = tokio::sync::broadcast::channel(4);
@@ -139,13 +122,13 @@ impl AlertsBench {
             store.clone(),
             sup_rx,
             telemetry_rx,
-            super::system_clock(),
+            warden::alerts::system_clock(),
             cancel.clone(),
         )?;
         let cfg = SamplerConfig {
             sample_interval: self.sample_interval,
             nvml: NvmlSamplerConfig {
-                library: lib,
+                library: fake.lib_path().to_path_buf(),
                 call_timeout: Duration::from_millis(500),
                 init_retry: Duration::from_secs(60),
             },
@@ -159,12 +142,12 @@ impl AlertsBench {
         let timeout = for_ + Duration::from_secs(60);
         let mut out = Vec::with_capacity(runs);
         for _ in 0..runs {
-            set_util(&dir, 95)?;
+            fake.try_set(&gpu_at(95))?;
             let hot = Instant::now();
-            let fired = next_post(&mut posts, false, timeout).await?;
+            let fired = next_post(&receiver, &mut seen, false, timeout).await?;
             out.push(fired.duration_since(hot));
-            set_util(&dir, 10)?;
-            next_post(&mut posts, true, Duration::from_secs(60)).await?;
+            fake.try_set(&gpu_at(10))?;
+            next_post(&receiver, &mut seen, true, Duration::from_secs(60)).await?;
             // Runs start at varied points of the sampling cycle, as real breaches do.
             tokio::time::sleep(Duration::from_millis(1300)).await;
         }
@@ -173,7 +156,6 @@ impl AlertsBench {
         for t in tasks {
             let _ = t.await;
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(out)
     }
 

@@ -4,22 +4,20 @@
 //! measures one sampling round, the loop's CPU % and peak RSS over a bounded period, and the
 //! PutMetricData calls per host-hour the resulting series need at the default flush.
 
-use super::nvml::NvmlSamplerConfig;
-use super::{MetricStore, ModelSample, ModelSource, SamplerConfig, Samplers};
-use crate::sinks::cloudwatch::request::{batches, datums_from_window};
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-const FAKE_NVML_C: &str = include_str!("../../tests/support/fake_nvml.c");
+use warden::sinks::cloudwatch::request::{batches, datums_from_window};
+use warden::telemetry::nvml::NvmlSamplerConfig;
+use warden::telemetry::{MetricStore, ModelSample, ModelSource, SamplerConfig, Samplers};
+use warden_testkit::nvml::{FakeGpu, FakeNvml, FakeState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("benchmark I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("gcc failed to build the fake NVML library (is gcc installed?)")]
-    Gcc,
+    #[error(transparent)]
+    Harness(#[from] warden_testkit::HarnessError),
 }
 
 /// Benchmark knobs (defaults: the issue's 8 GPUs, 5 models, 1 s sampling, 60 s).
@@ -32,60 +30,39 @@ pub struct TelemetryBench {
     pub flush_interval: Duration,
 }
 
-fn rusage() -> (Duration, u64) {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    (tv(u.ru_utime) + tv(u.ru_stime), u.ru_maxrss as u64 * 1024)
-}
-
-/// Compiles the test suite's fake NVML (`tests/support/fake_nvml.c`) into `dir`; `None` when gcc
-/// fails. Shared by the benches that drive GPUs through nvml-wrapper's real FFI path.
-pub(crate) fn compile_fake_nvml(dir: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
-    let src = dir.join("fake_nvml.c");
-    std::fs::write(&src, FAKE_NVML_C)?;
-    let lib = dir.join("libnvidia-ml.so.1");
-    let ok = std::process::Command::new("gcc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .arg("-lpthread")
-        .status()?
-        .success();
-    Ok(ok.then_some(lib))
-}
-
-fn build_fake(dir: &Path, gpus: usize, pids: &[u32]) -> Result<std::path::PathBuf, BenchError> {
-    let lib = crate::telemetry::bench::compile_fake_nvml(dir)?.ok_or(BenchError::Gcc)?;
-    let mut state = format!("count={gpus}\n");
-    for g in 0..gpus {
-        let pid = pids.get(g % pids.len().max(1)).copied().unwrap_or(1);
-        let _ = write!(
-            state,
-            "gpu{g}.util={}\ngpu{g}.mem_util=30\ngpu{g}.mem_used={}\ngpu{g}.temp=60\ngpu{g}.power_mw=200000\n\
-             gpu{g}.sm_clock=1400\ngpu{g}.fan=40\ngpu{g}.procs={pid}:1073741824\n",
-            40 + g,
-            8u64 << 30
-        );
-    }
-    std::fs::write(dir.join("fake_nvml.state"), state)?;
-    Ok(lib)
+/// The fake NVML (the tests' library, through nvml-wrapper's real FFI path) with `gpus` busy
+/// GPUs whose compute processes are `pids`.
+fn build_fake(gpus: usize, pids: &[u32]) -> Result<FakeNvml, BenchError> {
+    let gpus = (0..gpus)
+        .map(|g| FakeGpu {
+            util: 40 + g as u32,
+            mem_util: 30,
+            mem_used: 8 << 30,
+            temp: 60,
+            power_mw: 200_000,
+            sm_clock: 1400,
+            fan: 40,
+            procs: vec![(
+                pids.get(g % pids.len().max(1)).copied().unwrap_or(1),
+                1 << 30,
+            )],
+            ..FakeGpu::default()
+        })
+        .collect();
+    Ok(FakeNvml::try_new(&FakeState::with_gpus(gpus))?)
 }
 
 impl TelemetryBench {
     /// Runs the benchmark and returns the report text.
     pub async fn run(&self) -> Result<String, BenchError> {
-        let dir = std::env::temp_dir().join(format!("warden-bench-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir)?;
+        let state_dir = tempfile::tempdir()?;
+        let dir = state_dir.path().to_path_buf();
         let me = std::process::id();
-        let lib = build_fake(&dir, self.gpus, &[me])?;
+        let fake = build_fake(self.gpus, &[me])?;
         let cfg = SamplerConfig {
             sample_interval: self.interval,
             nvml: NvmlSamplerConfig {
-                library: lib,
+                library: fake.lib_path().to_path_buf(),
                 call_timeout: Duration::from_millis(500),
                 init_retry: Duration::from_secs(60),
             },
@@ -124,7 +101,7 @@ impl TelemetryBench {
         let p95 = times[rounds * 95 / 100];
 
         // The loop as it runs in the agent: sampling at the interval, plus gateway latencies.
-        let (cpu0, _) = rusage();
+        let (cpu0, _) = warden_testkit::rusage::self_usage();
         let wall0 = Instant::now();
         let cancel = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(samplers.run(self.interval, cancel.clone()));
@@ -141,7 +118,7 @@ impl TelemetryBench {
         }
         cancel.cancel();
         let _ = task.await;
-        let (cpu1, peak_rss) = rusage();
+        let (cpu1, peak_rss) = warden_testkit::rusage::self_usage();
         let wall = wall0.elapsed();
         let cpu_pct = (cpu1 - cpu0).as_secs_f64() / wall.as_secs_f64() * 100.0;
 
@@ -149,7 +126,6 @@ impl TelemetryBench {
         let datums = datums_from_window(&window, SystemTime::now(), false);
         let calls_per_flush = batches(datums.clone(), SystemTime::now()).len();
         let flushes_per_hour = 3600.0 / self.flush_interval.as_secs_f64();
-        let _ = std::fs::remove_dir_all(&dir);
 
         let mut out = String::new();
         let _ = writeln!(
