@@ -225,11 +225,16 @@ impl Engine {
     }
 
     /// Records GPU `gpu` utilisation `v` at the clock's time plus `dt_ms`, then evaluates there.
-    fn gpu(&self, gpu: &str, v: f64, dt_ms: u64) -> Vec<warden::alerts::evaluator::Notification> {
-        self.record("GPUUtilization", gpu, v, dt_ms)
+    async fn gpu(
+        &self,
+        gpu: &str,
+        v: f64,
+        dt_ms: u64,
+    ) -> Vec<warden::alerts::evaluator::Notification> {
+        self.record("GPUUtilization", gpu, v, dt_ms).await
     }
 
-    fn record(
+    async fn record(
         &self,
         metric: &'static str,
         gpu: &str,
@@ -243,7 +248,7 @@ impl Engine {
             v,
             UNIX_EPOCH + Duration::from_millis(t),
         );
-        self.handle.evaluate_now()
+        self.handle.evaluate_now().await
     }
 
     async fn stop(self) {
@@ -294,23 +299,23 @@ async fn fire_repeat_and_resolve_reach_the_right_topic_and_slack() {
         now_ms(),
     );
 
-    assert!(e.gpu("0", 50.0, 0).is_empty());
-    let fired = e.gpu("0", 95.0, 1000);
+    assert!(e.gpu("0", 50.0, 0).await.is_empty());
+    let fired = e.gpu("0", 95.0, 1000).await;
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(fired[0].rule, "gpu-hot");
     // Still firing, inside the repeat interval: nothing new. 86 is above the clear threshold.
     for v in [96.0, 97.0, 86.0, 92.0] {
-        assert!(e.gpu("0", v, 10_000).is_empty(), "at {v}");
+        assert!(e.gpu("0", v, 10_000).await.is_empty(), "at {v}");
     }
     // 60 s after the firing message: one repeat.
-    let repeat = e.gpu("0", 93.0, 20_000);
+    let repeat = e.gpu("0", 93.0, 20_000).await;
     assert_eq!(repeat.len(), 1);
     assert_eq!(repeat[0].kind.as_str(), "repeat");
     // Critical rule on GPU 1: pending for 2 s, then firing to the critical topic.
-    assert!(e.record("GPUTemperature", "1", 99.5, 0).is_empty());
-    assert_eq!(e.record("GPUTemperature", "1", 99.5, 2000).len(), 1);
+    assert!(e.record("GPUTemperature", "1", 99.5, 0).await.is_empty());
+    assert_eq!(e.record("GPUTemperature", "1", 99.5, 2000).await.len(), 1);
     // GPU 0 below the clear threshold: resolved.
-    let resolved = e.gpu("0", 80.0, 1000);
+    let resolved = e.gpu("0", 80.0, 1000).await;
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].kind.as_str(), "resolved");
 
@@ -429,7 +434,7 @@ severity = "info"
         now_ms(),
     );
     for v in [95.0, 89.0, 91.0, 88.0, 92.0, 87.0, 80.0] {
-        e.gpu("0", v, 1000);
+        e.gpu("0", v, 1000).await;
     }
     let msgs = wait_until(LONG, || {
         let m = slack_msgs(&slack);
@@ -458,18 +463,24 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
         Duration::from_secs(3600),
         now_ms(),
     );
-    let sid = e.handle.silence(
-        [
-            ("alertname".to_string(), "gpu-hot".to_string()),
-            ("GPU".to_string(), "0".to_string()),
-        ]
-        .into(),
-        Duration::from_secs(600),
-        "alice",
-        "driver upgrade",
+    let sid = e
+        .handle
+        .silence(
+            [
+                ("alertname".to_string(), "gpu-hot".to_string()),
+                ("GPU".to_string(), "0".to_string()),
+            ]
+            .into(),
+            Duration::from_secs(600),
+            "alice",
+            "driver upgrade",
+        )
+        .await;
+    assert!(
+        e.gpu("0", 95.0, 1000).await.is_empty(),
+        "silenced: no firing"
     );
-    assert!(e.gpu("0", 95.0, 1000).is_empty(), "silenced: no firing");
-    assert_eq!(e.gpu("3", 95.0, 0).len(), 1, "GPU 3 is not silenced");
+    assert_eq!(e.gpu("3", 95.0, 0).await.len(), 1, "GPU 3 is not silenced");
     let snap = e.handle.snapshot();
     let alerts = snap["alerts"].as_array().unwrap();
     let silenced = alerts.iter().find(|a| a["labels"]["GPU"] == "0").unwrap();
@@ -478,8 +489,8 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
     assert_eq!(snap["silences"][0]["id"], sid.as_str());
     assert_eq!(snap["silences"][0]["creator"], "alice");
     let id = silenced["id"].as_str().unwrap().to_string();
-    assert!(e.handle.ack(&id, "bob"));
-    assert!(!e.handle.ack("nope", "bob"));
+    assert!(e.handle.ack(&id, "bob").await);
+    assert!(!e.handle.ack("nope", "bob").await);
     let snap = e.handle.snapshot();
     let acked = snap["alerts"]
         .as_array()
@@ -494,7 +505,7 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
     // Prometheus gauge.
     let prom = e.handle.render_prometheus();
     assert!(prom.contains("warden_alerts{alertname=\"gpu-hot\",severity=\"warning\",alertstate=\"firing\",host=\"alert-host\",gpu=\"0\"} 1"), "{prom}");
-    let resolved = e.gpu("0", 10.0, 1000);
+    let resolved = e.gpu("0", 10.0, 1000).await;
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].kind.as_str(), "resolved");
     let msgs = wait_until(LONG, || {
@@ -522,8 +533,8 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
         !gpu0.contains(&("firing".to_string(), "*Labels*\nGPU=0".to_string())),
         "{gpu0:?}"
     );
-    assert!(e.handle.unsilence(&sid));
-    assert!(!e.handle.unsilence(&sid));
+    assert!(e.handle.unsilence(&sid).await);
+    assert!(!e.handle.unsilence(&sid).await);
     e.stop().await;
 }
 
@@ -548,6 +559,7 @@ async fn slack_and_sns_outages_delay_notifications_but_never_drop_them() {
     for (gpu, v) in [("0", 95.0), ("0", 50.0), ("2", 96.0)] {
         keys.extend(
             e.gpu(gpu, v, 1000)
+                .await
                 .into_iter()
                 .map(|n| (n.kind.as_str().to_string(), n.dedupe_key)),
         );
@@ -1178,7 +1190,7 @@ severity = "warning"
         }
     }
     e.clock.store(t0 + 2000, Ordering::SeqCst);
-    let mut fired = e.handle.evaluate_now();
+    let mut fired = e.handle.evaluate_now().await;
     fired.sort_by(|a, b| (&a.rule, &a.labels).cmp(&(&b.rule, &b.labels)));
     let got: Vec<(String, String, f64)> = fired
         .iter()
@@ -1202,7 +1214,7 @@ severity = "warning"
             .record_request("risk-analyzer", 50.0, true, at(t0 + 120_000 + i));
     }
     e.clock.store(t0 + 121_000, Ordering::SeqCst);
-    let resolved = e.handle.evaluate_now();
+    let resolved = e.handle.evaluate_now().await;
     assert_eq!(resolved.len(), 3, "{resolved:?}");
     assert!(resolved.iter().all(|n| n.kind.as_str() == "resolved"));
     e.stop().await;
@@ -1246,7 +1258,7 @@ async fn reloading_rules_keeps_alert_state() {
         95.0,
         UNIX_EPOCH + Duration::from_millis(t),
     );
-    assert_eq!(handle.evaluate_now().len(), 1);
+    assert_eq!(handle.evaluate_now().await.len(), 1);
     // A bad edit is rejected and the old rules stay.
     std::fs::write(&rules_path, "[[rule]]\nname = \"x\"\n").unwrap();
     let bad = warden::config::Config::load(&config_path);
@@ -1262,7 +1274,7 @@ async fn reloading_rules_keeps_alert_state() {
         95.0,
         UNIX_EPOCH + Duration::from_millis(t + 1000),
     );
-    handle.evaluate_now();
+    handle.evaluate_now().await;
     // (The reload itself wakes the loop, which may evaluate first: judge by what was sent.)
     let msgs = wait_until(LONG, || {
         let m = slack_msgs(&slack);
