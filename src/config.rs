@@ -791,6 +791,23 @@ impl Config {
                 "evaluation_interval must be at least 100ms".into(),
             );
         }
+        // Zero would re-page a firing alert at every evaluation; shorter than one evaluation
+        // cannot be honoured.
+        if self.alerts.repeat_interval.is_zero() {
+            push(
+                vec![Key("alerts"), Key("repeat_interval")],
+                "repeat_interval must be more than 0s (the time between repeats of a firing alert)"
+                    .into(),
+            );
+        } else if self.alerts.repeat_interval < self.alerts.evaluation_interval {
+            push(
+                vec![Key("alerts"), Key("repeat_interval")],
+                format!(
+                    "repeat_interval must be at least evaluation_interval ({})",
+                    humantime::format_duration(self.alerts.evaluation_interval)
+                ),
+            );
+        }
         if let Some(sns) = &self.notify.sns {
             for (key, arn) in [
                 ("info_topic_arn", &sns.info_topic_arn),
