@@ -141,6 +141,9 @@ pub struct GpuConfig {
     /// A blocking NVML call taking longer than this is abandoned for the round.
     #[serde(deserialize_with = "duration")]
     pub call_timeout: Duration,
+    /// Loading NVML and attaching to the driver may take this long (far slower than a read).
+    #[serde(deserialize_with = "duration")]
+    pub init_timeout: Duration,
 }
 
 impl Default for GpuConfig {
@@ -148,6 +151,7 @@ impl Default for GpuConfig {
         GpuConfig {
             nvml_library: PathBuf::from("libnvidia-ml.so.1"),
             call_timeout: Duration::from_millis(500),
+            init_timeout: crate::telemetry::nvml::DEFAULT_INIT_TIMEOUT,
         }
     }
 }
@@ -731,6 +735,15 @@ impl Config {
             }
         }
 
+        if self.gpu.init_timeout < self.gpu.call_timeout {
+            push(
+                vec![Key("gpu"), Key("init_timeout")],
+                format!(
+                    "init_timeout must be at least call_timeout ({})",
+                    humantime::format_duration(self.gpu.call_timeout)
+                ),
+            );
+        }
         let lib = &self.gpu.nvml_library;
         if lib.components().count() > 1 && !self.resolve(lib).exists() {
             push(
