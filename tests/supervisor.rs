@@ -687,3 +687,40 @@ async fn a_model_never_ready_within_start_timeout_pages_model_down() {
         agent.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_says_which_changed_sections_need_a_restart() {
+    let port = free_port();
+    let model = fake_model("steady", port, &[], "");
+    let agent = Agent::start(&model);
+    let before = agent.wait_ready(&["steady"]).await;
+    // Sections that cannot change live, beside a model change that can.
+    agent.rewrite(&format!(
+        "[gpu]\ncall_timeout = \"750ms\"\n[api]\nmax_concurrency = 64\n\n{}",
+        fake_model("steady", port, &["--tag", "two"], "")
+    ));
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    let warned = wait_until(LONG, || {
+        let log = agent.log();
+        log.lines()
+            .find(|l| l.contains("NOT applied until"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no restart warning\n{}", agent.log()));
+    assert!(warned.contains("gpu, api"), "{warned}");
+    assert!(!warned.contains("models"), "{warned}");
+    // The model change itself was applied.
+    let replaced = wait_until_async(LONG, || async {
+        let s = agent.status().await["steady"].clone();
+        (s.state == ModelState::Ready && s.pid != Some(before["steady"])).then_some(())
+    })
+    .await;
+    assert!(replaced.is_some(), "{}", agent.log());
+    let reloaded = agent
+        .log()
+        .lines()
+        .find(|l| l.contains("SIGHUP: configuration reloaded"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(reloaded.contains("applied=[\"models\"]"), "{reloaded}");
+}

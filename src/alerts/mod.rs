@@ -670,13 +670,23 @@ impl AlertsHandle {
         }
         let h = handle.clone();
         tasks.push(tokio::spawn(async move {
-            let interval = h.lock().settings.evaluation_interval;
+            let every = |interval: Duration| {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            };
+            let mut interval = h.lock().settings.evaluation_interval;
             // The first evaluation waits a full interval: at start the store is empty, and an
             // immediate tick would race callers of `evaluate_now`.
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = every(interval);
             loop {
+                // A reload may have changed the interval.
+                let now_interval = h.lock().settings.evaluation_interval;
+                if now_interval != interval {
+                    interval = now_interval;
+                    tick = every(interval);
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => {
                         let snap = h.lock().snapshot(true);
