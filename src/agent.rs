@@ -303,6 +303,7 @@ impl Agent {
         let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
         // Model lines and audit records go to CloudWatch Logs through the spool; without it
         // lines stay in the per-model rings only.
+        let mut logs_stats = None;
         let audit_forward = if config.logs.enabled {
             let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_TO_LOGS_CAPACITY);
             let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
@@ -322,6 +323,7 @@ impl Agent {
                 Some(store.clone()),
                 cancel.child_token(),
             )?;
+            logs_stats = Some(shipper.stats());
             tasks.push(tokio::spawn(shipper.join()));
             Some(audit_tx)
         } else {
@@ -364,8 +366,28 @@ impl Agent {
         }
 
         // Served once the store and sinks exist; clients connecting earlier wait in the backlog.
-        SnapshotSource::new(supervisor.clone(), store.clone(), sink_stats)
-            .register(&mut dispatcher);
+        let mut snapshot =
+            SnapshotSource::new(supervisor.clone(), store.clone(), sink_stats.clone());
+        if let SinkStatsSource::CloudWatch(stats) = &sink_stats {
+            let stats = stats.clone();
+            snapshot = snapshot.with_backlog("cloudwatch", "batches", move || {
+                let spooled = stats
+                    .batches_spooled
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let replayed = stats
+                    .batches_replayed
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                spooled.saturating_sub(replayed)
+            });
+        }
+        if let Some(stats) = logs_stats {
+            snapshot = snapshot.with_backlog("logs", "events", move || logs_backlog(&stats));
+        }
+        let notify = alerts.clone();
+        snapshot = snapshot.with_backlog("notify", "notifications", move || {
+            notify.undelivered() + notify.unsent() as u64
+        });
+        snapshot.register(&mut dispatcher);
         tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 
         let api_cancel = cancel.child_token();
@@ -442,6 +464,24 @@ impl Agent {
             let _ = task.await;
         }
     }
+}
+
+/// Log events spooled this run and not yet delivered or given up (approximate: a previous
+/// run's spool replays without having been counted as spooled here).
+fn logs_backlog(stats: &crate::sinks::logs::LogsStats) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let done = [
+        &stats.events_sent,
+        &stats.events_dropped,
+        &stats.events_too_old,
+        &stats.events_too_new,
+        &stats.events_rejected,
+        &stats.events_invalid,
+    ]
+    .iter()
+    .map(|c| c.load(Relaxed))
+    .sum::<u64>();
+    stats.events_spooled.load(Relaxed).saturating_sub(done)
 }
 
 /// First run: fill an empty models dir with `warden models init` when a model needs it.
