@@ -1302,3 +1302,100 @@ async fn reloading_rules_keeps_alert_state() {
         let _ = t.await;
     }
 }
+
+// ---------------------------------------------------------------- outbox on a full disk
+
+/// A small tmpfs, unmounted on drop: a real filesystem that fills up.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs at {} (needs root)", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Writes a filler file until the filesystem refuses (ENOSPC).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        for _ in 0..100_000 {
+            if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
+                return;
+            }
+        }
+        panic!("tmpfs never filled up");
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_the_full_disk_refused_is_retried_not_marked_sent() {
+    let slack = SlackReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("state"), "512k");
+    let chans = channels(None, &(String::new(), String::new()), &slack).await;
+    let e = Engine::start(
+        GPU_RULES,
+        &disk.0.join("alerts"),
+        chans,
+        Duration::from_secs(3600),
+        now_ms(),
+    );
+    disk.fill();
+    // Fires while the outbox cannot be written: kept as unsent, nothing can reach Slack.
+    let fired = e.gpu("0", 95.0, 1000).await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(e.handle.unsent(), 1);
+    assert_eq!(e.handle.undelivered(), 0);
+    // Still full at the next evaluation: still due, not lost and not duplicated.
+    assert!(e.gpu("0", 96.0, 1000).await.is_empty());
+    assert_eq!(e.handle.unsent(), 1);
+    assert!(slack_msgs(&slack).is_empty());
+
+    // Space is back: the next evaluation spools it, and it is delivered exactly once.
+    disk.free();
+    e.gpu("0", 96.0, 1000).await;
+    assert_eq!(e.handle.unsent(), 0);
+    let msgs = wait_until(LONG, || {
+        let m = slack_msgs(&slack);
+        (!m.is_empty()).then_some(m)
+    })
+    .expect("the refused notification was never delivered");
+    assert_eq!(states(&msgs, "gpu-hot"), vec!["firing"]);
+    assert_eq!(msgs[0].dedupe, fired[0].dedupe_key, "the original episode");
+    assert_eq!(
+        warden::telemetry::drops::total(&e.store, "notify", "spool_write"),
+        0.0
+    );
+
+    // Refused for longer than a day: given up, and counted as a drop.
+    disk.fill();
+    assert_eq!(e.gpu("2", 99.0, 1000).await.len(), 1);
+    assert_eq!(e.handle.unsent(), 1);
+    e.clock.fetch_add(25 * 3600 * 1000, Ordering::SeqCst);
+    e.handle.evaluate_now().await;
+    assert_eq!(e.handle.unsent(), 0);
+    assert_eq!(
+        warden::telemetry::drops::total(&e.store, "notify", "spool_write"),
+        1.0
+    );
+    disk.free();
+    e.stop().await;
+}
