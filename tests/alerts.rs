@@ -1399,3 +1399,61 @@ async fn a_notification_the_full_disk_refused_is_retried_not_marked_sent() {
     disk.free();
     e.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aws_access_denied_event_pages_with_the_shipped_rule_and_resolves() {
+    use warden::telemetry::TelemetryEvent;
+    let slack = SlackReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let chans = channels(None, &(String::new(), String::new()), &slack).await;
+    let e = Engine::start(
+        warden::config::DEFAULT_ALERT_RULES,
+        &dir.path().join("alerts"),
+        chans,
+        Duration::from_secs(3600),
+        now_ms(),
+    );
+    // Through the engine's own event loop, as the sinks send it.
+    e._events
+        .send(TelemetryEvent::AwsAccessDenied {
+            sink: "logs".into(),
+            operation: "PutLogEvents".into(),
+            permission: "logs:PutLogEvents".into(),
+            error: "AccessDeniedException: User is not authorized".into(),
+        })
+        .unwrap();
+    let msgs = wait_until(LONG, || {
+        let m = slack_msgs(&slack);
+        (!states(&m, "aws-access-denied").is_empty()).then_some(m)
+    })
+    .expect("no aws-access-denied page");
+    let page = msgs.iter().find(|m| m.rule == "aws-access-denied").unwrap();
+    let text = page.body["text"].as_str().unwrap();
+    assert!(
+        text.contains("[FIRING] critical aws-access-denied"),
+        "{text}"
+    );
+    assert!(text.contains("logs:PutLogEvents"), "{text}");
+    assert!(
+        page.dedupe.contains("Operation=PutLogEvents")
+            && page.dedupe.contains("Permission=logs:PutLogEvents")
+            && page.dedupe.contains("Sink=logs"),
+        "{}",
+        page.dedupe
+    );
+    e._events
+        .send(TelemetryEvent::AwsAccessRestored {
+            sink: "logs".into(),
+        })
+        .unwrap();
+    let resolved = wait_until(LONG, || {
+        let m = slack_msgs(&slack);
+        (states(&m, "aws-access-denied") == vec!["firing", "resolved"]).then_some(())
+    });
+    assert!(
+        resolved.is_some(),
+        "{:?}",
+        states(&slack_msgs(&slack), "aws-access-denied")
+    );
+    e.stop().await;
+}
