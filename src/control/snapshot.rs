@@ -252,7 +252,7 @@ pub fn drop_counts(store: &MetricStore) -> Vec<DropCount> {
             let sink = s.key.dim(Dim::Sink)?.to_string();
             let reason = s.key.dim(Dim::Reason)?.to_string();
             let records = crate::telemetry::drops::total(store, &sink, &reason);
-            (records > 0.0).then(|| DropCount {
+            (records > 0.0).then_some(DropCount {
                 sink,
                 reason,
                 records: records as u64,

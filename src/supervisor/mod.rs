@@ -509,6 +509,7 @@ impl Runner {
                 Some(Command::Start(done) | Command::Restart(done)) => {
                     self.tracker.reset();
                     self.pending.push(done);
+                    self.unready_since = Instant::now();
                     true
                 }
             },
