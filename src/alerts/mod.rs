@@ -1155,4 +1155,41 @@ mod tests {
         assert_eq!(firing.len(), 1, "{snap}");
         assert_eq!(firing[0]["labels"]["Sink"], "cloudwatch");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reloaded_evaluation_interval_takes_effect() {
+        let rule = "[[rule]]\nname = \"hot\"\nmetric = \"GPUUtilization\"\nop = \">\"\nthreshold = 90\nfor = \"0s\"\nseverity = \"info\"\n";
+        let (h, clock, dir) = engine(rule);
+        std::fs::write(dir.path().join("rules.toml"), rule).unwrap();
+        let config = crate::config::Config::parse(
+            &dir.path().join("w.toml"),
+            "[alerts]\nrules = [\"rules.toml\"]\nevaluation_interval = \"100ms\"\n",
+        )
+        .unwrap();
+        h.reload(&config).unwrap();
+        let firing = |gpu: &'static str| {
+            let h = h.clone();
+            async move {
+                for _ in 0..200 {
+                    let snap = h.snapshot();
+                    if snap["alerts"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|a| a["labels"]["GPU"] == gpu))
+                    {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                false
+            }
+        };
+        let at = UNIX_EPOCH + Duration::from_millis(clock.load(Ordering::SeqCst));
+        h.store
+            .set_gauge("GPUUtilization", &[(Dim::Gpu, "0")], 95.0, at);
+        assert!(firing("0").await, "{}", h.snapshot());
+        // No event or reload wakes the loop for this one: only the new 100 ms tick can.
+        h.store
+            .set_gauge("GPUUtilization", &[(Dim::Gpu, "1")], 95.0, at);
+        assert!(firing("1").await, "{}", h.snapshot());
+    }
 }
