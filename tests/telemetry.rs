@@ -28,6 +28,7 @@ fn sampler_config(fake: &FakeNvml, state_dir: &Path, call_timeout_ms: u64) -> Sa
         nvml: NvmlSamplerConfig {
             library: fake.lib_path().to_path_buf(),
             call_timeout: Duration::from_millis(call_timeout_ms),
+            init_timeout: warden::telemetry::nvml::DEFAULT_INIT_TIMEOUT,
             init_retry: Duration::from_millis(200),
         },
         state_dir: state_dir.to_path_buf(),

@@ -30,6 +30,44 @@ impl AlertState {
     }
 }
 
+/// JSON has no NaN/Inf (serde_json writes `null`, then cannot read it back as f64): such values
+/// are written as the strings `"NaN"`, `"inf"`, `"-inf"`, and `null` (older files) reads as NaN.
+pub mod float_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Option::<Repr>::deserialize(d)? {
+            None => Ok(f64::NAN),
+            Some(Repr::Number(v)) => Ok(v),
+            Some(Repr::Text(t)) => match t.to_ascii_lowercase().as_str() {
+                "nan" => Ok(f64::NAN),
+                "inf" | "+inf" | "infinity" => Ok(f64::INFINITY),
+                "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
+                _ => t.parse().map_err(serde::de::Error::custom),
+            },
+        }
+    }
+}
+
 /// One alert: a rule applied to one dimension set. Persisted as-is (state.rs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertInstance {
@@ -38,7 +76,9 @@ pub struct AlertInstance {
     pub severity: Severity,
     pub labels: Labels,
     pub state: AlertState,
+    #[serde(with = "float_text")]
     pub value: f64,
+    #[serde(with = "float_text")]
     pub threshold: f64,
     pub pending_since_ms: u64,
     /// Start of the firing episode: part of the dedupe key.
@@ -135,9 +175,11 @@ pub struct Notification {
     pub rule: String,
     pub severity: Severity,
     pub labels: Labels,
+    #[serde(with = "float_text")]
     pub value: f64,
     /// The rule's comparator (`>`, `<`, ...); empty for event rules.
     pub op: String,
+    #[serde(with = "float_text")]
     pub threshold: f64,
     /// When the episode started firing.
     pub since_ms: u64,

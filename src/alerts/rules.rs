@@ -97,6 +97,8 @@ pub enum EventSource {
     GpuLost,
     GpuXid,
     NvmlUnavailable,
+    /// A sink's AWS calls are refused (missing IAM permission, rejected credentials).
+    AwsAccessDenied,
 }
 
 impl EventSource {
@@ -107,6 +109,7 @@ impl EventSource {
             EventSource::GpuLost => "gpu-lost",
             EventSource::GpuXid => "gpu-xid",
             EventSource::NvmlUnavailable => "nvml-unavailable",
+            EventSource::AwsAccessDenied => "aws-access-denied",
         }
     }
 }
@@ -285,6 +288,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigErrors> {
                 }
                 if !r.filter.is_empty() {
                     err("where", "`where` does not apply to an event rule".into());
+                }
+                // Zero would resolve a point event on the evaluation that raised it.
+                if resolve_after.is_some_and(|d| d.is_zero()) {
+                    err("resolve_after", "resolve_after must be more than 0s".into());
                 }
                 Some(Condition::Event {
                     source,
@@ -494,6 +501,7 @@ mod tests {
             "gpu-lost",
             "gpu-xid",
             "gpu-temperature-high",
+            "aws-access-denied",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
@@ -503,6 +511,45 @@ mod tests {
             .unwrap();
         assert_eq!(high.severity, Severity::Warning);
         assert_eq!(high.for_, Duration::from_secs(300));
+        let aws = rules
+            .iter()
+            .find(|r| r.name == "aws-access-denied")
+            .unwrap();
+        assert_eq!(aws.severity, Severity::Critical);
+        assert!(
+            matches!(
+                aws.condition,
+                Condition::Event {
+                    source: EventSource::AwsAccessDenied,
+                    ..
+                }
+            ),
+            "{aws:?}"
+        );
+        assert!(aws.summary.contains("{{Permission}}"), "{}", aws.summary);
+    }
+
+    #[test]
+    fn event_names_and_zero_durations_are_checked() {
+        let rules =
+            p("[[rule]]\nname = \"x\"\nevent = \"aws-access-denied\"\nseverity = \"critical\"\n")
+                .unwrap();
+        assert_eq!(
+            rules[0].condition,
+            Condition::Event {
+                source: EventSource::AwsAccessDenied,
+                resolve_after: DEFAULT_RESOLVE_AFTER
+            }
+        );
+        let e =
+            p("[[rule]]\nname = \"x\"\nevent = \"aws-acces-denied\"\nseverity = \"critical\"\n")
+                .unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (3, 9), "{e}");
+        assert!(e.0[0].message.contains("aws-access-denied"), "{e}");
+        let e = p("[[rule]]\nname = \"x\"\nevent = \"gpu-xid\"\nresolve_after = \"0s\"\nseverity = \"info\"\n")
+            .unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (4, 17), "{e}");
+        assert!(e.0[0].message.contains("more than 0s"), "{e}");
     }
 
     #[test]
