@@ -64,7 +64,7 @@ impl TelemetryBench {
             nvml: NvmlSamplerConfig {
                 library: fake.lib_path().to_path_buf(),
                 call_timeout: Duration::from_millis(500),
-                init_timeout: super::nvml::DEFAULT_INIT_TIMEOUT,
+                init_timeout: warden::telemetry::nvml::DEFAULT_INIT_TIMEOUT,
                 init_retry: Duration::from_secs(60),
             },
             state_dir: dir.clone(),
