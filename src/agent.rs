@@ -294,6 +294,9 @@ impl Agent {
         let alert_supervisor_events = supervisor.subscribe();
 
         let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
+        supervisor.count_dropped_log_lines_in(store.clone());
+        // Sinks announce AWS authorization failures here; the alert rules subscribe below.
+        let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
         // Model lines and audit records go to CloudWatch Logs through the spool; without it
         // lines stay in the per-model rings only.
         let audit_forward = if config.logs.enabled {
@@ -308,11 +311,12 @@ impl Agent {
                 audit: Some(audit_rx),
                 entries: agent_rx,
             };
-            let shipper = crate::sinks::logs::LogShipper::start(
+            let shipper = crate::sinks::logs::LogShipper::start_with_events(
                 crate::sinks::logs::config::LogsSinkConfig::from_config(&config),
                 &sdk,
                 sources,
                 Some(store.clone()),
+                Some(telemetry_events.clone()),
                 cancel.child_token(),
             )?;
             tasks.push(tokio::spawn(shipper.join()));
@@ -323,7 +327,6 @@ impl Agent {
             None
         };
 
-        let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
         let (alerts, alert_tasks) = crate::alerts::AlertsHandle::start(
             &config,
             store.clone(),
@@ -348,7 +351,8 @@ impl Agent {
                 CloudWatchSinkConfig::from_config(&config),
                 &sdk,
                 store.clone(),
-            )?;
+            )?
+            .with_events(telemetry_events.clone());
             sink_stats = SinkStatsSource::CloudWatch(sink.stats());
             tasks.push(tokio::spawn(sink.run(cancel.child_token())));
         } else {
