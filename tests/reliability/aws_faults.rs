@@ -227,7 +227,11 @@ async fn least_privilege_pre_created_groups_and_denied_creates_deliver_every_aud
     let got = wait_for_audits(&read, &sent, &agent).await;
     assert_exactly_once(&got, &sent);
     for op in ["CreateLogGroup", "CreateLogStream", "PutRetentionPolicy"] {
-        assert_eq!(proxy.count(op).seen, 0, "{op} is never needed: PutLogEvents first");
+        assert_eq!(
+            proxy.count(op).seen,
+            0,
+            "{op} is never needed: PutLogEvents first"
+        );
     }
     assert!(proxy.count("PutLogEvents").ok > 0);
     assert_eq!(aws_drops(&agent), Vec::<String>::new());
@@ -274,10 +278,17 @@ async fn a_revoked_key_under_traffic_loses_nothing_and_names_the_permission() {
         sent.len() as f64,
         "every ModelRequests sample arrives once"
     );
-    assert_eq!(aws_drops(&agent), Vec::<String>::new(), "nothing counted dropped");
+    assert_eq!(
+        aws_drops(&agent),
+        Vec::<String>::new(),
+        "nothing counted dropped"
+    );
     let log = agent.log();
     for permission in ["logs:PutLogEvents", "cloudwatch:PutMetricData"] {
-        assert!(log.contains(permission), "{permission} named in the log\n{log}");
+        assert!(
+            log.contains(permission),
+            "{permission} named in the log\n{log}"
+        );
     }
     assert!(
         log.contains("AWS accepts the sink's calls again"),
@@ -320,7 +331,11 @@ async fn sigterm_while_aws_hangs_exits_in_time_and_the_restart_delivers_everythi
         );
     }
     // "Well before": under half of TimeoutStopSec even on this noisy machine.
-    assert!(took < Duration::from_secs(15), "exit took {took:?}\n{}", agent.log());
+    assert!(
+        took < Duration::from_secs(15),
+        "exit took {took:?}\n{}",
+        agent.log()
+    );
     eprintln!("SIGTERM → exit with AWS hanging: {took:?}");
 
     proxy.heal();
@@ -370,6 +385,10 @@ async fn a_burst_of_5xx_throttling_and_resets_loses_nothing() {
     let got = wait_for_audits(&read, &sent, &agent).await;
     assert_exactly_once(&got, &sent);
     let sum = wait_for_requests_sum(&read, sent.len() as f64).await;
-    assert_eq!(sum, sent.len() as f64, "every ModelRequests sample arrives once");
+    assert_eq!(
+        sum,
+        sent.len() as f64,
+        "every ModelRequests sample arrives once"
+    );
     assert_eq!(aws_drops(&agent), Vec::<String>::new());
 }

@@ -561,7 +561,15 @@ impl Ingest {
             shared: self.shared.clone(),
             group: g.clone(),
         };
-        self.shippers.spawn(shipper.run(self.ship_cancel.clone()));
+        // A spool a previous run left is replayed at once; a new one waits for its first
+        // flush interval, so its first call carries a batch rather than the first event.
+        let first = if g.spool.pending() > 0 {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::now() + self.shared.cfg.flush_interval
+        };
+        self.shippers
+            .spawn(shipper.run(first, self.ship_cancel.clone()));
         Ok(g)
     }
 
@@ -788,10 +796,9 @@ struct Shipper {
 }
 
 impl Shipper {
-    async fn run(mut self, cancel: CancellationToken) {
+    async fn run(mut self, first: tokio::time::Instant, cancel: CancellationToken) {
         let interval = self.shared.cfg.flush_interval;
-        // Replay what a previous run left straight away.
-        let mut next = tokio::time::Instant::now();
+        let mut next = first;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
