@@ -660,15 +660,22 @@ impl Ingest {
                 LogEvent::new(l.timestamp_ms as i64, l.line),
             );
         }
+        let mut unencodable = 0;
         for r in audits {
-            if let Some(e) = audit_event(&r) {
-                push(cfg.api_group.clone(), e);
+            match audit_event(&r) {
+                Some(e) => push(cfg.api_group.clone(), e),
+                None => unencodable += 1,
             }
         }
         for e in entries {
             push(e.group, e.event);
         }
         LogsStats::add(&self.shared.stats.events_received, n);
+        self.shared.dropped(
+            &self.shared.stats.events_invalid,
+            reason::CORRUPT,
+            unencodable,
+        );
         out
     }
 
