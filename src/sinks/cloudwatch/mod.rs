@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Replay reads the spool in chunks of this many batches.
 const REPLAY_CHUNK: usize = 16;
+/// Encoded batches kept in memory while the disk refuses spool appends (each ≤ ~1 MiB).
+const MAX_UNSPOOLED_BYTES: u64 = 16 << 20;
 /// CloudWatch list prices (us-east-1): custom metric per month, PutMetricData per 1000 calls.
 const PRICE_PER_METRIC_MONTH: f64 = 0.30;
 const PRICE_PER_1000_CALLS: f64 = 0.01;
@@ -73,14 +75,25 @@ pub struct CloudWatchSink {
     cfg: CloudWatchSinkConfig,
     store: Arc<MetricStore>,
     service: PutService,
-    spool: Spool,
+    spool: Arc<Spool>,
     stats: Arc<SinkStats>,
+    /// Batches the spool refused (disk full), oldest first, waiting for the next try.
+    unspooled: Mutex<Unspooled>,
     access: AccessWatch,
     /// The spool's drop count already reported to `drops::record`.
     spool_dropped_seen: AtomicU64,
     /// While an authorization episode lasts: the next time a replay may be tried (retried on
     /// the capped auth schedule rather than at every flush), and the retry number.
     auth_retry: Mutex<Option<(tokio::time::Instant, u32)>>,
+}
+
+#[derive(Default)]
+struct Unspooled {
+    /// (encoded batch, datums), oldest first.
+    batches: std::collections::VecDeque<(Vec<u8>, usize)>,
+    bytes: u64,
+    /// The last append failed (log once per episode).
+    refused: bool,
 }
 
 /// Why a send did not deliver.
@@ -110,8 +123,9 @@ impl CloudWatchSink {
             service: PutService::new(sdk, cfg.namespace.clone()),
             cfg,
             store,
-            spool,
+            spool: Arc::new(spool),
             stats: Arc::new(SinkStats::default()),
+            unspooled: Mutex::new(Unspooled::default()),
             access: AccessWatch::new(sink::CLOUDWATCH, None),
             spool_dropped_seen: AtomicU64::new(0),
             auth_retry: Mutex::new(None),
@@ -239,20 +253,90 @@ impl CloudWatchSink {
             .is_none_or(|(at, _)| tokio::time::Instant::now() >= at)
     }
 
-    fn spool_batch(&self, batch: &Batch, report: &mut FlushReport) {
-        let stored = serde_json::to_vec(batch)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| self.spool.append(&bytes).map_err(|e| e.to_string()));
-        match stored {
-            Ok(_) => {
-                report.spooled_batches += 1;
-                self.stats.batches_spooled.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Runs blocking spool I/O (fsync) off the async workers.
+    async fn on_spool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Spool) -> T + Send + 'static,
+    ) -> Option<T> {
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || f(&spool)).await {
+            Ok(v) => Some(v),
             Err(e) => {
-                tracing::error!(error = %e, datums = batch.datums.len(), "cannot spool CloudWatch batch; dropped");
-                self.drop_batch(batch, reason::SPOOL_WRITE, report);
+                tracing::error!(error = %e, "CloudWatch spool task failed");
+                None
             }
         }
+    }
+
+    /// Puts a batch in the spool behind any the disk refused earlier; when the disk refuses
+    /// (full, I/O error) it waits in memory (bounded in bytes) for the next flush.
+    async fn spool_batch(&self, batch: &Batch, report: &mut FlushReport) {
+        match serde_json::to_vec(batch) {
+            Ok(bytes) => {
+                let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+                if q.bytes + bytes.len() as u64 > MAX_UNSPOOLED_BYTES {
+                    drop(q);
+                    tracing::error!(
+                        datums = batch.datums.len(),
+                        "cannot spool CloudWatch batch and the memory buffer is full; dropped"
+                    );
+                    self.drop_batch(batch, reason::SPOOL_WRITE, report);
+                    return;
+                }
+                q.bytes += bytes.len() as u64;
+                q.batches.push_back((bytes, batch.datums.len()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, datums = batch.datums.len(), "cannot encode CloudWatch batch; dropped");
+                self.drop_batch(batch, reason::SPOOL_WRITE, report);
+                return;
+            }
+        }
+        self.write_unspooled(report).await;
+    }
+
+    /// Appends the batches waiting in memory, oldest first, until done or the disk refuses.
+    async fn write_unspooled(&self, report: &mut FlushReport) {
+        let waiting = {
+            let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+            if q.batches.is_empty() {
+                return;
+            }
+            std::mem::take(&mut q.batches)
+        };
+        let Some((mut rest, written, failure)) = self
+            .on_spool(move |spool| {
+                let mut rest = waiting;
+                let mut written = 0usize;
+                while let Some((bytes, _)) = rest.front() {
+                    if let Err(e) = spool.append(bytes) {
+                        return (rest, written, Some(e.to_string()));
+                    }
+                    rest.pop_front();
+                    written += 1;
+                }
+                (rest, written, None)
+            })
+            .await
+        else {
+            return;
+        };
+        report.spooled_batches += written;
+        self.stats
+            .batches_spooled
+            .fetch_add(written as u64, Ordering::Relaxed);
+        let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = failure
+            && !q.refused
+        {
+            tracing::error!(error = %e, waiting = rest.len(),
+                "cannot spool CloudWatch batches (disk full?); kept in memory and retried");
+        }
+        q.refused = !rest.is_empty();
+        // Anything queued meanwhile is newer: it goes behind.
+        rest.append(&mut q.batches);
+        q.bytes = rest.iter().map(|(b, _)| b.len() as u64).sum();
+        q.batches = rest;
     }
 
     /// Replays the spool oldest-first; false when CloudWatch is still failing.
@@ -264,11 +348,14 @@ impl CloudWatchSink {
     ) -> bool {
         let oldest_ok = unix_ms(now) - self.cfg.max_age.as_millis() as i64;
         loop {
-            let records = self.spool.peek(REPLAY_CHUNK);
+            let records = self
+                .on_spool(|spool| spool.peek(REPLAY_CHUNK).map_err(|e| e.to_string()))
+                .await;
             self.count_spool_losses();
             let records = match records {
-                Ok(r) => r,
-                Err(e) => {
+                Some(Ok(r)) => r,
+                None => return false,
+                Some(Err(e)) => {
                     tracing::error!(error = %e, "cannot read the CloudWatch spool");
                     return false;
                 }
@@ -313,7 +400,11 @@ impl CloudWatchSink {
                 if outcome.is_err() {
                     return false;
                 }
-                if let Err(e) = self.spool.ack(rec.seq) {
+                let seq = rec.seq;
+                let acked = self
+                    .on_spool(move |spool| spool.ack(seq).map_err(|e| e.to_string()))
+                    .await;
+                if let Some(Err(e)) = acked {
                     // Not acked means it may be sent again after a restart; say so.
                     tracing::error!(error = %e, seq = rec.seq, "cannot record CloudWatch delivery in the spool");
                     return false;
@@ -340,11 +431,12 @@ impl CloudWatchSink {
             ..FlushReport::default()
         };
         let new = batches(datums, now);
+        self.write_unspooled(&mut report).await;
         let mut healthy = self.auth_allows_call()
             && (self.spool.pending() == 0 || self.replay(now, &mut report, cancel).await);
         for batch in &new {
             if !healthy {
-                self.spool_batch(batch, &mut report);
+                self.spool_batch(batch, &mut report).await;
                 continue;
             }
             match self
@@ -358,7 +450,7 @@ impl CloudWatchSink {
                 }
                 Err(_) => {
                     healthy = false;
-                    self.spool_batch(batch, &mut report);
+                    self.spool_batch(batch, &mut report).await;
                 }
             }
         }
@@ -375,7 +467,24 @@ impl CloudWatchSink {
         let datums = datums_from_window(&window, now, self.cfg.high_resolution);
         let mut report = FlushReport::default();
         for batch in &batches(datums, now) {
-            self.spool_batch(batch, &mut report);
+            self.spool_batch(batch, &mut report).await;
+        }
+        let lost: usize = {
+            let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+            q.bytes = 0;
+            q.batches.drain(..).map(|(_, datums)| datums).sum()
+        };
+        if lost > 0 {
+            tracing::error!(
+                datums = lost,
+                "stopping with CloudWatch batches the disk refused; counted as dropped"
+            );
+            drops::record(
+                self.store(),
+                sink::CLOUDWATCH,
+                reason::SPOOL_WRITE,
+                lost as u64,
+            );
         }
         let grace = self.cfg.shutdown_grace;
         let delivered = tokio::time::timeout(grace, self.replay(now, &mut report, None)).await;
