@@ -4,7 +4,10 @@
 //! fsynced on append; an `acked` file (written temp + rename) holds the highest delivered
 //! sequence, so acknowledged records are never replayed, across restarts too. Bounded in bytes:
 //! when full, the oldest segment is dropped and its unacknowledged records are counted and logged.
-//! A torn tail from a crash mid-append is detected by length/checksum and truncated on open.
+//! A torn tail from a crash mid-append is detected by length/checksum and truncated on open; a
+//! failed append (ENOSPC, EIO) cuts its segment back to the length before it (or, if even that
+//! fails, rolls to a new segment), so later records stay readable. Records that no longer
+//! decode are counted ([`Spool::take_corrupt`]) rather than acknowledged away unseen.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};

@@ -235,6 +235,11 @@ async fn least_privilege_pre_created_groups_and_denied_creates_deliver_every_aud
     }
     assert!(proxy.count("PutLogEvents").ok > 0);
     assert_eq!(aws_drops(&agent), Vec::<String>::new());
+    eprintln!(
+        "least privilege: {} of {} audit records delivered; Create*/PutRetentionPolicy calls: 0",
+        sent.iter().filter(|id| got.contains_key(*id)).count(),
+        sent.len()
+    );
 }
 
 /// A revoked key (UnrecognizedClient on every call) for ~10 s under traffic: nothing is
@@ -351,6 +356,12 @@ async fn sigterm_while_aws_hangs_exits_in_time_and_the_restart_delivers_everythi
     );
     // Hung calls never reached moto, so nothing was delivered twice either.
     assert_exactly_once(&got, &sent);
+    eprintln!(
+        "SIGTERM with AWS hanging: exit in {took:?}; after restart {} of {} audit records, \
+         ModelRequests sum {sum}",
+        sent.iter().filter(|id| got.contains_key(*id)).count(),
+        sent.len()
+    );
 }
 
 /// A burst of 503s, throttling and connection resets under traffic: no loss, no duplicates.

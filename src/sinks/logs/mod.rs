@@ -12,7 +12,11 @@
 //!
 //! Every received line is appended to its group's spool before anything is sent; a chunk is
 //! acknowledged only after the call that carried it succeeded, so a crash or outage replays it
-//! and normal acks never send it twice.
+//! and normal acks never send it twice. When the disk refuses an append the batches wait in
+//! memory and are appended again, in order; past [`MAX_HELD_BYTES`] the receiver stops taking
+//! from its sources (back-pressure) instead of dropping. Shipping is least-privilege:
+//! PutLogEvents first, CreateLogStream/CreateLogGroup only on ResourceNotFoundException, and
+//! authorization failures keep the data and retry on the auth schedule (see `sinks::aws_error`).
 
 pub mod agent;
 pub mod bench;
