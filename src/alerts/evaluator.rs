@@ -5,6 +5,7 @@
 //! set. Time is passed in (ms since the epoch); nothing here reads a clock or does I/O.
 
 use super::rules::{Condition, Reducer, Rule, Severity};
+use crate::telemetry::store::LatencyWindow;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -388,7 +389,9 @@ fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
 }
 
 /// Reduces the samples inside `[now - window, now]` to one value; `None` without data.
-/// `rate` is the per-second increase of a counter (resets count from zero).
+/// Samples are the store's one-per-bucket history, so each reducer weighs time, not requests.
+/// `rate` is the per-second increase of a counter (resets count from zero), counted from the
+/// last sample at or before the window's start (the baseline), like [`error_rate`].
 pub fn reduce(reducer: Reducer, samples: &[Sample], now_ms: u64, window: Duration) -> Option<f64> {
     let from = now_ms.saturating_sub(window.as_millis() as u64);
     let mut inside: Vec<Sample> = samples
@@ -406,14 +409,42 @@ pub fn reduce(reducer: Reducer, samples: &[Sample], now_ms: u64, window: Duratio
         Reducer::P95 => quantile(&mut values().collect::<Vec<_>>(), 0.95),
         Reducer::P99 => quantile(&mut values().collect::<Vec<_>>(), 0.99),
         Reducer::Rate => {
-            let (first, last) = (inside.first()?, inside.last()?);
+            let span = with_baseline(samples, from, now_ms);
+            let (first, last) = (span.first()?, span.last()?);
             let secs = (last.0 - first.0) as f64 / 1000.0;
             if secs <= 0.0 {
                 return Some(0.0);
             }
-            Some(increase(&inside) / secs)
+            Some(increase(&span) / secs)
         }
     }
+}
+
+/// A window's latency reduced to one value: percentiles, mean, min, max and last from the
+/// store's merged histogram buckets; `rate` is requests per second.
+pub fn reduce_latency(reducer: Reducer, w: &LatencyWindow) -> Option<f64> {
+    match reducer {
+        Reducer::Last => w.last(),
+        Reducer::Avg => w.mean(),
+        Reducer::Max => w.max(),
+        Reducer::Min => w.min(),
+        Reducer::P95 => w.quantile(0.95),
+        Reducer::P99 => w.quantile(0.99),
+        Reducer::Rate => w.rate(),
+    }
+}
+
+/// The samples of `(from, now]`, preceded by the last one at or before `from` (the baseline an
+/// increase counts from), oldest first.
+fn with_baseline(s: &[Sample], from: u64, now_ms: u64) -> Vec<Sample> {
+    let before = s.iter().filter(|(t, _)| *t <= from).max_by_key(|(t, _)| *t);
+    let mut out: Vec<Sample> = before
+        .into_iter()
+        .chain(s.iter().filter(|(t, _)| *t > from && *t <= now_ms))
+        .copied()
+        .collect();
+    out.sort_by_key(|(t, _)| *t);
+    out
 }
 
 /// Sum of a counter's increases (a drop means the source restarted from zero).
@@ -435,15 +466,9 @@ pub fn error_rate(
     window: Duration,
 ) -> Option<f64> {
     let from = now_ms.saturating_sub(window.as_millis() as u64);
-    // The last sample before the window is the baseline the increase counts from.
-    let span = |s: &[Sample]| -> Vec<Sample> {
-        let before = s.iter().filter(|(t, _)| *t <= from).max_by_key(|(t, _)| *t);
-        before
-            .into_iter()
-            .chain(s.iter().filter(|(t, _)| *t > from && *t <= now_ms))
-            .copied()
-            .collect()
-    };
+    // Both series share the store's bucket grid, so the same `from` picks the same baseline
+    // bucket for numerator and denominator: one span.
+    let span = |s: &[Sample]| with_baseline(s, from, now_ms);
     let (e, r) = (span(errors), span(requests));
     if r.is_empty() {
         return None;

@@ -27,14 +27,15 @@ fn labels(key: &SeriesKey, extra: Option<(&str, String)>) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        format!("{v}")
-    }
+/// A sample value; `None` for NaN/±Inf, which the store refuses and the page never carries
+/// (a scraper would store them and every sum over the series would turn NaN).
+fn number(v: f64) -> Option<String> {
+    v.is_finite().then(|| format!("{v}"))
+}
+
+/// A bucket bound: finite bounds as numbers, `+Inf` for the last bucket.
+fn bound(v: f64) -> String {
+    number(v).unwrap_or_else(|| "+Inf".to_string())
 }
 
 /// Renders every series in catalogue order, one HELP/TYPE block per metric.
@@ -56,7 +57,9 @@ pub fn render(store: &MetricStore) -> String {
                 let _ = writeln!(out, "# HELP {name} {}", def.description);
                 let _ = writeln!(out, "# TYPE {name} {ty}");
                 for s in rows {
-                    let _ = writeln!(out, "{name}{} {}", labels(&s.key, None), number(s.value));
+                    if let Some(v) = number(s.value) {
+                        let _ = writeln!(out, "{name}{} {v}", labels(&s.key, None));
+                    }
                 }
             }
             Kind::Histogram => {
@@ -75,7 +78,7 @@ pub fn render(store: &MetricStore) -> String {
                         let _ = writeln!(
                             out,
                             "{name}_bucket{} {count}",
-                            labels(&h.key, Some(("le", number(*le))))
+                            labels(&h.key, Some(("le", bound(*le))))
                         );
                     }
                     let _ = writeln!(
@@ -84,12 +87,8 @@ pub fn render(store: &MetricStore) -> String {
                         labels(&h.key, Some(("le", "+Inf".into()))),
                         h.count
                     );
-                    let _ = writeln!(
-                        out,
-                        "{name}_sum{} {}",
-                        labels(&h.key, None),
-                        number(h.sum_ms)
-                    );
+                    let sum = number(h.sum_ms).unwrap_or_else(|| "0".to_string());
+                    let _ = writeln!(out, "{name}_sum{} {sum}", labels(&h.key, None));
                     let _ = writeln!(out, "{name}_count{} {}", labels(&h.key, None), h.count);
                 }
             }
@@ -148,6 +147,24 @@ mod tests {
         );
         assert!(
             text.contains("warden_model_latency_ms_count{host=\"h\\\"1\",model=\"m\"} 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_counted_and_never_rendered() {
+        let store = MetricStore::new("h", 4);
+        let now = SystemTime::now();
+        store.set_gauge("GPUUtilization", &[(Dim::Gpu, "0")], f64::NAN, now);
+        store.set_gauge("GPUTemperature", &[(Dim::Gpu, "0")], f64::INFINITY, now);
+        store.set_gauge("GPUPowerDraw", &[(Dim::Gpu, "0")], 100.0, now);
+        let text = store.render();
+        assert!(!text.contains("NaN") && !text.contains(" +Inf") && !text.contains(" -Inf"));
+        assert!(!text.contains("warden_gpu_utilization_percent{"), "{text}");
+        assert!(
+            text.contains(
+                "warden_records_dropped_total{host=\"h\",sink=\"store\",reason=\"non_finite\"} 2\n"
+            ),
             "{text}"
         );
     }
