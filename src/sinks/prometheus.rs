@@ -4,7 +4,8 @@ use crate::telemetry::catalog::{CATALOG, Kind};
 use crate::telemetry::{MetricStore, SeriesKey};
 use std::fmt::Write as _;
 
-/// Latency histogram buckets, in ms.
+/// Latency histogram buckets, in ms (the store's unit); rendered in seconds, Prometheus' base
+/// unit (`warden_model_latency_seconds`).
 pub const LATENCY_BUCKETS_MS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 5000.0, 10000.0,
 ];
@@ -78,7 +79,7 @@ pub fn render(store: &MetricStore) -> String {
                         let _ = writeln!(
                             out,
                             "{name}_bucket{} {count}",
-                            labels(&h.key, Some(("le", bound(*le))))
+                            labels(&h.key, Some(("le", bound(*le / 1000.0))))
                         );
                     }
                     let _ = writeln!(
@@ -87,7 +88,7 @@ pub fn render(store: &MetricStore) -> String {
                         labels(&h.key, Some(("le", "+Inf".into()))),
                         h.count
                     );
-                    let sum = number(h.sum_ms).unwrap_or_else(|| "0".to_string());
+                    let sum = number(h.sum_ms / 1000.0).unwrap_or_else(|| "0".to_string());
                     let _ = writeln!(out, "{name}_sum{} {sum}", labels(&h.key, None));
                     let _ = writeln!(out, "{name}_count{} {}", labels(&h.key, None), h.count);
                 }
@@ -135,18 +136,18 @@ mod tests {
         );
         assert!(
             text.contains(
-                "warden_model_latency_ms_bucket{host=\"h\\\"1\",model=\"m\",le=\"5\"} 1\n"
+                "warden_model_latency_seconds_bucket{host=\"h\\\"1\",model=\"m\",le=\"0.005\"} 1\n"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "warden_model_latency_ms_bucket{host=\"h\\\"1\",model=\"m\",le=\"+Inf\"} 2\n"
+                "warden_model_latency_seconds_bucket{host=\"h\\\"1\",model=\"m\",le=\"+Inf\"} 2\n"
             ),
             "{text}"
         );
         assert!(
-            text.contains("warden_model_latency_ms_count{host=\"h\\\"1\",model=\"m\"} 2\n"),
+            text.contains("warden_model_latency_seconds_count{host=\"h\\\"1\",model=\"m\"} 2\n"),
             "{text}"
         );
     }
