@@ -689,4 +689,24 @@ mod tests {
             Some(3.0)
         );
     }
+
+    #[test]
+    fn error_rate_counts_sparse_errors_and_requests_over_one_span() {
+        // The store's shape: requests have a point every second (100/s), errors only in the
+        // seconds that had one (plus the baseline). A window starting mid-second takes both
+        // baselines from the same bucket.
+        let requests: Vec<Sample> = (0..=120).map(|s| (s * 1000, s as f64 * 100.0)).collect();
+        let errors: Vec<Sample> = vec![(0, 0.0), (10_000, 5.0), (70_000, 6.0), (100_000, 9.0)];
+        // Window (59.5 s, 120 s]: requests count from bucket 59 (5,900), errors from their
+        // last point before it (5): 6,100 requests, 4 errors.
+        let r = error_rate(&errors, &requests, 120_000, Duration::from_millis(60_500)).unwrap();
+        assert!((r - 100.0 * 4.0 / 6_100.0).abs() < 1e-9, "{r}");
+        // No traffic in the window at all: 0 %, not "no data" and not the old ratio.
+        let idle = [(0, 0.0), (1_000, 100.0)];
+        let none = [(0, 0.0), (1_000, 50.0)];
+        assert_eq!(
+            error_rate(&none, &idle, 300_000, Duration::from_secs(60)),
+            Some(0.0)
+        );
+    }
 }
