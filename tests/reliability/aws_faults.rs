@@ -288,6 +288,12 @@ async fn a_revoked_key_under_traffic_loses_nothing_and_names_the_permission() {
         Vec::<String>::new(),
         "nothing counted dropped"
     );
+    eprintln!(
+        "revoked key: {} requests, {} audit records and ModelRequests sum {sum} delivered; \
+         {refused_logs} PutLogEvents + {refused_metrics} PutMetricData refused",
+        sent.len(),
+        sent.iter().filter(|id| got.contains_key(*id)).count()
+    );
     let log = agent.log();
     for permission in ["logs:PutLogEvents", "cloudwatch:PutMetricData"] {
         assert!(
@@ -402,4 +408,10 @@ async fn a_burst_of_5xx_throttling_and_resets_loses_nothing() {
         "every ModelRequests sample arrives once"
     );
     assert_eq!(aws_drops(&agent), Vec::<String>::new());
+    eprintln!(
+        "5xx/throttle/reset burst: {faulted} calls faulted; {} requests, {} audited once, \
+         ModelRequests sum {sum}",
+        sent.len(),
+        sent.iter().filter(|id| got.contains_key(*id)).count()
+    );
 }
