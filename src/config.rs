@@ -450,6 +450,13 @@ pub struct ApiConfig {
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,
     pub cors_origins: Vec<String>,
+    /// `audit/api.jsonl` is rotated to `.1` … before it would pass this size.
+    pub audit_max_file_bytes: u64,
+    /// Rotated audit files kept (`api.jsonl.1` … `.N`).
+    pub audit_keep_files: usize,
+    /// Audit records held in memory while the file (disk full) or the log shipper cannot take
+    /// them; when full, requests are refused with 503 `audit_unavailable`.
+    pub audit_buffer_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -459,6 +466,9 @@ impl Default for ApiConfig {
             body_limit_bytes: 2 << 20,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            audit_max_file_bytes: 64 << 20,
+            audit_keep_files: 5,
+            audit_buffer_bytes: 16 << 20,
         }
     }
 }
@@ -869,6 +879,24 @@ impl Config {
             push(
                 vec![Key("api"), Key("body_limit_bytes")],
                 "body_limit_bytes must be at least 1024".into(),
+            );
+        }
+        if self.api.audit_max_file_bytes < 64 * 1024 {
+            push(
+                vec![Key("api"), Key("audit_max_file_bytes")],
+                "audit_max_file_bytes must be at least 65536".into(),
+            );
+        }
+        if !(1..=100).contains(&self.api.audit_keep_files) {
+            push(
+                vec![Key("api"), Key("audit_keep_files")],
+                "audit_keep_files must be between 1 and 100".into(),
+            );
+        }
+        if self.api.audit_buffer_bytes < 64 * 1024 {
+            push(
+                vec![Key("api"), Key("audit_buffer_bytes")],
+                "audit_buffer_bytes must be at least 65536".into(),
             );
         }
         problems
