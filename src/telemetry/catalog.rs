@@ -289,6 +289,14 @@ pub const CATALOG: &[MetricDef] = &[
         "Free space on the state directory's file system"
     ),
     def!(
+        "HostDiskFreePercent",
+        "warden_host_state_dir_free_percent",
+        Percent,
+        Gauge,
+        HOST,
+        "Free space on the state directory's file system, as a share of its size"
+    ),
+    def!(
         "ModelLatency",
         "warden_model_latency_ms",
         Milliseconds,
