@@ -650,7 +650,9 @@ async fn serve_gateway(
     shutdown: CancellationToken,
 ) -> String {
     let (audit, _writer) = AuditSink::start(audit_path).await.unwrap();
-    serve_gateway_with(config, directory, audit, shutdown).await.0
+    serve_gateway_with(config, directory, audit, shutdown)
+        .await
+        .0
 }
 
 /// As [`serve_gateway`] with a given audit sink; also returns the gateway's state.
@@ -779,7 +781,11 @@ fn http_from(ip: &str) -> reqwest::Client {
         .unwrap()
 }
 
-async fn token_attempt(client: &reqwest::Client, base: &str, key: &str) -> (u16, Option<u64>, Value) {
+async fn token_attempt(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+) -> (u16, Option<u64>, Value) {
     let r = client
         .post(format!("{base}/auth/token"))
         .json(&json!({"api_key": key}))
@@ -798,9 +804,17 @@ async fn token_attempt(client: &reqwest::Client, base: &str, key: &str) -> (u16,
 async fn token_exchange_is_brute_force_limited_per_address_and_per_key_id() {
     let gw = start_gateway("", true).await;
     let config = gw.dir.path().join("warden.toml");
-    let key = warden(&["keys", "add", "--config", config.to_str().unwrap(), "alice", "--role", "user"])
-        .trim()
-        .to_string();
+    let key = warden(&[
+        "keys",
+        "add",
+        "--config",
+        config.to_str().unwrap(),
+        "alice",
+        "--role",
+        "user",
+    ])
+    .trim()
+    .to_string();
     let b = &start_gateway_with_dir(gw.dir.path()).await;
 
     // One address guessing random keys: refused long before 60 tries.
@@ -855,9 +869,7 @@ async fn batch_analysis_costs_one_rate_limit_token_per_item() {
     std::fs::write(gw.dir.path().join("warden.toml"), toml).unwrap();
     let base = start_gateway_with_dir(gw.dir.path()).await;
     let alice = sign(gw.dir.path(), &claims("alice", "user"));
-    let batch = |n: usize| {
-        json!({"requests": (0..n).map(|i| json!({"model": "alpha", "input": {"inputs": [i]}})).collect::<Vec<_>>()})
-    };
+    let batch = |n: usize| json!({"requests": (0..n).map(|i| json!({"model": "alpha", "input": {"inputs": [i]}})).collect::<Vec<_>>()});
     let url = format!("{base}/api/v1/batch-analysis");
     let (s, h, v) = post_json(&url, &batch(4), Some(&alice)).await;
     assert_eq!(s, 200, "{v}");
@@ -887,7 +899,9 @@ async fn a_full_audit_trail_refuses_with_503_before_calling_the_model() {
         buffer_bytes: 64 * 1024,
         ..Default::default()
     };
-    let (audit, _writer) = AuditSink::start_with(&audit_path, None, options).await.unwrap();
+    let (audit, _writer) = AuditSink::start_with(&audit_path, None, options)
+        .await
+        .unwrap();
     let directory = Directory(vec![("alpha".into(), alpha.port, alpha.ready.clone())]);
     let shutdown = CancellationToken::new();
     let (b, _state) = serve_gateway_with(&config, directory, audit.clone(), shutdown.clone()).await;
@@ -917,7 +931,11 @@ async fn a_full_audit_trail_refuses_with_503_before_calling_the_model() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert!(refused.len() >= 20, "never refused; {} answered", answered.len());
+    assert!(
+        refused.len() >= 20,
+        "never refused; {} answered",
+        answered.len()
+    );
     assert!(!answered.is_empty(), "the buffer held some records first");
     assert_eq!(
         alpha.hits.load(Ordering::SeqCst),
@@ -946,8 +964,16 @@ async fn a_full_audit_trail_refuses_with_503_before_calling_the_model() {
         .filter(|r| r["route"] == "/api/v1/{model}" && r["status"] == 200)
         .map(|r| r["request_id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids[..answered.len()], answered[..], "every answered request audited, in order");
-    assert!(refused.iter().all(|id| !text.contains(&format!("\"{id}\""))));
+    assert_eq!(
+        ids[..answered.len()],
+        answered[..],
+        "every answered request audited, in order"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|id| !text.contains(&format!("\"{id}\"")))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -956,7 +982,9 @@ async fn ready_answers_503_once_draining() {
     let dir = tempfile::tempdir().unwrap();
     let alpha = start_model("alpha", Duration::ZERO).await;
     let config = Config::parse(&dir.path().join("warden.toml"), "").unwrap();
-    let (audit, _writer) = AuditSink::start(&dir.path().join("api.jsonl")).await.unwrap();
+    let (audit, _writer) = AuditSink::start(&dir.path().join("api.jsonl"))
+        .await
+        .unwrap();
     let directory = Directory(vec![("alpha".into(), alpha.port, alpha.ready.clone())]);
     let (b, state) = serve_gateway_with(&config, directory, audit, CancellationToken::new()).await;
     let r = http().get(format!("{b}/ready")).send().await.unwrap();
@@ -965,5 +993,8 @@ async fn ready_answers_503_once_draining() {
     let r = http().get(format!("{b}/ready")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
-    assert_eq!((v["ready"].clone(), v["draining"].clone()), (json!(false), json!(true)));
+    assert_eq!(
+        (v["ready"].clone(), v["draining"].clone()),
+        (json!(false), json!(true))
+    );
 }

@@ -71,7 +71,7 @@ const RESERVE_BYTES: usize = 1024;
 /// Largest write handed to the file at once.
 const MAX_WRITE_BYTES: usize = 256 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// After the API stopped, how long the writer keeps retrying a failing file before it gives
 /// up on what is left (counted as dropped).
 const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(5);
@@ -211,7 +211,10 @@ impl AuditSink {
         let (to_shipper, shipper_task) = match forward {
             Some(tx) => {
                 let (to, rx) = mpsc::unbounded_channel();
-                (Some(to), Some(tokio::spawn(forward_loop(rx, tx, shared.clone()))))
+                (
+                    Some(to),
+                    Some(tokio::spawn(forward_loop(rx, tx, shared.clone()))),
+                )
             }
             None => (None, None),
         };
@@ -413,7 +416,9 @@ async fn reopen(file: AuditFile) -> Option<AuditFile> {
     let (file, result) = on_file(file, |f| f.reopen()).await?;
     match result {
         Ok(()) => tracing::info!(path = %file.path.display(), "audit log reopened"),
-        Err(e) => tracing::error!(error = %e, "cannot reopen the audit log; writing to the old file"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reopen the audit log; writing to the old file")
+        }
     }
     Some(file)
 }
@@ -612,7 +617,10 @@ mod tests {
             read(&dir.path().join("api.jsonl.1")),
             read(&dir.path().join("api.jsonl.2")),
         );
-        assert!(!dir.path().join("api.jsonl.3").exists(), "keeps 2 rotated files");
+        assert!(
+            !dir.path().join("api.jsonl.3").exists(),
+            "keeps 2 rotated files"
+        );
         for text in [&cur, &one, &two] {
             assert!(!text.is_empty() && text.len() <= 2000, "{}", text.len());
         }

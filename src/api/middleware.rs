@@ -5,8 +5,8 @@ use super::auth::{Principal, Role};
 use super::error::{ApiError, status_error};
 use super::ratelimit::Decision;
 use super::{AppState, audit};
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use crate::telemetry::drops;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -337,7 +337,12 @@ pub async fn authorize(
     response
 }
 
-pub(crate) fn set_rate_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Option<Duration>) {
+pub(crate) fn set_rate_headers(
+    headers: &mut HeaderMap,
+    limit: u32,
+    remaining: u32,
+    reset: Option<Duration>,
+) {
     headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
     headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
     if let Some(reset) = reset {

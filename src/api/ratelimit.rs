@@ -200,9 +200,18 @@ mod tests {
                 remaining: 50
             }
         );
-        assert!(matches!(limiter.check_n("alice", 49), Decision::Allowed { remaining: 1, .. }));
-        assert!(matches!(limiter.check_n("alice", 2), Decision::Limited { .. }));
-        assert!(matches!(limiter.check_n("bob", 101), Decision::Limited { .. }));
+        assert!(matches!(
+            limiter.check_n("alice", 49),
+            Decision::Allowed { remaining: 1, .. }
+        ));
+        assert!(matches!(
+            limiter.check_n("alice", 2),
+            Decision::Limited { .. }
+        ));
+        assert!(matches!(
+            limiter.check_n("bob", 101),
+            Decision::Limited { .. }
+        ));
     }
 
     #[test]
@@ -214,13 +223,25 @@ mod tests {
             assert!(limiter.check_address(a).is_ok());
         }
         let wait = limiter.check_address(a).unwrap_err();
-        assert!(wait > Duration::from_secs(30) && wait <= Duration::from_secs(60), "{wait:?}");
-        assert!(limiter.check_address(b).is_ok(), "another address has its own allowance");
+        assert!(
+            wait > Duration::from_secs(30) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert!(
+            limiter.check_address(b).is_ok(),
+            "another address has its own allowance"
+        );
         for _ in 0..5 {
             assert!(limiter.check_key("wdn_abcd1234_guess").is_ok());
         }
-        assert!(limiter.check_key("wdn_abcd1234_right").is_err(), "the key id is locked");
+        assert!(
+            limiter.check_key("wdn_abcd1234_right").is_err(),
+            "the key id is locked"
+        );
         assert!(limiter.check_key("wdn_ffff0000_other").is_ok());
-        assert!(limiter.check_key("not-a-key").is_ok(), "no id: address limit only");
+        assert!(
+            limiter.check_key("not-a-key").is_ok(),
+            "no id: address limit only"
+        );
     }
 }

@@ -5,16 +5,16 @@ use super::error::ApiError;
 use super::middleware::{ModelTag, RateRemaining, request_id, set_rate_headers};
 use super::ratelimit::Decision;
 use super::{AppState, proxy};
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::Extension;
 use axum::extract::{ConnectInfo, Path, State};
-use std::net::SocketAddr;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -291,7 +291,9 @@ pub async fn batch(
                 set_rate_headers(r.headers_mut(), limit, 0, Some(retry_after));
                 return Ok(r);
             }
-            Decision::Allowed { remaining: left, .. } => remaining = Some(left),
+            Decision::Allowed {
+                remaining: left, ..
+            } => remaining = Some(left),
         }
     }
     let parent_id = request_id(&headers);
@@ -415,7 +417,11 @@ pub async fn token(
     // Charged before anything else, malformed attempts included: each try costs an argon2 run.
     if let Some(Extension(ConnectInfo(addr))) = client {
         auth.login.check_address(addr.ip()).map_err(|retry_after| {
-            state.metrics.shed.with_label_values(&["login_address"]).inc();
+            state
+                .metrics
+                .shed
+                .with_label_values(&["login_address"])
+                .inc();
             ApiError::TooManyAttempts { retry_after }
         })?;
     }

@@ -92,7 +92,10 @@ pub fn record(store: Option<&MetricStore>, sink: &'static str, reason: &'static 
 /// Total dropped so far for one sink and reason, from the store (tests, console).
 pub fn total(store: &MetricStore, sink: &str, reason: &str) -> f64 {
     store
-        .latest("RecordsDropped", &[(Dim::Sink, sink), (Dim::Reason, reason)])
+        .latest(
+            "RecordsDropped",
+            &[(Dim::Sink, sink), (Dim::Reason, reason)],
+        )
         .unwrap_or(0.0)
 }
 

@@ -134,6 +134,7 @@ async fn a_full_state_dir_never_serves_an_unaudited_request() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
+    warden::tls::install_crypto_provider();
     let tmpfs = Tmpfs::mount("16m").expect("mount a 16 MiB tmpfs");
     let moto = Moto::start();
     let builder = TestAgent::builder();
@@ -170,9 +171,9 @@ async fn a_full_state_dir_never_serves_an_unaudited_request() {
                     Ok(r) => {
                         let status = r.status().as_u16();
                         let body = r.text().await.unwrap_or_default();
-                        let code = serde_json::from_str::<Value>(&body).ok().and_then(|v| {
-                            v["error"]["code"].as_str().map(str::to_string)
-                        });
+                        let code = serde_json::from_str::<Value>(&body)
+                            .ok()
+                            .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
                         let mut o = outcomes.lock().unwrap();
                         match (status, code.as_deref()) {
                             (200..=299, _) => o.ok.push(id),
@@ -228,7 +229,10 @@ async fn a_full_state_dir_never_serves_an_unaudited_request() {
         refused_during > 0,
         "the buffer never filled: the scenario did not test refusal"
     );
-    assert!(o.ok.len() > ok_during, "traffic was served before and after");
+    assert!(
+        o.ok.len() > ok_during,
+        "traffic was served before and after"
+    );
 
     // The refusals were counted, one each.
     let metrics = crate::support::moto::plain_http::get(&agent.url("/metrics")).unwrap_or_default();

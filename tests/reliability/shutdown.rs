@@ -26,14 +26,23 @@ fn one_run() -> Run {
     agent.wait_ready(Duration::from_secs(30));
     let url = agent.url("/api/v1/alpha");
     let load = std::thread::spawn(move || {
-        wrk_post(&url, r#"{"inputs":[[1.0]]}"#, CLIENTS, Duration::from_secs(3))
+        wrk_post(
+            &url,
+            r#"{"inputs":[[1.0]]}"#,
+            CLIENTS,
+            Duration::from_secs(3),
+        )
     });
     // Mid-load: the signal goes once the gateway has answered a good share of requests.
     let metrics = agent.url("/metrics");
     let busy = wait_until(Duration::from_secs(10), || {
         (answered(&metrics) >= 2000.0).then_some(())
     });
-    assert!(busy.is_some(), "load never reached the gateway\n{}", agent.log());
+    assert!(
+        busy.is_some(),
+        "load never reached the gateway\n{}",
+        agent.log()
+    );
     let signalled = Instant::now();
     let status = agent.stop(Duration::from_secs(30));
     let stop_took = signalled.elapsed();
@@ -73,10 +82,7 @@ fn sigterm_under_16_client_load_never_answers_non_2xx() {
     eprintln!(
         "{RUNS} runs, {requests} requests; non-2xx per run {non_2xx:?}; transport errors per run {transport:?}"
     );
-    assert!(
-        runs.iter().all(|r| r.exit_ok),
-        "every stop exits cleanly"
-    );
+    assert!(runs.iter().all(|r| r.exit_ok), "every stop exits cleanly");
     // The load was real in every run (not an agent that was already gone).
     assert!(
         runs.iter().all(|r| r.requests > 100),

@@ -100,10 +100,7 @@ impl TestAgentBuilder {
                 "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
                  attempt_timeout = \"2s\"\noperation_timeout = \"5s\"\n\n"
             )),
-            None => assert!(
-                !self.cloudwatch && !self.logs,
-                "AWS sinks need an endpoint"
-            ),
+            None => assert!(!self.cloudwatch && !self.logs, "AWS sinks need an endpoint"),
         }
         toml.push_str(&format!(
             "[cloudwatch]\nenabled = {}\nflush_interval = \"1s\"\n\n[logs]\nenabled = {}\nflush_interval = \"500ms\"\n\n",
@@ -187,7 +184,11 @@ impl TestAgent {
         let ready = wait_until(timeout, || {
             (super::moto::plain_http::status(&url) == Some(200)).then_some(())
         });
-        assert!(ready.is_some(), "agent not ready in {timeout:?}\n{}", self.log());
+        assert!(
+            ready.is_some(),
+            "agent not ready in {timeout:?}\n{}",
+            self.log()
+        );
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -94,7 +94,11 @@ async fn apply(fault: Fault, json: bool, op: &str) -> axum::response::Response {
         Fault::Throttle => error_response(
             json,
             400,
-            if json { "ThrottlingException" } else { "Throttling" },
+            if json {
+                "ThrottlingException"
+            } else {
+                "Throttling"
+            },
             "Rate exceeded",
         ),
         Fault::Hang(d) => {
@@ -151,7 +155,8 @@ impl FaultProxy {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let client = reqwest::Client::builder().no_proxy().build().unwrap();
                 let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-                    let (client, upstream, state) = (client.clone(), upstream.clone(), state.clone());
+                    let (client, upstream, state) =
+                        (client.clone(), upstream.clone(), state.clone());
                     async move { handle(req, &client, &upstream, &state).await }
                 });
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -228,7 +233,9 @@ async fn handle(
     state: &Shared,
 ) -> axum::response::Response {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
     let op = operation(&parts.headers, &bytes);
     let fault = {
         let armed = state.armed.lock().unwrap();
