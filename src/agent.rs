@@ -128,7 +128,7 @@ struct ApiParts {
 }
 
 /// How long shutdown waits for the audit trail to take the last records.
-const AUDIT_FLUSH_BOUND: Duration = Duration::from_secs(10);
+const AUDIT_FLUSH_BOUND: Duration = Duration::from_secs(5);
 
 /// Binds `agent.listen` and serves the inference API until `cancel`.
 async fn start_api(
@@ -456,7 +456,7 @@ impl Agent {
     /// their audit records, stops every model (concurrently), then the other tasks.
     pub async fn shutdown(self) {
         self.api_cancel.cancel();
-        // `serve` bounds its own drain (request timeout + 1 s).
+        // `serve` bounds its own drain (request timeout + 1 s, at most 10 s).
         if let Err(e) = self.api.serve.await {
             tracing::error!(error = %e, "API task failed while draining");
         }

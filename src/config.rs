@@ -1025,6 +1025,32 @@ mod tests {
     }
 
     #[test]
+    fn audit_sizes_are_validated() {
+        let c = parse("[api]\naudit_max_file_bytes = 1048576\naudit_keep_files = 3\naudit_buffer_bytes = 262144\n")
+            .unwrap();
+        assert_eq!(
+            (
+                c.api.audit_max_file_bytes,
+                c.api.audit_keep_files,
+                c.api.audit_buffer_bytes
+            ),
+            (1 << 20, 3, 256 << 10)
+        );
+        let e = parse(
+            "[api]\naudit_max_file_bytes = 100\naudit_keep_files = 0\naudit_buffer_bytes = 10\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for key in [
+            "audit_max_file_bytes",
+            "audit_keep_files",
+            "audit_buffer_bytes",
+        ] {
+            assert!(text.contains(key), "{key} not reported: {text}");
+        }
+    }
+
+    #[test]
     fn restart_timings_are_validated() {
         let text = "[[models]]\nname = \"a\"\nport = 9001\ncommand = [\"x\"]\nrestart_initial_backoff = \"2s\"\nrestart_max_backoff = \"1s\"\nrestart_jitter = 1.5\n";
         let e = parse(text).unwrap_err();

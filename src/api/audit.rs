@@ -74,7 +74,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// After the API stopped, how long the writer keeps retrying a failing file before it gives
 /// up on what is left (counted as dropped).
-const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(5);
+const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(3);
 
 /// Sizes and where drops are counted.
 #[derive(Clone)]
@@ -332,7 +332,11 @@ struct AuditFile {
     file: std::fs::File,
     max_bytes: u64,
     keep: usize,
+    last_sync: Instant,
 }
+
+/// The audit file is fsynced at most this often (on the blocking thread, never per record).
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl AuditFile {
     fn open(path: PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<AuditFile> {
@@ -342,6 +346,7 @@ impl AuditFile {
             file,
             max_bytes,
             keep,
+            last_sync: Instant::now(),
         })
     }
 
@@ -371,7 +376,15 @@ impl AuditFile {
         }
         let len = self.file.metadata()?.len();
         match self.file.write_all(buf) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.last_sync.elapsed() >= SYNC_EVERY {
+                    self.last_sync = Instant::now();
+                    if let Err(e) = self.file.sync_data() {
+                        tracing::warn!(error = %e, "audit log fsync failed");
+                    }
+                }
+                Ok(())
+            }
             Err(e) => {
                 if let Err(cut) = self.file.set_len(len) {
                     tracing::warn!(error = %cut, "cannot cut a torn audit write back");

@@ -209,9 +209,12 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .with_state(state)
 }
 
+/// Longest shutdown waits for in-flight requests.
+const MAX_DRAIN: Duration = Duration::from_secs(10);
+
 /// Serves until `shutdown` is cancelled, then stops accepting and drains in-flight requests
 /// (each bounded by `api.request_timeout`); connections still busy after that bound plus a
-/// grace second are abandoned so shutdown always ends.
+/// grace second (at most [`MAX_DRAIN`]) are abandoned so shutdown always ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -220,7 +223,8 @@ pub async fn serve(
 ) -> Result<(), ApiStartError> {
     let draining = state.draining.clone();
     tokio::spawn(shrink_limiters(state.clone(), shutdown.clone()));
-    let drain_bound = state.request_timeout + Duration::from_secs(1);
+    // Capped so a stuck model cannot hold shutdown past systemd's TimeoutStopSec (30 s).
+    let drain_bound = (state.request_timeout + Duration::from_secs(1)).min(MAX_DRAIN);
     let app = router(state, cors_origins);
     let stop = shutdown.clone();
     let server = axum::serve(
