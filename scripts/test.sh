@@ -6,6 +6,6 @@ cd "$ROOT"
 ./scripts/setup.sh
 start=$(date +%s)
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked -- --test-threads="${WARDEN_TEST_THREADS:-2}"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked -- --test-threads="${WARDEN_TEST_THREADS:-2}"
 echo "test.sh: fmt, clippy and tests passed in $(( $(date +%s) - start )) s"

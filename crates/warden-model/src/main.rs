@@ -6,12 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use warden::config::Config;
-// The serving code lives in this binary only, so the agent's binary never links libtorch;
-// it reaches the library's config and TLS set-up as `crate::config` and `crate::tls`.
-use warden::{config, tls};
-
-#[path = "../serving/mod.rs"]
-mod serving;
+use warden_model as serving;
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "warden's libtorch subcommands")]

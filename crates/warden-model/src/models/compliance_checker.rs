@@ -6,7 +6,7 @@
 //! padding is masked out of attention.
 
 use super::{Net, SelfAttention, num, rows};
-use crate::serving::schema::{Sample, SchemaError, field, number_field, object, string_field};
+use crate::schema::{Sample, SchemaError, field, number_field, object, string_field};
 use serde_json::{Value, json};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, TchError, Tensor};

@@ -188,7 +188,7 @@ async fn http_runs(
         port,
         models_dir: Some(dir.to_path_buf()),
         weights: None,
-        device: crate::config::Device::Cpu,
+        device: warden::config::Device::Cpu,
         threads: Some(opts.threads),
         batch: opts.batch,
         row_shape: None,
@@ -198,7 +198,7 @@ async fn http_runs(
         let _ = stop_rx.await;
     }));
     let base = format!("http://127.0.0.1:{port}");
-    crate::tls::install_crypto_provider();
+    warden::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()

@@ -2,7 +2,7 @@
 //! project features; the class probabilities are the mean of the members' probabilities.
 
 use super::{Net, argmax, labelled, num, rows, stack};
-use crate::serving::schema::{Sample, SchemaError, field, integer_field, number_field, object};
+use crate::schema::{Sample, SchemaError, field, integer_field, number_field, object};
 use serde_json::{Value, json};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, TchError, Tensor};

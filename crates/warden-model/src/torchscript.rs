@@ -134,15 +134,15 @@ pub fn write_linear_relu_module(
 
 #[cfg(test)]
 mod fixture {
-    /// Regenerates tests/fixtures/tiny_linear.pt (`cargo test --bin warden-model -- --ignored`).
+    /// Regenerates tests/fixtures/tiny_linear.pt (`cargo test -p warden-model -- --ignored`).
     /// tests/serving.rs checks the committed file against these same weights.
     #[test]
     #[ignore]
     fn regenerate_torchscript_fixture() {
         const TS_WEIGHT: [f32; 6] = [0.5, -1.0, 2.0, 1.5, 0.25, -0.75];
         const TS_BIAS: [f32; 2] = [0.1, -0.2];
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_linear.pt");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny_linear.pt");
         super::write_linear_relu_module(&path, &TS_WEIGHT, &TS_BIAS, 3).unwrap();
     }
 }

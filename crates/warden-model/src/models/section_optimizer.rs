@@ -6,8 +6,8 @@
 //! the order of [`FEATURES`] and six classes in the order of [`SECTIONS`].
 
 use super::{Model, argmax, num, rows, stack};
-use crate::serving::schema::{Sample, SchemaError, bool_field, number_field, object};
-use crate::serving::xgboost::{Objective, TensorEnsemble, TreeEnsemble, XgboostError};
+use crate::schema::{Sample, SchemaError, bool_field, number_field, object};
+use crate::xgboost::{Objective, TensorEnsemble, TreeEnsemble, XgboostError};
 use serde_json::{Value, json};
 use tch::{Device, TchError};
 
@@ -32,9 +32,8 @@ pub const SECTIONS: [(&str, f32); 6] = [
 /// Moment capacity factor without lateral restraint (a crude lateral-torsional buckling allowance).
 const UNRESTRAINED_FACTOR: f32 = 0.6;
 
-/// The trained ensemble shipped with the binary (made by tests/fixtures/make_xgb.py).
-pub const BUILTIN_MODEL_JSON: &str =
-    include_str!("../../../tests/fixtures/section_optimizer_xgb.json");
+/// The trained ensemble shipped with the binary (made by fixtures/make_xgb.py).
+pub const BUILTIN_MODEL_JSON: &str = include_str!("../../fixtures/section_optimizer_xgb.json");
 
 pub fn example() -> Value {
     json!({"span_m": 6.0, "udl_kn_per_m": 20.0, "point_load_kn": 10.0, "fy_mpa": 355.0,

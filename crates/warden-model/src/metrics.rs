@@ -1,4 +1,4 @@
-//! The model process's Prometheus metrics (names documented in `serving`'s module docs).
+//! The model process's Prometheus metrics (names documented in the crate docs).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,

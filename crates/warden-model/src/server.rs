@@ -28,7 +28,7 @@ pub struct ServeOptions {
     pub port: u16,
     pub models_dir: Option<PathBuf>,
     pub weights: Option<PathBuf>,
-    pub device: crate::config::Device,
+    pub device: warden::config::Device,
     pub threads: Option<usize>,
     pub batch: BatchConfig,
     /// TorchScript only: the row shape used for the warm-up forward pass.
@@ -52,7 +52,7 @@ impl ServeOptions {
                 let dir = self
                     .models_dir
                     .clone()
-                    .unwrap_or_else(|| crate::config::Config::embedded().agent.models_dir);
+                    .unwrap_or_else(|| warden::config::Config::embedded().agent.models_dir);
                 Ok((kind, dir.join(kind.weight_file())))
             }
             (None, None) => Err(ServingError::UnknownModel(

@@ -6,7 +6,7 @@
 //! dimensions plus the (shared) loads and geometry; absent members are masked out.
 
 use super::{Net, SelfAttention, argmax, labelled, masked_mean, num, rows, stack};
-use crate::serving::schema::{
+use crate::schema::{
     Sample, SchemaError, array_field, field, index, integer_field, number_field, object,
 };
 use serde_json::{Value, json};

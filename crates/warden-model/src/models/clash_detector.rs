@@ -6,7 +6,7 @@
 //! sequence at the end never changes the outputs of the real steps.
 
 use super::{Net, num, rows};
-use crate::serving::schema::{
+use crate::schema::{
     Sample, SchemaError, array_field, field, index, join, object, tensor_of_shape,
 };
 use serde_json::{Value, json};
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn padding_a_batch_to_its_longest_sequence_leaves_shorter_ones_unchanged() {
-        let _rng = crate::serving::models::SEEDED_RNG
+        let _rng = crate::models::SEEDED_RNG
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(3);

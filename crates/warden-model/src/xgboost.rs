@@ -402,7 +402,7 @@ mod tests {
     }
 }
 
-/// Checked against the real xgboost package's own predictions (tests/fixtures/make_xgb.py) and
+/// Checked against the real xgboost package's own predictions (fixtures/make_xgb.py) and
 /// against an independent walk over the raw JSON trees.
 #[cfg(test)]
 mod fixture_tests {
@@ -410,7 +410,7 @@ mod fixture_tests {
     use serde_json::Value;
 
     fn xgb_fixture() -> (Value, Value) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
         let model = std::fs::read_to_string(dir.join("section_optimizer_xgb.json")).unwrap();
         let preds =
             std::fs::read_to_string(dir.join("section_optimizer_xgb_predictions.json")).unwrap();

@@ -245,12 +245,12 @@ impl ModelKind {
 }
 
 /// Chooses the tch device: `auto` is CUDA when libtorch sees a GPU.
-pub fn select_device(device: crate::config::Device) -> Result<tch::Device, ServingError> {
+pub fn select_device(device: warden::config::Device) -> Result<tch::Device, ServingError> {
     match device {
-        crate::config::Device::Cpu => Ok(tch::Device::Cpu),
-        crate::config::Device::Auto => Ok(tch::Device::cuda_if_available()),
-        crate::config::Device::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        crate::config::Device::Cuda => Err(ServingError::Options(
+        warden::config::Device::Cpu => Ok(tch::Device::Cpu),
+        warden::config::Device::Auto => Ok(tch::Device::cuda_if_available()),
+        warden::config::Device::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+        warden::config::Device::Cuda => Err(ServingError::Options(
             "--device cuda: libtorch sees no CUDA device (use --device auto or cpu)".into(),
         )),
     }
