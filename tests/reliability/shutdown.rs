@@ -1,6 +1,7 @@
-//! SIGTERM under load: the agent stops accepting, drains what it accepted while the models
-//! still answer, and only then stops them, so no client ever gets a 5xx from a shutdown.
-//! Requests refused at the socket after the listener closed are not answers: counted apart.
+//! Signals against a real agent. SIGTERM under load: the agent stops accepting, drains what it
+//! accepted while the models still answer, and only then stops them, so no client ever gets a
+//! 5xx from a shutdown (requests refused at the socket after the listener closed are not
+//! answers: counted apart). SIGHUP: the audit file is reopened, as logrotate needs.
 
 use crate::support::agent::{TestAgent, nginx_model, wrk_post};
 use crate::support::net::{free_port, wait_until};
@@ -93,4 +94,65 @@ fn sigterm_under_16_client_load_never_answers_non_2xx() {
         non_2xx.iter().all(|&n| n == 0),
         "non-2xx answers during shutdown: {non_2xx:?}"
     );
+}
+
+/// Request ids in one audit file.
+fn audit_ids(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn post_with_id(url: &str, id: &str) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", "content-type: application/json", "-H"])
+        .arg(format!("x-request-id: {id}"))
+        .args(["-d", r#"{"inputs":[[1.0]]}"#, url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+#[test]
+fn sighup_reopens_the_audit_file_after_logrotate_moved_it() {
+    let builder = TestAgent::builder();
+    let dir = builder.dir().to_path_buf();
+    let mut agent = builder
+        .model(nginx_model(&dir, "alpha", free_port(), 0.0))
+        .start();
+    agent.wait_ready(Duration::from_secs(30));
+    let url = agent.url("/api/v1/alpha");
+    let audit = agent.state_dir.join("audit/api.jsonl");
+    let rotated = agent.state_dir.join("audit/api.jsonl.rotated");
+    assert_eq!(post_with_id(&url, "before-rotate"), 200);
+    let written = wait_until(Duration::from_secs(10), || {
+        audit_ids(&audit)
+            .contains(&"before-rotate".to_string())
+            .then_some(())
+    });
+    assert!(written.is_some(), "first record never written");
+    // What logrotate does (without copytruncate): move the file, then signal.
+    std::fs::rename(&audit, &rotated).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let reopened = wait_until(Duration::from_secs(10), || audit.exists().then_some(()));
+    assert!(
+        reopened.is_some(),
+        "no new api.jsonl after SIGHUP\n{}",
+        agent.log()
+    );
+    assert_eq!(post_with_id(&url, "after-rotate"), 200);
+    let landed = wait_until(Duration::from_secs(10), || {
+        (audit_ids(&audit) == ["after-rotate"]).then_some(())
+    });
+    assert!(
+        landed.is_some(),
+        "new records go to the new file: {:?}",
+        audit_ids(&audit)
+    );
+    assert!(!audit_ids(&rotated).contains(&"after-rotate".to_string()));
+    assert!(agent.stop(Duration::from_secs(30)).success());
 }
