@@ -262,19 +262,24 @@ pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), Age
                 agent.reopen_audit();
                 let outcome = match load_config(config_path.as_deref()) {
                     Ok(new) => {
-                        let summary = agent.reload(new).await;
+                        let (summary, plan) = agent.reload(new).await;
                         tracing::info!(added = ?summary.added, removed = ?summary.removed,
                             changed = ?summary.changed, unchanged = summary.unchanged.len(),
-                            "SIGHUP: configuration reloaded");
-                        "configuration reloaded"
+                            applied = ?plan.applied, "SIGHUP: configuration reloaded");
+                        if !plan.restart.is_empty() {
+                            tracing::warn!(sections = ?plan.restart,
+                                "SIGHUP: these changes are NOT applied until `systemctl restart warden`: {}",
+                                plan.restart.join(", "));
+                        }
+                        plan.outcome()
                     }
                     // A bad edit must not take the host down: keep running the old config.
                     Err(e) => {
                         tracing::error!(error = %e, "SIGHUP: new configuration rejected; keeping the old one");
-                        "new configuration rejected, old one kept"
+                        "new configuration rejected, old one kept".to_string()
                     }
                 };
-                notifier.reloaded(&agent.snapshot(), outcome);
+                notifier.reloaded(&agent.snapshot(), &outcome);
             }
         }
     }
@@ -296,6 +301,8 @@ pub struct Agent {
     api_cancel: CancellationToken,
     api: ApiParts,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The configuration running now (SIGHUP compares the new file against it).
+    config: Config,
 }
 
 impl Agent {
@@ -324,6 +331,7 @@ impl Agent {
         let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
         // Model lines and audit records go to CloudWatch Logs through the spool; without it
         // lines stay in the per-model rings only.
+        let mut logs_stats = None;
         let audit_forward = if config.logs.enabled {
             let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_TO_LOGS_CAPACITY);
             let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
@@ -343,6 +351,7 @@ impl Agent {
                 Some(store.clone()),
                 cancel.child_token(),
             )?;
+            logs_stats = Some(shipper.stats());
             tasks.push(tokio::spawn(shipper.join()));
             Some(audit_tx)
         } else {
@@ -351,6 +360,7 @@ impl Agent {
             None
         };
 
+        let running_config = config.clone();
         let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
         let (alerts, alert_tasks) = crate::alerts::AlertsHandle::start(
             &config,
@@ -384,8 +394,28 @@ impl Agent {
         }
 
         // Served once the store and sinks exist; clients connecting earlier wait in the backlog.
-        SnapshotSource::new(supervisor.clone(), store.clone(), sink_stats)
-            .register(&mut dispatcher);
+        let mut snapshot =
+            SnapshotSource::new(supervisor.clone(), store.clone(), sink_stats.clone());
+        if let SinkStatsSource::CloudWatch(stats) = &sink_stats {
+            let stats = stats.clone();
+            snapshot = snapshot.with_backlog("cloudwatch", "batches", move || {
+                let spooled = stats
+                    .batches_spooled
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let replayed = stats
+                    .batches_replayed
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                spooled.saturating_sub(replayed)
+            });
+        }
+        if let Some(stats) = logs_stats {
+            snapshot = snapshot.with_backlog("logs", "events", move || logs_backlog(&stats));
+        }
+        let notify = alerts.clone();
+        snapshot = snapshot.with_backlog("notify", "notifications", move || {
+            notify.undelivered() + notify.unsent() as u64
+        });
+        snapshot.register(&mut dispatcher);
         tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 
         let api_cancel = cancel.child_token();
@@ -409,6 +439,7 @@ impl Agent {
             api_cancel,
             api,
             tasks,
+            config: running_config,
         })
     }
 
@@ -433,17 +464,29 @@ impl Agent {
         HostSnapshot::from_status(&self.supervisor.status(), gpus, None, self.health())
     }
 
-    /// Applies a new configuration's model set (other sections need a restart for now).
-    pub async fn reload(&self, config: Config) -> crate::supervisor::ReloadSummary {
+    /// Applies what can change live (the model set, alert rules and timings) and says which
+    /// changed sections only take effect after a restart.
+    pub async fn reload(
+        &mut self,
+        config: Config,
+    ) -> (crate::supervisor::ReloadSummary, ReloadPlan) {
+        let mut plan = ReloadPlan::between(&self.config, &config);
         if let Ok(exe) = std::env::current_exe() {
             ensure_models(&config, &exe).await;
         }
         // Rules reload in place: alert state (firing, silences, acks) carries over.
         match self.alerts.reload(&config) {
             Ok(n) => tracing::info!(rules = n, "alert rules reloaded"),
-            Err(e) => tracing::error!(error = %e, "alert rules rejected; keeping the old ones"),
+            Err(e) => {
+                tracing::error!(error = %e, "alert rules rejected; keeping the old ones");
+                plan.applied.retain(|s| *s != "alerts");
+            }
         }
-        self.supervisor.apply(&config).await
+        let summary = self.supervisor.apply(&config).await;
+        // Keep the running values of what was not applied, so the next SIGHUP still reports
+        // them as pending a restart.
+        self.config = plan.merge_applied(&self.config, config);
+        (summary, plan)
     }
 
     /// Writes the audit trail to a fresh file at its path (SIGHUP, after logrotate moved it).
@@ -479,6 +522,24 @@ impl Agent {
     }
 }
 
+/// Log events spooled this run and not yet delivered or given up (approximate: a previous
+/// run's spool replays without having been counted as spooled here).
+fn logs_backlog(stats: &crate::sinks::logs::LogsStats) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let done = [
+        &stats.events_sent,
+        &stats.events_dropped,
+        &stats.events_too_old,
+        &stats.events_too_new,
+        &stats.events_rejected,
+        &stats.events_invalid,
+    ]
+    .iter()
+    .map(|c| c.load(Relaxed))
+    .sum::<u64>();
+    stats.events_spooled.load(Relaxed).saturating_sub(done)
+}
+
 /// First run: fill an empty models dir with `warden models init` when a model needs it.
 pub(crate) async fn ensure_models(config: &Config, exe: &Path) {
     let needs_dir = config
@@ -507,5 +568,136 @@ pub(crate) async fn ensure_models(config: &Config, exe: &Path) {
         }
         Ok(Err(e)) => tracing::error!(error = %e, "cannot run `warden models init`"),
         Err(_) => tracing::error!("`warden models init` timed out"),
+    }
+}
+
+/// What a SIGHUP did with a new configuration, per section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Changed sections applied live: `models`, `alerts`.
+    pub applied: Vec<&'static str>,
+    /// Changed sections (or keys) that keep their old value until a restart.
+    pub restart: Vec<String>,
+}
+
+impl ReloadPlan {
+    /// Compares the running configuration with the new one, section by section.
+    pub fn between(old: &Config, new: &Config) -> ReloadPlan {
+        // Config sections have no PartialEq; their Debug output covers every field (the
+        // secrets' Debug is redacted, so those are compared by value below).
+        fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+            format!("{a:?}") != format!("{b:?}")
+        }
+        let mut plan = ReloadPlan::default();
+        if differs(&old.effective_models(), &new.effective_models()) {
+            plan.applied.push("models");
+        }
+        let (a, b) = (&old.alerts, &new.alerts);
+        // Rule files are re-read on every SIGHUP, so an edited rule file counts as applied.
+        if a.rules != b.rules
+            || a.evaluation_interval != b.evaluation_interval
+            || a.repeat_interval != b.repeat_interval
+            || a.group_wait != b.group_wait
+        {
+            plan.applied.push("alerts");
+        }
+        if a.runbook_url != b.runbook_url {
+            // Baked into the notification channels at start.
+            plan.restart.push("alerts.runbook_url".into());
+        }
+        let webhook = |c: &Config| {
+            c.notify
+                .slack
+                .as_ref()
+                .and_then(|s| s.webhook_url.as_ref().map(|u| u.expose().to_string()))
+        };
+        for (name, changed) in [
+            ("agent", differs(&old.agent, &new.agent)),
+            ("gpu", differs(&old.gpu, &new.gpu)),
+            ("aws", differs(&old.aws, &new.aws)),
+            ("cloudwatch", differs(&old.cloudwatch, &new.cloudwatch)),
+            ("logs", differs(&old.logs, &new.logs)),
+            (
+                "notify",
+                differs(&old.notify, &new.notify) || webhook(old) != webhook(new),
+            ),
+            ("auth", differs(&old.auth, &new.auth)),
+            ("api", differs(&old.api, &new.api)),
+        ] {
+            if changed {
+                plan.restart.push(name.into());
+            }
+        }
+        plan
+    }
+
+    /// The running configuration after the reload: the new applied sections, the old rest.
+    fn merge_applied(&self, old: &Config, new: Config) -> Config {
+        let mut running = old.clone();
+        running.models = new.models;
+        if self.applied.contains(&"alerts") {
+            let runbook_url = running.alerts.runbook_url.clone();
+            running.alerts = new.alerts;
+            running.alerts.runbook_url = runbook_url;
+        }
+        running
+    }
+
+    /// The reload outcome for the status line: says when a restart is still needed.
+    pub fn outcome(&self) -> String {
+        if self.restart.is_empty() {
+            "configuration reloaded".to_string()
+        } else {
+            format!(
+                "configuration reloaded, restart needed for: {}",
+                self.restart.join(", ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new("w.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn reload_plan_names_each_changed_section() {
+        let old = parse(
+            "[gpu]\ncall_timeout = \"500ms\"\n[[models]]\nname = \"clash-detector\"\nport = 9001\n",
+        );
+        assert_eq!(
+            ReloadPlan::between(&old, &old.clone()),
+            ReloadPlan::default()
+        );
+        assert_eq!(
+            ReloadPlan::between(&old, &old.clone()).outcome(),
+            "configuration reloaded"
+        );
+        let new = parse(
+            "[gpu]\ncall_timeout = \"1s\"\n[api]\nmax_concurrency = 7\n[alerts]\nrepeat_interval = \"1h\"\nrunbook_url = \"https://x/r.md\"\n[[models]]\nname = \"clash-detector\"\nport = 9002\n",
+        );
+        let plan = ReloadPlan::between(&old, &new);
+        assert_eq!(plan.applied, vec!["models", "alerts"]);
+        assert_eq!(plan.restart, vec!["alerts.runbook_url", "gpu", "api"]);
+        assert_eq!(
+            plan.outcome(),
+            "configuration reloaded, restart needed for: alerts.runbook_url, gpu, api"
+        );
+        // What was not applied stays pending: the next SIGHUP with the same file says so again.
+        let running = plan.merge_applied(&old, new.clone());
+        let again = ReloadPlan::between(&running, &new);
+        assert!(again.applied.is_empty(), "{again:?}");
+        assert_eq!(again.restart, vec!["alerts.runbook_url", "gpu", "api"]);
+    }
+
+    #[test]
+    fn a_changed_webhook_secret_is_seen() {
+        let old = parse("[notify.slack]\nwebhook_url = \"https://hooks.example/a\"\n");
+        let new = parse("[notify.slack]\nwebhook_url = \"https://hooks.example/b\"\n");
+        assert_eq!(ReloadPlan::between(&old, &new).restart, vec!["notify"]);
     }
 }

@@ -141,6 +141,9 @@ pub struct GpuConfig {
     /// A blocking NVML call taking longer than this is abandoned for the round.
     #[serde(deserialize_with = "duration")]
     pub call_timeout: Duration,
+    /// Loading NVML and attaching to the driver may take this long (far slower than a read).
+    #[serde(deserialize_with = "duration")]
+    pub init_timeout: Duration,
 }
 
 impl Default for GpuConfig {
@@ -148,6 +151,7 @@ impl Default for GpuConfig {
         GpuConfig {
             nvml_library: PathBuf::from("libnvidia-ml.so.1"),
             call_timeout: Duration::from_millis(500),
+            init_timeout: crate::telemetry::nvml::DEFAULT_INIT_TIMEOUT,
         }
     }
 }
@@ -741,6 +745,15 @@ impl Config {
             }
         }
 
+        if self.gpu.init_timeout < self.gpu.call_timeout {
+            push(
+                vec![Key("gpu"), Key("init_timeout")],
+                format!(
+                    "init_timeout must be at least call_timeout ({})",
+                    humantime::format_duration(self.gpu.call_timeout)
+                ),
+            );
+        }
         let lib = &self.gpu.nvml_library;
         if lib.components().count() > 1 && !self.resolve(lib).exists() {
             push(
@@ -799,6 +812,23 @@ impl Config {
             push(
                 vec![Key("alerts"), Key("evaluation_interval")],
                 "evaluation_interval must be at least 100ms".into(),
+            );
+        }
+        // Zero would re-page a firing alert at every evaluation; shorter than one evaluation
+        // cannot be honoured.
+        if self.alerts.repeat_interval.is_zero() {
+            push(
+                vec![Key("alerts"), Key("repeat_interval")],
+                "repeat_interval must be more than 0s (the time between repeats of a firing alert)"
+                    .into(),
+            );
+        } else if self.alerts.repeat_interval < self.alerts.evaluation_interval {
+            push(
+                vec![Key("alerts"), Key("repeat_interval")],
+                format!(
+                    "repeat_interval must be at least evaluation_interval ({})",
+                    humantime::format_duration(self.alerts.evaluation_interval)
+                ),
             );
         }
         if let Some(sns) = &self.notify.sns {

@@ -225,11 +225,16 @@ impl Engine {
     }
 
     /// Records GPU `gpu` utilisation `v` at the clock's time plus `dt_ms`, then evaluates there.
-    fn gpu(&self, gpu: &str, v: f64, dt_ms: u64) -> Vec<warden::alerts::evaluator::Notification> {
-        self.record("GPUUtilization", gpu, v, dt_ms)
+    async fn gpu(
+        &self,
+        gpu: &str,
+        v: f64,
+        dt_ms: u64,
+    ) -> Vec<warden::alerts::evaluator::Notification> {
+        self.record("GPUUtilization", gpu, v, dt_ms).await
     }
 
-    fn record(
+    async fn record(
         &self,
         metric: &'static str,
         gpu: &str,
@@ -243,7 +248,7 @@ impl Engine {
             v,
             UNIX_EPOCH + Duration::from_millis(t),
         );
-        self.handle.evaluate_now()
+        self.handle.evaluate_now().await
     }
 
     async fn stop(self) {
@@ -294,23 +299,23 @@ async fn fire_repeat_and_resolve_reach_the_right_topic_and_slack() {
         now_ms(),
     );
 
-    assert!(e.gpu("0", 50.0, 0).is_empty());
-    let fired = e.gpu("0", 95.0, 1000);
+    assert!(e.gpu("0", 50.0, 0).await.is_empty());
+    let fired = e.gpu("0", 95.0, 1000).await;
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(fired[0].rule, "gpu-hot");
     // Still firing, inside the repeat interval: nothing new. 86 is above the clear threshold.
     for v in [96.0, 97.0, 86.0, 92.0] {
-        assert!(e.gpu("0", v, 10_000).is_empty(), "at {v}");
+        assert!(e.gpu("0", v, 10_000).await.is_empty(), "at {v}");
     }
     // 60 s after the firing message: one repeat.
-    let repeat = e.gpu("0", 93.0, 20_000);
+    let repeat = e.gpu("0", 93.0, 20_000).await;
     assert_eq!(repeat.len(), 1);
     assert_eq!(repeat[0].kind.as_str(), "repeat");
     // Critical rule on GPU 1: pending for 2 s, then firing to the critical topic.
-    assert!(e.record("GPUTemperature", "1", 99.5, 0).is_empty());
-    assert_eq!(e.record("GPUTemperature", "1", 99.5, 2000).len(), 1);
+    assert!(e.record("GPUTemperature", "1", 99.5, 0).await.is_empty());
+    assert_eq!(e.record("GPUTemperature", "1", 99.5, 2000).await.len(), 1);
     // GPU 0 below the clear threshold: resolved.
-    let resolved = e.gpu("0", 80.0, 1000);
+    let resolved = e.gpu("0", 80.0, 1000).await;
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].kind.as_str(), "resolved");
 
@@ -429,7 +434,7 @@ severity = "info"
         now_ms(),
     );
     for v in [95.0, 89.0, 91.0, 88.0, 92.0, 87.0, 80.0] {
-        e.gpu("0", v, 1000);
+        e.gpu("0", v, 1000).await;
     }
     let msgs = wait_until(LONG, || {
         let m = slack_msgs(&slack);
@@ -458,18 +463,24 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
         Duration::from_secs(3600),
         now_ms(),
     );
-    let sid = e.handle.silence(
-        [
-            ("alertname".to_string(), "gpu-hot".to_string()),
-            ("GPU".to_string(), "0".to_string()),
-        ]
-        .into(),
-        Duration::from_secs(600),
-        "alice",
-        "driver upgrade",
+    let sid = e
+        .handle
+        .silence(
+            [
+                ("alertname".to_string(), "gpu-hot".to_string()),
+                ("GPU".to_string(), "0".to_string()),
+            ]
+            .into(),
+            Duration::from_secs(600),
+            "alice",
+            "driver upgrade",
+        )
+        .await;
+    assert!(
+        e.gpu("0", 95.0, 1000).await.is_empty(),
+        "silenced: no firing"
     );
-    assert!(e.gpu("0", 95.0, 1000).is_empty(), "silenced: no firing");
-    assert_eq!(e.gpu("3", 95.0, 0).len(), 1, "GPU 3 is not silenced");
+    assert_eq!(e.gpu("3", 95.0, 0).await.len(), 1, "GPU 3 is not silenced");
     let snap = e.handle.snapshot();
     let alerts = snap["alerts"].as_array().unwrap();
     let silenced = alerts.iter().find(|a| a["labels"]["GPU"] == "0").unwrap();
@@ -478,8 +489,8 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
     assert_eq!(snap["silences"][0]["id"], sid.as_str());
     assert_eq!(snap["silences"][0]["creator"], "alice");
     let id = silenced["id"].as_str().unwrap().to_string();
-    assert!(e.handle.ack(&id, "bob"));
-    assert!(!e.handle.ack("nope", "bob"));
+    assert!(e.handle.ack(&id, "bob").await);
+    assert!(!e.handle.ack("nope", "bob").await);
     let snap = e.handle.snapshot();
     let acked = snap["alerts"]
         .as_array()
@@ -494,7 +505,7 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
     // Prometheus gauge.
     let prom = e.handle.render_prometheus();
     assert!(prom.contains("warden_alerts{alertname=\"gpu-hot\",severity=\"warning\",alertstate=\"firing\",host=\"alert-host\",gpu=\"0\"} 1"), "{prom}");
-    let resolved = e.gpu("0", 10.0, 1000);
+    let resolved = e.gpu("0", 10.0, 1000).await;
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].kind.as_str(), "resolved");
     let msgs = wait_until(LONG, || {
@@ -522,8 +533,8 @@ async fn silenced_alerts_send_resolved_only_and_acks_show_in_state() {
         !gpu0.contains(&("firing".to_string(), "*Labels*\nGPU=0".to_string())),
         "{gpu0:?}"
     );
-    assert!(e.handle.unsilence(&sid));
-    assert!(!e.handle.unsilence(&sid));
+    assert!(e.handle.unsilence(&sid).await);
+    assert!(!e.handle.unsilence(&sid).await);
     e.stop().await;
 }
 
@@ -548,6 +559,7 @@ async fn slack_and_sns_outages_delay_notifications_but_never_drop_them() {
     for (gpu, v) in [("0", 95.0), ("0", 50.0), ("2", 96.0)] {
         keys.extend(
             e.gpu(gpu, v, 1000)
+                .await
                 .into_iter()
                 .map(|n| (n.kind.as_str().to_string(), n.dedupe_key)),
         );
@@ -1178,7 +1190,7 @@ severity = "warning"
         }
     }
     e.clock.store(t0 + 2000, Ordering::SeqCst);
-    let mut fired = e.handle.evaluate_now();
+    let mut fired = e.handle.evaluate_now().await;
     fired.sort_by(|a, b| (&a.rule, &a.labels).cmp(&(&b.rule, &b.labels)));
     let got: Vec<(String, String, f64)> = fired
         .iter()
@@ -1191,9 +1203,11 @@ severity = "warning"
     );
     assert!((got[0].2 - 10.0).abs() < 0.5, "error rate {got:?}");
     assert_eq!(
-        (got[2].0.as_str(), got[2].1.as_str(), got[2].2),
-        ("slow", "clash-detector", 2000.0)
+        (got[2].0.as_str(), got[2].1.as_str()),
+        ("slow", "clash-detector")
     );
+    // Windowed percentiles come from histograms: within their 1 % precision.
+    assert!((got[2].2 - 2000.0).abs() / 2000.0 < 0.01, "p95 {got:?}");
     // Two minutes of clean, fast traffic: both resolve (the bad minute left the window).
     for i in 0..100u64 {
         e.store
@@ -1202,7 +1216,7 @@ severity = "warning"
             .record_request("risk-analyzer", 50.0, true, at(t0 + 120_000 + i));
     }
     e.clock.store(t0 + 121_000, Ordering::SeqCst);
-    let resolved = e.handle.evaluate_now();
+    let resolved = e.handle.evaluate_now().await;
     assert_eq!(resolved.len(), 3, "{resolved:?}");
     assert!(resolved.iter().all(|n| n.kind.as_str() == "resolved"));
     e.stop().await;
@@ -1246,7 +1260,7 @@ async fn reloading_rules_keeps_alert_state() {
         95.0,
         UNIX_EPOCH + Duration::from_millis(t),
     );
-    assert_eq!(handle.evaluate_now().len(), 1);
+    assert_eq!(handle.evaluate_now().await.len(), 1);
     // A bad edit is rejected and the old rules stay.
     std::fs::write(&rules_path, "[[rule]]\nname = \"x\"\n").unwrap();
     let bad = warden::config::Config::load(&config_path);
@@ -1262,7 +1276,7 @@ async fn reloading_rules_keeps_alert_state() {
         95.0,
         UNIX_EPOCH + Duration::from_millis(t + 1000),
     );
-    handle.evaluate_now();
+    handle.evaluate_now().await;
     // (The reload itself wakes the loop, which may evaluate first: judge by what was sent.)
     let msgs = wait_until(LONG, || {
         let m = slack_msgs(&slack);
@@ -1289,4 +1303,159 @@ async fn reloading_rules_keeps_alert_state() {
     for t in tasks {
         let _ = t.await;
     }
+}
+
+// ---------------------------------------------------------------- outbox on a full disk
+
+/// A small tmpfs, unmounted on drop: a real filesystem that fills up.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs at {} (needs root)", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Writes a filler file until the filesystem refuses (ENOSPC).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        for _ in 0..100_000 {
+            if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
+                return;
+            }
+        }
+        panic!("tmpfs never filled up");
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_the_full_disk_refused_is_retried_not_marked_sent() {
+    let slack = SlackReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("state"), "512k");
+    let chans = channels(None, &(String::new(), String::new()), &slack).await;
+    let e = Engine::start(
+        GPU_RULES,
+        &disk.0.join("alerts"),
+        chans,
+        Duration::from_secs(3600),
+        now_ms(),
+    );
+    disk.fill();
+    // Fires while the outbox cannot be written: kept as unsent, nothing can reach Slack.
+    let fired = e.gpu("0", 95.0, 1000).await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(e.handle.unsent(), 1);
+    assert_eq!(e.handle.undelivered(), 0);
+    // Still full at the next evaluation: still due, not lost and not duplicated.
+    assert!(e.gpu("0", 96.0, 1000).await.is_empty());
+    assert_eq!(e.handle.unsent(), 1);
+    assert!(slack_msgs(&slack).is_empty());
+
+    // Space is back: the next evaluation spools it, and it is delivered exactly once.
+    disk.free();
+    e.gpu("0", 96.0, 1000).await;
+    assert_eq!(e.handle.unsent(), 0);
+    let msgs = wait_until(LONG, || {
+        let m = slack_msgs(&slack);
+        (!m.is_empty()).then_some(m)
+    })
+    .expect("the refused notification was never delivered");
+    assert_eq!(states(&msgs, "gpu-hot"), vec!["firing"]);
+    assert_eq!(msgs[0].dedupe, fired[0].dedupe_key, "the original episode");
+    assert_eq!(
+        warden::telemetry::drops::total(&e.store, "notify", "spool_write"),
+        0.0
+    );
+
+    // Refused for longer than a day: given up, and counted as a drop.
+    disk.fill();
+    assert_eq!(e.gpu("2", 99.0, 1000).await.len(), 1);
+    assert_eq!(e.handle.unsent(), 1);
+    e.clock.fetch_add(25 * 3600 * 1000, Ordering::SeqCst);
+    e.handle.evaluate_now().await;
+    assert_eq!(e.handle.unsent(), 0);
+    assert_eq!(
+        warden::telemetry::drops::total(&e.store, "notify", "spool_write"),
+        1.0
+    );
+    disk.free();
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aws_access_denied_event_pages_with_the_shipped_rule_and_resolves() {
+    use warden::telemetry::TelemetryEvent;
+    let slack = SlackReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let chans = channels(None, &(String::new(), String::new()), &slack).await;
+    let e = Engine::start(
+        warden::config::DEFAULT_ALERT_RULES,
+        &dir.path().join("alerts"),
+        chans,
+        Duration::from_secs(3600),
+        now_ms(),
+    );
+    // Through the engine's own event loop, as the sinks send it.
+    e._events
+        .send(TelemetryEvent::AwsAccessDenied {
+            sink: "logs".into(),
+            operation: "PutLogEvents".into(),
+            permission: "logs:PutLogEvents".into(),
+            error: "AccessDeniedException: User is not authorized".into(),
+        })
+        .unwrap();
+    let msgs = wait_until(LONG, || {
+        let m = slack_msgs(&slack);
+        (!states(&m, "aws-access-denied").is_empty()).then_some(m)
+    })
+    .expect("no aws-access-denied page");
+    let page = msgs.iter().find(|m| m.rule == "aws-access-denied").unwrap();
+    let text = page.body["text"].as_str().unwrap();
+    assert!(
+        text.contains("[FIRING] critical aws-access-denied"),
+        "{text}"
+    );
+    assert!(text.contains("logs:PutLogEvents"), "{text}");
+    assert!(
+        page.dedupe.contains("Operation=PutLogEvents")
+            && page.dedupe.contains("Permission=logs:PutLogEvents")
+            && page.dedupe.contains("Sink=logs"),
+        "{}",
+        page.dedupe
+    );
+    e._events
+        .send(TelemetryEvent::AwsAccessRestored {
+            sink: "logs".into(),
+        })
+        .unwrap();
+    let resolved = wait_until(LONG, || {
+        let m = slack_msgs(&slack);
+        (states(&m, "aws-access-denied") == vec!["firing", "resolved"]).then_some(())
+    });
+    assert!(
+        resolved.is_some(),
+        "{:?}",
+        states(&slack_msgs(&slack), "aws-access-denied")
+    );
+    e.stop().await;
 }

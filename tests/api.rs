@@ -345,7 +345,7 @@ async fn models_metrics_and_openapi() {
         "{text}"
     );
     assert!(
-        text.contains(r#"warden_model_requests_total{model="alpha",status="200"} 3"#),
+        text.contains(r#"warden_api_model_requests_total{model="alpha",status="200"} 3"#),
         "{text}"
     );
     assert!(!text.contains("12345"), "raw paths must not become labels");

@@ -28,6 +28,24 @@ fn check_text(text: &str) -> (i32, String, std::path::PathBuf, tempfile::TempDir
 /// Each invalid config, the `line:col` it must point at, and a fragment of the message.
 const INVALID: &[(&str, &str, (usize, usize), &str)] = &[
     (
+        "zero repeat_interval",
+        "[alerts]\nrepeat_interval = \"0s\"\n",
+        (2, 19),
+        "repeat_interval must be more than 0s",
+    ),
+    (
+        "repeat_interval shorter than an evaluation",
+        "[alerts]\nevaluation_interval = \"10s\"\nrepeat_interval = \"5s\"\n",
+        (3, 19),
+        "at least evaluation_interval",
+    ),
+    (
+        "zero evaluation_interval",
+        "[alerts]\nevaluation_interval = \"0s\"\n",
+        (2, 23),
+        "evaluation_interval must be at least 100ms",
+    ),
+    (
         "unknown key",
         "[agent]\nlisten = \"127.0.0.1:8000\"\nlisen = 1\n",
         (3, 1),

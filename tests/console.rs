@@ -9,7 +9,9 @@ use serde_json::json;
 use warden::console::app::App;
 use warden::console::draw::draw;
 use warden::console::event::{Alert, AlertsFeed, AlertsReply, Event, Silence};
-use warden::control::snapshot::{GpuRow, HostLine, ModelRow, SinkHealth, Snapshot};
+use warden::control::snapshot::{
+    DropCount, GpuRow, HostLine, ModelRow, SinkBacklog, SinkHealth, Snapshot,
+};
 use warden::supervisor::{EventKind, LogLine, LogStream, ModelState, ModelStatus, SupervisorEvent};
 
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -78,6 +80,35 @@ fn snapshot() -> Snapshot {
             model("clash-detector", ModelState::CrashLoop, None, 7),
             model("compliance-checker", ModelState::Starting, Some(4104), 0),
             model("risk-analyzer", ModelState::Stopped, None, 0),
+        ],
+        drops: vec![
+            DropCount {
+                sink: "logs".into(),
+                reason: "spool_full".into(),
+                records: 1234,
+            },
+            DropCount {
+                sink: "notify".into(),
+                reason: "spool_write".into(),
+                records: 2,
+            },
+        ],
+        backlog: vec![
+            SinkBacklog {
+                sink: "cloudwatch".into(),
+                pending: 3,
+                unit: "batches".into(),
+            },
+            SinkBacklog {
+                sink: "logs".into(),
+                pending: 0,
+                unit: "events".into(),
+            },
+            SinkBacklog {
+                sink: "notify".into(),
+                pending: 1,
+                unit: "notifications".into(),
+            },
         ],
     }
 }
@@ -180,6 +211,41 @@ fn line_with<'a>(text: &'a str, needle: &str) -> &'a str {
     text.lines()
         .find(|l| l.contains(needle))
         .unwrap_or_else(|| panic!("{needle:?} not on screen:\n{text}"))
+}
+
+#[test]
+fn overview_shows_each_sinks_backlog_and_drops_by_sink_and_reason() {
+    let mut app = app(false);
+    let (text, buf) = render(&mut app, 160, 30);
+    let backlog = line_with(&text, "batches pending");
+    for part in [
+        "cloudwatch 3 batches pending",
+        "logs 0 events pending",
+        "notify 1 notifications pending",
+    ] {
+        assert!(backlog.contains(part), "{part:?} missing from {backlog:?}");
+    }
+    let dropped = line_with(&text, "dropped:");
+    assert!(
+        dropped.contains("logs/spool_full 1234") && dropped.contains("notify/spool_write 2"),
+        "{dropped:?}"
+    );
+    assert_eq!(color_of(&text, &buf, "logs/spool_full"), Color::Red);
+    assert_eq!(color_of(&text, &buf, "3 batches pending"), Color::Yellow);
+    assert_eq!(color_of(&text, &buf, "0 events pending"), Color::Green);
+    // Every model row still fits under the new block.
+    assert!(text.contains("risk-analyzer"), "{text}");
+
+    // Nothing dropped says so, in green.
+    let mut clean = snapshot();
+    clean.drops.clear();
+    app.handle(Event::Snapshot(Box::new(clean)));
+    let (text, buf) = render(&mut app, 160, 30);
+    assert!(
+        line_with(&text, "dropped:").contains("dropped: none"),
+        "{text}"
+    );
+    assert_eq!(color_of(&text, &buf, "none"), Color::Green);
 }
 
 #[test]

@@ -230,3 +230,193 @@ fn xid_events_are_delivered_once_each() {
         "each XID once"
     );
 }
+
+// ------------------------------------------------ the sampler: init timeout, driver reload
+
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use warden::telemetry::nvml::{NvmlSampler, NvmlSamplerConfig};
+use warden::telemetry::{Dim, MetricStore, TelemetryEvent};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn sampler(
+    fake: &FakeNvml,
+    init_timeout: Duration,
+) -> (
+    NvmlSampler,
+    Arc<MetricStore>,
+    broadcast::Receiver<TelemetryEvent>,
+) {
+    let store = Arc::new(MetricStore::new("h", 60));
+    let (tx, rx) = broadcast::channel(64);
+    let cfg = NvmlSamplerConfig {
+        library: fake.lib_path().to_path_buf(),
+        call_timeout: Duration::from_millis(200),
+        init_timeout,
+        // Re-init backoff is capped at this, so the tests' retries come quickly.
+        init_retry: Duration::from_millis(100),
+    };
+    (NvmlSampler::new(cfg, store.clone(), tx), store, rx)
+}
+
+fn drain(rx: &mut broadcast::Receiver<TelemetryEvent>) -> Vec<TelemetryEvent> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+/// Samples every 50 ms until `want` holds on the events seen so far (bounded).
+async fn sample_until(
+    s: &mut NvmlSampler,
+    rx: &mut broadcast::Receiver<TelemetryEvent>,
+    seen: &mut Vec<TelemetryEvent>,
+    want: impl Fn(&[TelemetryEvent]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline {
+        s.sample(Instant::now()).await;
+        seen.extend(drain(rx));
+        if want(seen) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn available(e: &[TelemetryEvent]) -> usize {
+    e.iter()
+        .filter(|e| matches!(e, TelemetryEvent::NvmlAvailable { gpus: 2 }))
+        .count()
+}
+
+fn unavailable(e: &[TelemetryEvent]) -> Vec<String> {
+    e.iter()
+        .filter_map(|e| match e {
+            TelemetryEvent::NvmlUnavailable { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_init_has_its_own_timeout_longer_than_a_call() {
+    // Init takes 4x the per-call timeout: within init_timeout it succeeds at the first try.
+    let fake = FakeNvml::new(&FakeState {
+        init_slow_ms: 800,
+        ..two_gpus()
+    });
+    let (mut s, store, mut rx) = sampler(&fake, Duration::from_secs(10));
+    s.sample(Instant::now()).await;
+    assert_eq!(
+        drain(&mut rx),
+        vec![TelemetryEvent::NvmlAvailable { gpus: 2 }]
+    );
+    assert_eq!(store.latest("GPUAvailable", &[]), Some(1.0));
+    assert_eq!(
+        store.latest("GPUUtilization", &[(Dim::Gpu, "1")]),
+        Some(90.0)
+    );
+
+    // Past init_timeout it is reported unavailable, and retried until the driver answers.
+    let fake = FakeNvml::new(&FakeState {
+        init_slow_ms: 1500,
+        ..two_gpus()
+    });
+    let (mut s, store, mut rx) = sampler(&fake, Duration::from_millis(400));
+    s.sample(Instant::now()).await;
+    let first = drain(&mut rx);
+    assert_eq!(unavailable(&first).len(), 1, "{first:?}");
+    assert!(unavailable(&first)[0].contains("longer than"), "{first:?}");
+    assert_eq!(store.latest("GPUAvailable", &[]), Some(0.0));
+    fake.set(&two_gpus());
+    let mut seen = first;
+    assert!(
+        sample_until(&mut s, &mut rx, &mut seen, |e| available(e) == 1).await,
+        "never re-initialised: {seen:?}"
+    );
+    assert_eq!(unavailable(&seen).len(), 1, "reported once: {seen:?}");
+    assert_eq!(store.latest("GPUAvailable", &[]), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_reload_drops_the_handle_and_reinitialises() {
+    let fake = FakeNvml::new(&two_gpus());
+    let (mut s, store, mut rx) = sampler(&fake, Duration::from_secs(10));
+    s.sample(Instant::now()).await;
+    assert_eq!(
+        drain(&mut rx),
+        vec![TelemetryEvent::NvmlAvailable { gpus: 2 }]
+    );
+
+    // The driver is reloaded (another version): the old handle answers LIB_RM_VERSION_MISMATCH.
+    let mut reloaded = two_gpus();
+    reloaded.driver_generation = 1;
+    reloaded.gpus[0].util = 77;
+    fake.set(&reloaded);
+    let mut seen = Vec::new();
+    assert!(
+        sample_until(&mut s, &mut rx, &mut seen, |e| available(e) == 1).await,
+        "never came back after the reload: {seen:?}"
+    );
+    let down = unavailable(&seen);
+    assert_eq!(down.len(), 1, "{seen:?}");
+    assert!(down[0].to_lowercase().contains("version"), "{down:?}");
+    // Unavailable, then available, in that order.
+    assert!(
+        matches!(seen[0], TelemetryEvent::NvmlUnavailable { .. }),
+        "{seen:?}"
+    );
+    s.sample(Instant::now()).await;
+    assert_eq!(
+        store.latest("GPUUtilization", &[(Dim::Gpu, "0")]),
+        Some(77.0),
+        "values from the new handle"
+    );
+    assert_eq!(store.latest("GPUAvailable", &[]), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_going_away_is_retried_until_it_is_back() {
+    let fake = FakeNvml::new(&two_gpus());
+    let (mut s, store, mut rx) = sampler(&fake, Duration::from_secs(10));
+    s.sample(Instant::now()).await;
+    assert_eq!(available(&drain(&mut rx)), 1);
+
+    // Unloaded under a live handle: every call says DRIVER_NOT_LOADED, and so does init.
+    fake.set(&FakeState {
+        driver_error: Some(9),
+        ..two_gpus()
+    });
+    let mut seen = Vec::new();
+    assert!(
+        sample_until(&mut s, &mut rx, &mut seen, |e| !unavailable(e).is_empty()).await,
+        "{seen:?}"
+    );
+    assert_eq!(store.latest("GPUAvailable", &[]), Some(0.0));
+    // Several re-init attempts fail while it is away; one event, no flapping.
+    for _ in 0..6 {
+        s.sample(Instant::now()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen.extend(drain(&mut rx));
+    assert_eq!(unavailable(&seen).len(), 1, "{seen:?}");
+    assert_eq!(available(&seen), 0, "{seen:?}");
+    assert!(!s.available());
+
+    fake.set(&two_gpus());
+    assert!(
+        sample_until(&mut s, &mut rx, &mut seen, |e| available(e) == 1).await,
+        "{seen:?}"
+    );
+    assert!(s.available());
+    assert_eq!(store.latest("GPUAvailable", &[]), Some(1.0));
+}
+
+#[test]
+fn init_backoff_doubles_up_to_init_retry() {
+    use warden::telemetry::nvml::init_backoff;
+    let max = Duration::from_secs(60);
+    let delays: Vec<u64> = (0..8).map(|f| init_backoff(f, max).as_secs()).collect();
+    assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+    assert_eq!(init_backoff(u32::MAX, max), max);
+}

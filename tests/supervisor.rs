@@ -601,3 +601,126 @@ async fn a_child_that_never_becomes_ready_is_killed_after_start_timeout() {
     assert!(replaced.is_some(), "never killed\n{}", agent.log());
     assert!(wait_until(LONG, || process_gone(first).then_some(())).is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_never_ready_within_start_timeout_pages_model_down() {
+    // One hangs while loading (killed at start_timeout), one keeps exiting before it is ready
+    // (never a crash loop here): both are down once start_timeout passes without a ready.
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"model-down\"\nevent = \"model-down\"\nfor = \"0s\"\nseverity = \"critical\"\nsummary = \"Model {{Model}} is down\"\n",
+    )
+    .unwrap();
+    let models = format!(
+        "[alerts]\nrules = [{:?}]\nevaluation_interval = \"200ms\"\n\n{}{}",
+        rules.display().to_string(),
+        fake_model(
+            "sleepy",
+            free_port(),
+            &["--load-delay", "3600"],
+            "start_timeout = \"1s\"\nrestart_initial_backoff = \"100ms\"",
+        ),
+        fake_model(
+            "quitter",
+            free_port(),
+            &["--exit-code", "3"],
+            "start_timeout = \"1s\"\nrestart_initial_backoff = \"100ms\"\nrestart_max_backoff = \"200ms\"\ncrash_loop_exits = 1000",
+        ),
+    );
+    let agent = Agent::start(&models);
+    let mut events = agent.client().await;
+    events.subscribe().await.unwrap();
+    let mut seen: Vec<SupervisorEvent> = Vec::new();
+    let down = |seen: &[SupervisorEvent], model: &str| {
+        seen.iter().position(|e| {
+            e.model == model
+                && matches!(&e.kind, EventKind::ModelDown { reason } if reason == "not ready after 1s")
+        })
+    };
+    while down(&seen, "sleepy").is_none() || down(&seen, "quitter").is_none() {
+        let e = tokio::time::timeout(LONG, events.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("no model-down; saw {seen:#?}\n{}", agent.log()))
+            .unwrap();
+        seen.push(e);
+    }
+    // The hung one is reported down no later than it is killed for the timeout.
+    let sleepy_down = down(&seen, "sleepy").unwrap();
+    if let Some(killed) = seen
+        .iter()
+        .position(|e| e.model == "sleepy" && matches!(e.kind, EventKind::Exited { .. }))
+    {
+        assert!(sleepy_down < killed, "{seen:#?}");
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::CrashLoop { .. })),
+        "{seen:#?}"
+    );
+    // Once per not-ready spell, not once per attempt.
+    let quitter_downs = seen
+        .iter()
+        .filter(|e| e.model == "quitter" && matches!(e.kind, EventKind::ModelDown { .. }))
+        .count();
+    assert_eq!(quitter_downs, 1, "{seen:#?}");
+    // And the model-down rule pages for both.
+    let firing = wait_until_async(LONG, || async {
+        let mut ctl = agent.client().await;
+        let a = ctl.call("alerts", serde_json::json!({})).await.ok()?;
+        let mut models: Vec<String> = a["alerts"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["rule"] == "model-down" && a["state"] == "firing")
+            .filter_map(|a| a["labels"]["Model"].as_str().map(str::to_string))
+            .collect();
+        models.sort();
+        (models.len() == 2).then_some(models)
+    })
+    .await;
+    assert_eq!(
+        firing,
+        Some(vec!["quitter".to_string(), "sleepy".to_string()]),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_says_which_changed_sections_need_a_restart() {
+    let port = free_port();
+    let model = fake_model("steady", port, &[], "");
+    let agent = Agent::start(&model);
+    let before = agent.wait_ready(&["steady"]).await;
+    // Sections that cannot change live, beside a model change that can.
+    agent.rewrite(&format!(
+        "[gpu]\ncall_timeout = \"750ms\"\n[api]\nmax_concurrency = 64\n\n{}",
+        fake_model("steady", port, &["--tag", "two"], "")
+    ));
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    let warned = wait_until(LONG, || {
+        let log = agent.log();
+        log.lines()
+            .find(|l| l.contains("NOT applied until"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no restart warning\n{}", agent.log()));
+    assert!(warned.contains("gpu, api"), "{warned}");
+    assert!(!warned.contains("models"), "{warned}");
+    // The model change itself was applied.
+    let replaced = wait_until_async(LONG, || async {
+        let s = agent.status().await["steady"].clone();
+        (s.state == ModelState::Ready && s.pid != Some(before["steady"])).then_some(())
+    })
+    .await;
+    assert!(replaced.is_some(), "{}", agent.log());
+    let reloaded = agent
+        .log()
+        .lines()
+        .find(|l| l.contains("SIGHUP: configuration reloaded"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(reloaded.contains("applied=[\"models\"]"), "{reloaded}");
+}

@@ -28,6 +28,7 @@ fn sampler_config(fake: &FakeNvml, state_dir: &Path, call_timeout_ms: u64) -> Sa
         nvml: NvmlSamplerConfig {
             library: fake.lib_path().to_path_buf(),
             call_timeout: Duration::from_millis(call_timeout_ms),
+            init_timeout: warden::telemetry::nvml::DEFAULT_INIT_TIMEOUT,
             init_retry: Duration::from_millis(200),
         },
         state_dir: state_dir.to_path_buf(),
@@ -365,8 +366,8 @@ async fn two_gpus_and_latency_reach_cloudwatch_and_prometheus_in_one_call() {
         "warden_gpu_temperature_celsius{host=\"test-host\",gpu=\"1\"} 78",
         "warden_gpu_power_draw_watts{host=\"test-host\",gpu=\"0\"} 120",
         "warden_model_requests_total{host=\"test-host\",model=\"alpha\"} 100",
-        "warden_model_latency_ms_count{host=\"test-host\",model=\"alpha\"} 100",
-        "warden_model_latency_ms_bucket{host=\"test-host\",model=\"alpha\",le=\"10\"} 90",
+        "warden_model_latency_seconds_count{host=\"test-host\",model=\"alpha\"} 100",
+        "warden_model_latency_seconds_bucket{host=\"test-host\",model=\"alpha\",le=\"0.01\"} 90",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -229,7 +229,9 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
                     "breaching",
                     Duration::from_secs(60),
                 ),
-                EventSource::ModelCrashLoop | EventSource::GpuXid => {
+                EventSource::ModelCrashLoop
+                | EventSource::GpuXid
+                | EventSource::AwsAccessDenied => {
                     skipped.push((
                         rule.name.clone(),
                         format!("{} is detected on the host only", source.as_str()),

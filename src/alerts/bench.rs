@@ -147,6 +147,7 @@ impl AlertsBench {
             nvml: NvmlSamplerConfig {
                 library: lib,
                 call_timeout: Duration::from_millis(500),
+                init_timeout: crate::telemetry::nvml::DEFAULT_INIT_TIMEOUT,
                 init_retry: Duration::from_secs(60),
             },
             state_dir: dir.clone(),

@@ -16,7 +16,7 @@ pub mod state;
 use crate::config::{Config, ConfigErrors};
 use crate::control::{Dispatcher, MethodError, Params};
 use crate::supervisor::{EventKind, SupervisorEvent};
-use crate::telemetry::{Dim, MetricStore, SeriesKey, TelemetryEvent};
+use crate::telemetry::{Dim, MetricStore, SeriesKey, TelemetryEvent, drops};
 use evaluator::{AlertState, Labels, Notification, Observation, Settings, Signal};
 use rules::{Condition, EventSource, MetricCondition, Rule};
 use serde_json::{Value, json};
@@ -105,8 +105,8 @@ fn filter_matches(m: &MetricCondition, key: &SeriesKey) -> bool {
 
 /// Reads the store for one metric rule: one observation per matching series.
 pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> Vec<Observation> {
-    let since =
-        UNIX_EPOCH + Duration::from_millis(now_ms.saturating_sub(m.window.as_millis() as u64));
+    // Histories are one point per one-second bucket, so a window spans the same time at any
+    // request rate (store.rs); rule validation keeps windows within what the store retains.
     let history = |key: &SeriesKey| -> Vec<evaluator::Sample> {
         store
             .history(key)
@@ -142,12 +142,11 @@ pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> 
             if !filter_matches(m, &h.key) {
                 continue;
             }
-            let samples: Vec<evaluator::Sample> = store
-                .latency_samples(&h.key, since)
-                .into_iter()
-                .map(|(t, v)| (ms(t), v))
-                .collect();
-            if let Some(v) = evaluator::reduce(m.reducer, &samples, now_ms, m.window) {
+            let now = UNIX_EPOCH + Duration::from_millis(now_ms);
+            let v = store
+                .latency_window(&h.key, now, m.window)
+                .and_then(|w| evaluator::reduce_latency(m.reducer, &w));
+            if let Some(v) = v {
                 out.push(Observation {
                     labels,
                     signal: Signal::Value(v),
@@ -209,11 +208,31 @@ impl AlertsSettings {
 struct Core {
     settings: AlertsSettings,
     state: PersistedState,
-    file: StateFile,
-    /// What was last written, to write only on real changes.
+    /// What was last handed to the writer, to write only on real changes.
     saved_signature: Vec<(String, AlertState, Option<u64>, Option<String>)>,
-    saved_extra: (usize, usize),
-    outboxes: Vec<Arc<notify::Outbox>>,
+    saved_extra: (usize, usize, usize),
+    /// Each snapshot's number: the writer never replaces a newer file with an older one.
+    generation: u64,
+    outboxes: Vec<(&'static str, Arc<notify::Outbox>)>,
+}
+
+/// An unsent notification the outboxes give up on after this long (a day of pages that could
+/// not even be written to disk): counted in `RecordsDropped{Sink=notify}` instead.
+const UNSENT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// At most this many unsent notifications are kept (the oldest go first, counted).
+const UNSENT_MAX: usize = 1000;
+
+/// The state to write, taken under the lock and written after it is released.
+struct Snapshot {
+    generation: u64,
+    state: PersistedState,
+}
+
+/// One notification for one outbox.
+struct EnqueueJob {
+    channel: &'static str,
+    outbox: Arc<notify::Outbox>,
+    unsent: state::Unsent,
 }
 
 impl Core {
@@ -233,23 +252,37 @@ impl Core {
             .collect()
     }
 
-    fn persist(&mut self, force: bool) {
-        let sig = self.signature();
-        let extra = (self.state.silences.len(), self.state.events.len());
-        if !force && sig == self.saved_signature && extra == self.saved_extra {
-            return;
-        }
-        match self.file.save(&self.state) {
-            Ok(()) => {
-                self.saved_signature = sig;
-                self.saved_extra = extra;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot persist alert state"),
-        }
+    fn extra(&self) -> (usize, usize, usize) {
+        (
+            self.state.silences.len(),
+            self.state.events.len(),
+            self.state.unsent.len(),
+        )
     }
 
-    /// One evaluation of every rule at `now`; notifications go to every outbox.
-    fn tick(&mut self, store: &MetricStore, now: u64) -> Vec<Notification> {
+    /// A copy of the state to write, when it changed since the last one (or `force`).
+    fn snapshot(&mut self, force: bool) -> Option<Snapshot> {
+        let sig = self.signature();
+        let extra = self.extra();
+        if !force && sig == self.saved_signature && extra == self.saved_extra {
+            return None;
+        }
+        self.saved_signature = sig;
+        self.saved_extra = extra;
+        self.generation += 1;
+        Some(Snapshot {
+            generation: self.generation,
+            state: self.state.clone(),
+        })
+    }
+
+    /// The last write failed: the next evaluation tries again.
+    fn save_failed(&mut self) {
+        self.saved_extra = (usize::MAX, 0, 0);
+    }
+
+    /// One evaluation of every rule at `now`.
+    fn evaluate(&mut self, store: &MetricStore, now: u64) -> Vec<Notification> {
         let mut sent = Vec::new();
         self.state.silences.retain(|s| s.active(now));
         for rule in &self.settings.rules {
@@ -306,15 +339,81 @@ impl Core {
                     dedupe_key = %n.dedupe_key, kind = n.kind.as_str(), "alert {}: {}", n.kind.as_str(), n.summary)
                 }
             }
-            for o in &self.outboxes {
-                if let Err(e) = o.enqueue(n) {
-                    tracing::error!(error = %e, rule = %n.rule, "cannot spool alert notification");
-                }
+        }
+        sent
+    }
+
+    /// What to hand to the outboxes now: every notification still unsent (oldest first), then
+    /// `sent` for each channel. Unsent ones past their age are given up and counted.
+    fn enqueue_jobs(
+        &mut self,
+        sent: &[Notification],
+        now: u64,
+        store: &MetricStore,
+    ) -> Vec<EnqueueJob> {
+        let max_age = UNSENT_MAX_AGE.as_millis() as u64;
+        let before = self.state.unsent.len();
+        let unsent = std::mem::take(&mut self.state.unsent);
+        let mut jobs = Vec::new();
+        for u in unsent {
+            if now.saturating_sub(u.first_failed_ms) > max_age {
+                continue;
+            }
+            // A channel that is gone (config changed) cannot take it either.
+            if let Some((channel, outbox)) = self.outboxes.iter().find(|(c, _)| *c == u.channel) {
+                jobs.push(EnqueueJob {
+                    channel,
+                    outbox: outbox.clone(),
+                    unsent: u,
+                });
             }
         }
-        // Spooled first, then state: a crash in between repeats a message, never loses one.
-        self.persist(false);
-        sent
+        let given_up = before - jobs.len();
+        if given_up > 0 {
+            tracing::error!(
+                notifications = given_up,
+                "alert notifications never reached their outbox; given up"
+            );
+            drops::record(
+                Some(store),
+                drops::sink::NOTIFY,
+                drops::reason::SPOOL_WRITE,
+                given_up as u64,
+            );
+        }
+        for n in sent {
+            for (channel, outbox) in &self.outboxes {
+                jobs.push(EnqueueJob {
+                    channel,
+                    outbox: outbox.clone(),
+                    unsent: state::Unsent {
+                        channel: channel.to_string(),
+                        notification: n.clone(),
+                        attempts: 0,
+                        first_failed_ms: now,
+                    },
+                });
+            }
+        }
+        jobs
+    }
+
+    /// Keeps what the outboxes could not take, for the next evaluation.
+    fn requeue(&mut self, failed: Vec<state::Unsent>, store: &MetricStore) {
+        // Anything queued meanwhile (none: evaluations are serialised) would be newer.
+        let mut unsent = failed;
+        unsent.append(&mut self.state.unsent);
+        if unsent.len() > UNSENT_MAX {
+            let over = unsent.len() - UNSENT_MAX;
+            unsent.drain(..over);
+            drops::record(
+                Some(store),
+                drops::sink::NOTIFY,
+                drops::reason::QUEUE_FULL,
+                over as u64,
+            );
+        }
+        self.state.unsent = unsent;
     }
 
     fn on_event(&mut self, source: EventSource, labels: Labels, active: bool, at: u64) {
@@ -340,12 +439,52 @@ impl Core {
         }
     }
 
+    /// Every condition of `source` whose labels include `matching` is over.
+    fn clear_matching(&mut self, source: EventSource, matching: &Labels) {
+        for c in self.state.events.iter_mut().filter(|c| {
+            c.source == source && matching.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+        }) {
+            c.active = false;
+        }
+    }
+
     /// Model back up: it is neither down nor crash-looping any more.
     fn model_up(&mut self, model: &str, at: u64) {
         for source in [EventSource::ModelDown, EventSource::ModelCrashLoop] {
             self.on_event(source, model_labels(model), false, at);
         }
     }
+}
+
+/// Hands each job to its outbox in order; a channel that failed takes nothing more this round
+/// (its later notifications would overtake the failed one). Returns what was not taken.
+fn enqueue_all(jobs: Vec<EnqueueJob>) -> Vec<state::Unsent> {
+    let mut failed_channels: Vec<&'static str> = Vec::new();
+    let mut failed = Vec::new();
+    for mut job in jobs {
+        if failed_channels.contains(&job.channel) {
+            failed.push(job.unsent);
+            continue;
+        }
+        match job.outbox.enqueue(&job.unsent.notification) {
+            Ok(()) => {
+                if job.unsent.attempts > 0 {
+                    tracing::info!(channel = job.channel, rule = %job.unsent.notification.rule,
+                        attempts = job.unsent.attempts + 1, "alert notification spooled after retrying");
+                }
+            }
+            Err(e) => {
+                job.unsent.attempts = job.unsent.attempts.saturating_add(1);
+                if job.unsent.attempts == 1 {
+                    tracing::error!(error = %e, channel = job.channel, rule = %job.unsent.notification.rule,
+                        "cannot spool alert notification; kept and retried at the next evaluation");
+                }
+                failed_channels.push(job.channel);
+                failed.push(job.unsent);
+            }
+        }
+    }
+    failed
 }
 
 fn model_labels(model: &str) -> Labels {
@@ -362,10 +501,33 @@ fn id_param(p: &Params, key: &str) -> Result<String, MethodError> {
     p.str(key).map(str::to_string)
 }
 
+/// Writes state snapshots in order of their generation, off the async workers.
+struct StateWriter {
+    file: StateFile,
+    /// The generation on disk.
+    written: Mutex<u64>,
+}
+
+impl StateWriter {
+    /// Blocking: temp file, fsync, rename. An older snapshot than the file's is skipped.
+    fn write(&self, snap: &Snapshot) -> Result<(), AlertsError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if snap.generation <= *written {
+            return Ok(());
+        }
+        self.file.save(&snap.state)?;
+        *written = snap.generation;
+        Ok(())
+    }
+}
+
 /// The running alert engine; cheap to clone.
 #[derive(Clone)]
 pub struct AlertsHandle {
     core: Arc<Mutex<Core>>,
+    writer: Arc<StateWriter>,
+    /// One evaluation at a time, so outboxes receive notifications in evaluation order.
+    evaluating: Arc<tokio::sync::Mutex<()>>,
     store: Arc<MetricStore>,
     wake: Arc<tokio::sync::Notify>,
     clock: Clock,
@@ -451,8 +613,10 @@ impl AlertsHandle {
         let mut tasks = Vec::new();
         let mut outboxes = Vec::new();
         for channel in channels {
-            let outbox =
-                notify::Outbox::open(&state_dir.join(format!("spool-{}", channel.name())))?;
+            let outbox = notify::Outbox::open(
+                &state_dir.join(format!("spool-{}", channel.name())),
+                Some(store.clone()),
+            )?;
             if outbox.pending() > 0 {
                 tracing::info!(
                     channel = channel.name(),
@@ -460,7 +624,7 @@ impl AlertsHandle {
                     "replaying spooled alert notifications"
                 );
             }
-            outboxes.push(outbox.clone());
+            outboxes.push((channel.name(), outbox.clone()));
             tasks.push(tokio::spawn(notify::run_worker(
                 outbox,
                 channel,
@@ -471,13 +635,18 @@ impl AlertsHandle {
         let core = Core {
             settings,
             state,
-            file,
             saved_signature: Vec::new(),
-            saved_extra: (usize::MAX, 0),
+            saved_extra: (usize::MAX, 0, 0),
+            generation: 0,
             outboxes,
         };
         let handle = AlertsHandle {
             core: Arc::new(Mutex::new(core)),
+            writer: Arc::new(StateWriter {
+                file,
+                written: Mutex::new(0),
+            }),
+            evaluating: Arc::new(tokio::sync::Mutex::new(())),
             store,
             wake: Arc::new(tokio::sync::Notify::new()),
             clock,
@@ -486,7 +655,7 @@ impl AlertsHandle {
             let mut core = handle.lock();
             let sig = core.signature();
             core.saved_signature = sig;
-            core.saved_extra = (core.state.silences.len(), core.state.events.len());
+            core.saved_extra = core.extra();
             let firing = core
                 .state
                 .evaluator
@@ -500,16 +669,27 @@ impl AlertsHandle {
         }
         let h = handle.clone();
         tasks.push(tokio::spawn(async move {
-            let interval = h.lock().settings.evaluation_interval;
+            let every = |interval: Duration| {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            };
+            let mut interval = h.lock().settings.evaluation_interval;
             // The first evaluation waits a full interval: at start the store is empty, and an
             // immediate tick would race callers of `evaluate_now`.
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = every(interval);
             loop {
+                // A reload may have changed the interval.
+                let now_interval = h.lock().settings.evaluation_interval;
+                if now_interval != interval {
+                    interval = now_interval;
+                    tick = every(interval);
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => {
-                        h.lock().persist(true);
+                        let snap = h.lock().snapshot(true);
+                        h.save(snap).await;
                         return;
                     }
                     _ = tick.tick() => {}
@@ -523,17 +703,74 @@ impl AlertsHandle {
                         None => continue,
                     },
                 }
-                h.evaluate_now();
+                h.evaluate_now().await;
             }
         }));
         Ok((handle, tasks))
     }
 
     /// One evaluation of every rule at the clock's now (the loop calls it each interval and
-    /// on events); returns the notifications it spooled.
-    pub fn evaluate_now(&self) -> Vec<Notification> {
+    /// on events); returns the notifications it raised. Each goes to every outbox; one an
+    /// outbox cannot take (disk full) stays due and is retried at the next evaluation.
+    /// Spool appends and the state write run on a blocking thread, outside the engine's lock.
+    pub async fn evaluate_now(&self) -> Vec<Notification> {
+        let _one_at_a_time = self.evaluating.lock().await;
         let now = (self.clock)();
-        self.lock().tick(&self.store, now)
+        let (sent, jobs) = {
+            let mut core = self.lock();
+            let sent = core.evaluate(&self.store, now);
+            let jobs = core.enqueue_jobs(&sent, now, &self.store);
+            (sent, jobs)
+        };
+        let failed = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            match tokio::task::spawn_blocking(move || enqueue_all(jobs)).await {
+                Ok(f) => f,
+                Err(e) => {
+                    // Not expected (enqueue does not panic); the notifications are lost: count.
+                    tracing::error!(error = %e, "alert spooling task failed");
+                    drops::record(
+                        Some(&self.store),
+                        drops::sink::NOTIFY,
+                        drops::reason::SPOOL_WRITE,
+                        sent.len() as u64,
+                    );
+                    Vec::new()
+                }
+            }
+        };
+        // Spooled first, then state: a crash in between repeats a message, never loses one.
+        let snap = {
+            let mut core = self.lock();
+            core.requeue(failed, &self.store);
+            core.snapshot(false)
+        };
+        self.save(snap).await;
+        sent
+    }
+
+    /// Writes a snapshot on a blocking thread; a failure is logged and retried next time.
+    async fn save(&self, snap: Option<Snapshot>) {
+        let Some(snap) = snap else { return };
+        let writer = self.writer.clone();
+        let result = tokio::task::spawn_blocking(move || writer.write(&snap))
+            .await
+            .unwrap_or_else(|e| {
+                Err(AlertsError::Io {
+                    what: "saving alert state".into(),
+                    source: std::io::Error::other(e),
+                })
+            });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot persist alert state");
+            self.lock().save_failed();
+        }
+    }
+
+    /// Notifications raised but not yet in every outbox (retried at each evaluation).
+    pub fn unsent(&self) -> usize {
+        self.lock().state.unsent.len()
     }
 
     /// Feeds a supervisor event into the event rules.
@@ -579,14 +816,31 @@ impl AlertsHandle {
             TelemetryEvent::NvmlAvailable { .. } => {
                 core.on_event(EventSource::NvmlUnavailable, Labels::new(), false, at)
             }
-            // Not yet an event rule: the sinks log and count these.
-            TelemetryEvent::AwsAccessDenied { .. } | TelemetryEvent::AwsAccessRestored { .. } => {}
+            TelemetryEvent::AwsAccessDenied {
+                sink,
+                operation,
+                permission,
+                error: _,
+            } => {
+                let labels: Labels = [
+                    ("Sink".to_string(), sink.clone()),
+                    ("Operation".to_string(), operation.clone()),
+                    ("Permission".to_string(), permission.clone()),
+                ]
+                .into();
+                core.on_event(EventSource::AwsAccessDenied, labels, true, at)
+            }
+            // Any successful call means the sink's credentials and permissions work again.
+            TelemetryEvent::AwsAccessRestored { sink } => core.clear_matching(
+                EventSource::AwsAccessDenied,
+                &[("Sink".to_string(), sink.clone())].into(),
+            ),
         }
     }
 
     /// Notifications spooled and not yet delivered, over every channel.
     pub fn undelivered(&self) -> u64 {
-        self.lock().outboxes.iter().map(|o| o.pending()).sum()
+        self.lock().outboxes.iter().map(|(_, o)| o.pending()).sum()
     }
 
     /// Swaps in new rules and settings (SIGHUP); alert state of surviving rules is kept.
@@ -637,7 +891,7 @@ impl AlertsHandle {
         json!({ "alerts": alerts, "silences": silences })
     }
 
-    pub fn silence(
+    pub async fn silence(
         &self,
         matchers: Labels,
         duration: Duration,
@@ -646,31 +900,40 @@ impl AlertsHandle {
     ) -> String {
         let id = uuid::Uuid::new_v4().to_string();
         let now = (self.clock)();
-        let mut core = self.lock();
-        core.state.silences.push(evaluator::Silence {
-            id: id.clone(),
-            matchers,
-            expires_ms: now.saturating_add(duration.as_millis() as u64),
-            creator: creator.to_string(),
-            comment: comment.to_string(),
-        });
-        core.persist(true);
+        let snap = {
+            let mut core = self.lock();
+            core.state.silences.push(evaluator::Silence {
+                id: id.clone(),
+                matchers,
+                expires_ms: now.saturating_add(duration.as_millis() as u64),
+                creator: creator.to_string(),
+                comment: comment.to_string(),
+            });
+            core.snapshot(true)
+        };
+        self.save(snap).await;
         id
     }
 
-    pub fn unsilence(&self, id: &str) -> bool {
-        let mut core = self.lock();
-        let before = core.state.silences.len();
-        core.state.silences.retain(|s| s.id != id);
-        let removed = core.state.silences.len() < before;
-        core.persist(true);
+    pub async fn unsilence(&self, id: &str) -> bool {
+        let (removed, snap) = {
+            let mut core = self.lock();
+            let before = core.state.silences.len();
+            core.state.silences.retain(|s| s.id != id);
+            let removed = core.state.silences.len() < before;
+            (removed, core.snapshot(true))
+        };
+        self.save(snap).await;
         removed
     }
 
-    pub fn ack(&self, id: &str, by: &str) -> bool {
-        let mut core = self.lock();
-        let found = core.state.evaluator.ack(id, by);
-        core.persist(true);
+    pub async fn ack(&self, id: &str, by: &str) -> bool {
+        let (found, snap) = {
+            let mut core = self.lock();
+            let found = core.state.evaluator.ack(id, by);
+            (found, core.snapshot(true))
+        };
+        self.save(snap).await;
         found
     }
 
@@ -758,7 +1021,9 @@ impl AlertsHandle {
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string();
-                let id = h.silence(matchers, Duration::from_secs(secs), &creator, &comment);
+                let id = h
+                    .silence(matchers, Duration::from_secs(secs), &creator, &comment)
+                    .await;
                 h.wake.notify_one();
                 Ok(json!({ "id": id }))
             }
@@ -768,7 +1033,7 @@ impl AlertsHandle {
             let h = h.clone();
             async move {
                 let id = id_param(&p, "silence_id")?;
-                if h.unsilence(&id) {
+                if h.unsilence(&id).await {
                     Ok(json!({ "id": id }))
                 } else {
                     Err(MethodError::new("not_found", format!("no silence {id:?}")))
@@ -781,7 +1046,7 @@ impl AlertsHandle {
             async move {
                 let id = id_param(&p, "alert_id")?;
                 let by = p.str("by")?.to_string();
-                if h.ack(&id, &by) {
+                if h.ack(&id, &by).await {
                     Ok(json!({ "id": id, "acked_by": by }))
                 } else {
                     Err(MethodError::new("not_found", format!("no alert {id:?}")))
@@ -794,5 +1059,136 @@ impl AlertsHandle {
 impl crate::api::MetricsText for AlertsHandle {
     fn render(&self) -> String {
         self.render_prometheus()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const AWS_RULE: &str = "[[rule]]\nname = \"aws-access-denied\"\nevent = \"aws-access-denied\"\nfor = \"0s\"\nseverity = \"critical\"\nsummary = \"{{Sink}}: grant {{Permission}} for {{Operation}}\"\n";
+
+    fn engine(rules: &str) -> (AlertsHandle, Arc<AtomicU64>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AlertsSettings {
+            rules: rules::parse(std::path::Path::new("r.toml"), rules).unwrap(),
+            evaluation_interval: Duration::from_secs(3600),
+            evaluator: Settings {
+                repeat_interval: Duration::from_secs(3600),
+                resolved_retention: RESOLVED_RETENTION,
+            },
+            context: notify::MessageContext {
+                host: "h".into(),
+                runbook_url: "r".into(),
+            },
+        };
+        let clock = Arc::new(AtomicU64::new(1_000_000));
+        let c = clock.clone();
+        let (_stx, srx) = broadcast::channel(4);
+        let (_ttx, trx) = broadcast::channel(4);
+        let (handle, _tasks) = AlertsHandle::start_with(
+            settings,
+            &dir.path().join("alerts"),
+            Vec::new(),
+            Arc::new(MetricStore::new("h", 60)),
+            srx,
+            trx,
+            Arc::new(move || c.load(Ordering::SeqCst)),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        (handle, clock, dir)
+    }
+
+    fn denied(sink: &str, operation: &str, permission: &str) -> TelemetryEvent {
+        TelemetryEvent::AwsAccessDenied {
+            sink: sink.into(),
+            operation: operation.into(),
+            permission: permission.into(),
+            error: "AccessDeniedException: not authorized".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn aws_access_denied_pages_with_the_permission_and_resolves_on_restored() {
+        let (h, clock, _dir) = engine(AWS_RULE);
+        h.telemetry_event(&denied("logs", "CreateLogGroup", "logs:CreateLogGroup"));
+        h.telemetry_event(&denied(
+            "cloudwatch",
+            "PutMetricData",
+            "cloudwatch:PutMetricData",
+        ));
+        let mut fired = h.evaluate_now().await;
+        fired.sort_by(|a, b| a.labels["Sink"].cmp(&b.labels["Sink"]));
+        assert_eq!(fired.len(), 2, "{fired:?}");
+        assert!(fired.iter().all(|n| n.kind.as_str() == "firing"));
+        assert_eq!(fired[0].labels["Sink"], "cloudwatch");
+        assert_eq!(fired[1].labels["Operation"], "CreateLogGroup");
+        assert_eq!(fired[1].labels["Permission"], "logs:CreateLogGroup");
+        assert_eq!(
+            fired[1].summary,
+            "logs: grant logs:CreateLogGroup for CreateLogGroup"
+        );
+        assert_eq!(fired[1].severity, rules::Severity::Critical);
+        // The same refusal again is the same alert, not a second page.
+        h.telemetry_event(&denied("logs", "CreateLogGroup", "logs:CreateLogGroup"));
+        clock.fetch_add(1000, Ordering::SeqCst);
+        assert!(h.evaluate_now().await.is_empty());
+        // Restored on one sink resolves that sink's alerts only.
+        h.telemetry_event(&TelemetryEvent::AwsAccessRestored {
+            sink: "logs".into(),
+        });
+        clock.fetch_add(1000, Ordering::SeqCst);
+        let resolved = h.evaluate_now().await;
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].kind.as_str(), "resolved");
+        assert_eq!(resolved[0].labels["Sink"], "logs");
+        let snap = h.snapshot();
+        let firing: Vec<&Value> = snap["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .collect();
+        assert_eq!(firing.len(), 1, "{snap}");
+        assert_eq!(firing[0]["labels"]["Sink"], "cloudwatch");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reloaded_evaluation_interval_takes_effect() {
+        let rule = "[[rule]]\nname = \"hot\"\nmetric = \"GPUUtilization\"\nop = \">\"\nthreshold = 90\nfor = \"0s\"\nseverity = \"info\"\n";
+        let (h, clock, dir) = engine(rule);
+        std::fs::write(dir.path().join("rules.toml"), rule).unwrap();
+        let config = crate::config::Config::parse(
+            &dir.path().join("w.toml"),
+            "[alerts]\nrules = [\"rules.toml\"]\nevaluation_interval = \"100ms\"\n",
+        )
+        .unwrap();
+        h.reload(&config).unwrap();
+        let firing = |gpu: &'static str| {
+            let h = h.clone();
+            async move {
+                for _ in 0..200 {
+                    let snap = h.snapshot();
+                    if snap["alerts"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|a| a["labels"]["GPU"] == gpu))
+                    {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                false
+            }
+        };
+        let at = UNIX_EPOCH + Duration::from_millis(clock.load(Ordering::SeqCst));
+        h.store
+            .set_gauge("GPUUtilization", &[(Dim::Gpu, "0")], 95.0, at);
+        assert!(firing("0").await, "{}", h.snapshot());
+        // No event or reload wakes the loop for this one: only the new 100 ms tick can.
+        h.store
+            .set_gauge("GPUUtilization", &[(Dim::Gpu, "1")], 95.0, at);
+        assert!(firing("1").await, "{}", h.snapshot());
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::config::{ConfigError, ConfigErrors, Locator, PathPart, line_col, parse_duration};
 use crate::telemetry::catalog::{self, Dim, Kind};
+use crate::telemetry::store::MAX_WINDOW;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -97,6 +98,8 @@ pub enum EventSource {
     GpuLost,
     GpuXid,
     NvmlUnavailable,
+    /// A sink's AWS calls are refused (missing IAM permission, rejected credentials).
+    AwsAccessDenied,
 }
 
 impl EventSource {
@@ -107,6 +110,7 @@ impl EventSource {
             EventSource::GpuLost => "gpu-lost",
             EventSource::GpuXid => "gpu-xid",
             EventSource::NvmlUnavailable => "nvml-unavailable",
+            EventSource::AwsAccessDenied => "aws-access-denied",
         }
     }
 }
@@ -286,6 +290,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigErrors> {
                 if !r.filter.is_empty() {
                     err("where", "`where` does not apply to an event rule".into());
                 }
+                // Zero would resolve a point event on the evaluation that raised it.
+                if resolve_after.is_some_and(|d| d.is_zero()) {
+                    err("resolve_after", "resolve_after must be more than 0s".into());
+                }
                 Some(Condition::Event {
                     source,
                     resolve_after: resolve_after.unwrap_or(DEFAULT_RESOLVE_AFTER),
@@ -345,6 +353,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigErrors> {
                 let window = window.unwrap_or(Duration::from_secs(60));
                 if window.is_zero() && r.window.is_some() {
                     err("window", "window must be more than 0s".into());
+                }
+                if window > MAX_WINDOW {
+                    // The store keeps this much history; a longer window would silently
+                    // reduce over less than it says.
+                    err(
+                        "window",
+                        format!(
+                            "window {} exceeds the {} of history the agent keeps",
+                            humantime::format_duration(window),
+                            humantime::format_duration(MAX_WINDOW)
+                        ),
+                    );
                 }
                 let op = r.op.unwrap_or_else(|| {
                     err("name", format!("metric rule {:?} needs `op`", r.name));
@@ -494,6 +514,7 @@ mod tests {
             "gpu-lost",
             "gpu-xid",
             "gpu-temperature-high",
+            "aws-access-denied",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
@@ -503,6 +524,45 @@ mod tests {
             .unwrap();
         assert_eq!(high.severity, Severity::Warning);
         assert_eq!(high.for_, Duration::from_secs(300));
+        let aws = rules
+            .iter()
+            .find(|r| r.name == "aws-access-denied")
+            .unwrap();
+        assert_eq!(aws.severity, Severity::Critical);
+        assert!(
+            matches!(
+                aws.condition,
+                Condition::Event {
+                    source: EventSource::AwsAccessDenied,
+                    ..
+                }
+            ),
+            "{aws:?}"
+        );
+        assert!(aws.summary.contains("{{Permission}}"), "{}", aws.summary);
+    }
+
+    #[test]
+    fn event_names_and_zero_durations_are_checked() {
+        let rules =
+            p("[[rule]]\nname = \"x\"\nevent = \"aws-access-denied\"\nseverity = \"critical\"\n")
+                .unwrap();
+        assert_eq!(
+            rules[0].condition,
+            Condition::Event {
+                source: EventSource::AwsAccessDenied,
+                resolve_after: DEFAULT_RESOLVE_AFTER
+            }
+        );
+        let e =
+            p("[[rule]]\nname = \"x\"\nevent = \"aws-acces-denied\"\nseverity = \"critical\"\n")
+                .unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (3, 9), "{e}");
+        assert!(e.0[0].message.contains("aws-access-denied"), "{e}");
+        let e = p("[[rule]]\nname = \"x\"\nevent = \"gpu-xid\"\nresolve_after = \"0s\"\nseverity = \"info\"\n")
+            .unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (4, 17), "{e}");
+        assert!(e.0[0].message.contains("more than 0s"), "{e}");
     }
 
     #[test]
@@ -523,5 +583,21 @@ mod tests {
         assert!(e.0[0].message.contains("distribution"), "{e}");
         let e = p("[[rule]]\nname = \"x\"\nevent = \"gpu-lost\"\nseverity = \"info\"\n[[rule]]\nname = \"x\"\nevent = \"gpu-xid\"\nseverity = \"info\"\n").unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].col), (6, 8), "{e}");
+    }
+
+    #[test]
+    fn windows_longer_than_the_retained_history_are_rejected_at_their_line() {
+        let rule = |w: &str| {
+            format!(
+                "[[rule]]\nname = \"x\"\nmetric = \"GPUUtilization\"\nreducer = \"avg\"\nwindow = \"{w}\"\nop = \">\"\nthreshold = 90\nseverity = \"info\"\n"
+            )
+        };
+        assert!(
+            p(&rule("10m")).is_ok(),
+            "the retained span itself is allowed"
+        );
+        let e = p(&rule("11m")).unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (5, 10), "{e}");
+        assert!(e.0[0].message.contains("exceeds"), "{e}");
     }
 }

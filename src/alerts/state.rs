@@ -3,7 +3,7 @@
 //! "firing"), silences, and the event conditions last seen.
 
 use super::AlertsError;
-use super::evaluator::{Evaluator, Labels, Silence};
+use super::evaluator::{Evaluator, Labels, Notification, Silence};
 use super::rules::EventSource;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -27,6 +27,21 @@ pub struct PersistedState {
     pub silences: Vec<Silence>,
     #[serde(default)]
     pub events: Vec<EventCondition>,
+    /// Notifications a channel's outbox could not take yet (disk full, I/O error): still due,
+    /// retried at each evaluation, oldest first.
+    #[serde(default)]
+    pub unsent: Vec<Unsent>,
+}
+
+/// A notification not yet in one channel's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unsent {
+    /// The outbox's channel name (`sns`, `slack`).
+    pub channel: String,
+    pub notification: Notification,
+    /// Enqueue attempts that failed so far.
+    pub attempts: u32,
+    pub first_failed_ms: u64,
 }
 
 /// Reads and writes the state file atomically (temp + rename + fsync).
@@ -115,5 +130,115 @@ mod tests {
         assert_eq!(file.load(), PersistedState::default());
         assert!(file.path().with_extension("json.corrupt").exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn instance(value: f64, threshold: f64) -> crate::alerts::evaluator::AlertInstance {
+        use crate::alerts::evaluator::{AlertInstance, AlertState};
+        AlertInstance {
+            id: "a".into(),
+            rule: "r".into(),
+            severity: crate::alerts::rules::Severity::Warning,
+            labels: Labels::new(),
+            state: AlertState::Firing,
+            value,
+            threshold,
+            pending_since_ms: 1,
+            firing_since_ms: Some(2),
+            resolved_at_ms: None,
+            last_notified_ms: Some(2),
+            summary: "s".into(),
+            acked_by: None,
+        }
+    }
+
+    #[test]
+    fn nan_and_infinite_values_are_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        let mut state = PersistedState::default();
+        for (id, v, t) in [
+            ("nan", f64::NAN, 1.0),
+            ("inf", f64::INFINITY, f64::NEG_INFINITY),
+            ("ok", 2.5, 90.0),
+        ] {
+            let mut i = instance(v, t);
+            i.id = id.into();
+            state.evaluator.instances.insert(id.into(), i);
+        }
+        file.save(&state).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(
+            text.contains("\"NaN\"") && text.contains("\"-inf\""),
+            "{text}"
+        );
+        let loaded = file.load();
+        let got = |id: &str| {
+            let i = &loaded.evaluator.instances[id];
+            (i.value, i.threshold)
+        };
+        assert!(got("nan").0.is_nan());
+        assert_eq!(got("nan").1, 1.0);
+        assert_eq!(got("inf"), (f64::INFINITY, f64::NEG_INFINITY));
+        assert_eq!(got("ok"), (2.5, 90.0));
+        assert!(!file.path().with_extension("json.corrupt").exists());
+    }
+
+    #[test]
+    fn old_files_with_null_values_load() {
+        // What serde_json wrote for NaN/Inf before: `null`, which an f64 field rejected.
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        let mut state = PersistedState::default();
+        state
+            .evaluator
+            .instances
+            .insert("a".into(), instance(3.0, 4.0));
+        let mut json = serde_json::to_value(&state).unwrap();
+        json["evaluator"]["instances"]["a"]["value"] = serde_json::Value::Null;
+        json["evaluator"]["instances"]["a"]["threshold"] = serde_json::Value::Null;
+        std::fs::create_dir_all(file.path().parent().unwrap()).unwrap();
+        std::fs::write(file.path(), serde_json::to_vec(&json).unwrap()).unwrap();
+        let loaded = file.load();
+        let i = &loaded.evaluator.instances["a"];
+        assert!(i.value.is_nan() && i.threshold.is_nan(), "{i:?}");
+        assert_eq!(
+            i.last_notified_ms,
+            Some(2),
+            "the rest of the alert survives"
+        );
+        assert!(!file.path().with_extension("json.corrupt").exists());
+    }
+
+    #[test]
+    fn unsent_notifications_are_part_of_the_state() {
+        use crate::alerts::evaluator::{Notification, NotificationKind};
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        let mut state = PersistedState::default();
+        state.unsent.push(Unsent {
+            channel: "slack".into(),
+            notification: Notification {
+                kind: NotificationKind::Firing,
+                dedupe_key: "k".into(),
+                alert_id: "a".into(),
+                rule: "r".into(),
+                severity: crate::alerts::rules::Severity::Critical,
+                labels: Labels::new(),
+                value: f64::NAN,
+                op: ">".into(),
+                threshold: 1.0,
+                since_ms: 1,
+                at_ms: 1,
+                summary: "s".into(),
+                description: String::new(),
+            },
+            attempts: 3,
+            first_failed_ms: 1,
+        });
+        file.save(&state).unwrap();
+        let loaded = file.load();
+        assert_eq!(loaded.unsent.len(), 1);
+        assert_eq!(loaded.unsent[0].attempts, 3);
+        assert!(loaded.unsent[0].notification.value.is_nan());
     }
 }

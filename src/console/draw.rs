@@ -2,7 +2,7 @@
 
 use super::app::{Alerts, App, Connection, Prompt, View, severity_rank};
 use super::event::plain;
-use crate::control::snapshot::{GpuRow, ModelRow};
+use crate::control::snapshot::{GpuRow, ModelRow, Snapshot};
 use crate::supervisor::{EventKind, LogStream, ModelState, SupervisorEvent};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -322,8 +322,13 @@ fn overview(app: &App, frame: &mut Frame, area: Rect) {
         1
     };
     let gpu_lines = snap.gpus.len().div_ceil(per_line).max(1) as u16 + 2;
-    let [gpus, models] =
-        Layout::vertical([Constraint::Length(gpu_lines), Constraint::Min(4)]).areas(area);
+    let sink_lines = sinks_lines(snap);
+    let [gpus, sinks, models] = Layout::vertical([
+        Constraint::Length(gpu_lines),
+        Constraint::Length(sink_lines.len() as u16 + 2),
+        Constraint::Min(4),
+    ])
+    .areas(area);
     let lines: Vec<Line> = if snap.gpus.is_empty() {
         let why = match snap.host.gpu_available {
             Some(false) => "NVML unavailable: no GPU metrics",
@@ -351,7 +356,59 @@ fn overview(app: &App, frame: &mut Frame, area: Rect) {
             .block(Block::bordered().title(format!(" GPUs ({}) ", snap.gpus.len()))),
         gpus,
     );
+    frame.render_widget(
+        Paragraph::new(sink_lines).block(Block::bordered().title(" Sinks ")),
+        sinks,
+    );
     models_table(app, frame, models, compact);
+}
+
+/// Each sink's backlog on one line, then what was dropped (by sink and reason) on the next.
+fn sinks_lines(snap: &Snapshot) -> Vec<Line<'static>> {
+    let mut backlog = Vec::new();
+    if snap.backlog.is_empty() {
+        backlog.push(Span::styled(
+            "no backlog reported",
+            Style::new().fg(Color::DarkGray),
+        ));
+    }
+    for (i, b) in snap.backlog.iter().enumerate() {
+        if i > 0 {
+            backlog.push(Span::raw(" │ "));
+        }
+        let color = if b.pending > 0 {
+            Color::Yellow
+        } else {
+            Color::Green
+        };
+        backlog.push(Span::raw(format!("{} ", b.sink)));
+        backlog.push(Span::styled(
+            format!("{} {} pending", b.pending, b.unit),
+            Style::new().fg(color),
+        ));
+    }
+    let drops = if snap.drops.is_empty() {
+        Line::from(vec![
+            Span::raw("dropped: "),
+            Span::styled("none", Style::new().fg(Color::Green)),
+        ])
+    } else {
+        let mut spans = vec![Span::styled(
+            "dropped: ",
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        )];
+        for (i, d) in snap.drops.iter().enumerate() {
+            if i > 0 {
+                spans.push(Span::raw(", "));
+            }
+            spans.push(Span::styled(
+                format!("{}/{} {}", d.sink, d.reason, d.records),
+                Style::new().fg(Color::Red),
+            ));
+        }
+        Line::from(spans)
+    };
+    vec![Line::from(backlog), drops]
 }
 
 fn gpu_line(g: &GpuRow, compact: bool, spark_width: usize) -> Line<'static> {

@@ -24,6 +24,37 @@ pub struct Snapshot {
     pub host: HostLine,
     pub gpus: Vec<GpuRow>,
     pub models: Vec<ModelRow>,
+    /// Records given up so far, per sink and reason (`RecordsDropped`), largest first.
+    #[serde(default)]
+    pub drops: Vec<DropCount>,
+    /// What each sink still has to deliver.
+    #[serde(default)]
+    pub backlog: Vec<SinkBacklog>,
+}
+
+/// `RecordsDropped{Sink,Reason}`: records this agent gave up on since it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DropCount {
+    pub sink: String,
+    pub reason: String,
+    pub records: u64,
+}
+
+/// One sink's pending work (spooled, not yet delivered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkBacklog {
+    pub sink: String,
+    pub pending: u64,
+    /// What `pending` counts: `batches`, `events`, `notifications`.
+    pub unit: String,
+}
+
+/// Reads one sink's backlog when a snapshot is taken.
+#[derive(Clone)]
+pub struct BacklogSource {
+    pub sink: &'static str,
+    pub unit: &'static str,
+    pub pending: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -99,6 +130,8 @@ pub struct SnapshotSource {
     pub store: Arc<MetricStore>,
     pub cloudwatch: SinkStatsSource,
     pub started: Instant,
+    /// Sinks whose backlog the overview shows, in display order.
+    pub backlogs: Vec<BacklogSource>,
 }
 
 impl SnapshotSource {
@@ -112,7 +145,23 @@ impl SnapshotSource {
             store,
             cloudwatch,
             started: Instant::now(),
+            backlogs: Vec::new(),
         }
+    }
+
+    /// Adds a sink's backlog to the overview.
+    pub fn with_backlog(
+        mut self,
+        sink: &'static str,
+        unit: &'static str,
+        pending: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.backlogs.push(BacklogSource {
+            sink,
+            unit,
+            pending: Arc::new(pending),
+        });
+        self
     }
 
     /// Takes the snapshot with `history` points per sparkline.
@@ -141,6 +190,16 @@ impl SnapshotSource {
             host,
             gpus,
             models,
+            drops: drop_counts(&self.store),
+            backlog: self
+                .backlogs
+                .iter()
+                .map(|b| SinkBacklog {
+                    sink: b.sink.to_string(),
+                    pending: (b.pending)(),
+                    unit: b.unit.to_string(),
+                })
+                .collect(),
         }
     }
 
@@ -181,6 +240,31 @@ pub fn sink_health(name: &str, source: &SinkStatsSource) -> SinkHealth {
         state: state.to_string(),
         detail,
     }
+}
+
+/// Every non-zero `RecordsDropped` series, largest first (then by sink and reason).
+pub fn drop_counts(store: &MetricStore) -> Vec<DropCount> {
+    let mut out: Vec<DropCount> = store
+        .series()
+        .iter()
+        .filter(|s| s.key.metric == "RecordsDropped")
+        .filter_map(|s| {
+            let sink = s.key.dim(Dim::Sink)?.to_string();
+            let reason = s.key.dim(Dim::Reason)?.to_string();
+            let records = crate::telemetry::drops::total(store, &sink, &reason);
+            (records > 0.0).then_some(DropCount {
+                sink,
+                reason,
+                records: records as u64,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.records
+            .cmp(&a.records)
+            .then_with(|| (&a.sink, &a.reason).cmp(&(&b.sink, &b.reason)))
+    });
+    out
 }
 
 fn tail(store: &MetricStore, metric: &'static str, dims: &[(Dim, &str)], n: usize) -> Vec<f64> {
@@ -249,10 +333,9 @@ fn model_row(
     }
 }
 
-/// How much a counter (points of running totals, oldest first) grew over the trailing
-/// `window` before `now`. Points before the window give the base; with none, the first point
-/// is the base less its own step (the store appends one point per increment of one; a longer
-/// history may have been truncated, so its first total is not all new).
+/// How much a counter (the store's history: a baseline point, then one running total per
+/// one-second bucket, oldest first) grew over the trailing `window` before `now`. The last
+/// point at or before the window's start is the base; with none, the first (the baseline).
 pub fn counter_increase(
     points: &[crate::telemetry::store::Point],
     now: SystemTime,
@@ -270,10 +353,9 @@ pub fn counter_increase(
     (last.value - base).max(0.0)
 }
 
+/// The total a history's increases count from: its first point (the store's baseline).
 fn first_base(points: &[crate::telemetry::store::Point]) -> f64 {
-    points
-        .first()
-        .map_or(0.0, |p| p.value - p.value.clamp(0.0, 1.0))
+    points.first().map_or(0.0, |p| p.value)
 }
 
 /// Requests per one-second bucket over the last `n` seconds, oldest first (a sparkline).
@@ -338,16 +420,17 @@ mod tests {
             counter_increase(&pts, at(120), Duration::from_secs(60)),
             8.0
         );
-        // A counter born inside the window counts from zero; a truncated one from its first.
-        let young = counter(&[(90, 1.0), (95, 2.0)]);
+        // A counter born inside the window counts from its baseline (0 for a new one, the
+        // dropped total for a truncated history), whatever the first bucket holds.
+        let young = counter(&[(89, 0.0), (90, 1000.0), (95, 2000.0)]);
         assert_eq!(
             counter_increase(&young, at(100), Duration::from_secs(60)),
-            2.0
+            2000.0
         );
-        let truncated = counter(&[(90, 500.0), (95, 503.0)]);
+        let truncated = counter(&[(89, 500.0), (90, 503.0), (95, 510.0)]);
         assert_eq!(
             counter_increase(&truncated, at(100), Duration::from_secs(60)),
-            4.0
+            10.0
         );
         assert_eq!(counter_increase(&[], at(100), Duration::from_secs(60)), 0.0);
     }
@@ -424,6 +507,29 @@ mod tests {
         assert_eq!(
             (idle.requests_per_sec, idle.error_percent, idle.p50_ms),
             (None, None, None)
+        );
+    }
+
+    #[test]
+    fn drop_counts_list_every_sink_and_reason_largest_first() {
+        use crate::telemetry::drops::{reason, record, sink};
+        let store = MetricStore::new("h", 600);
+        assert!(drop_counts(&store).is_empty());
+        record(Some(&store), sink::LOGS, reason::SPOOL_FULL, 40);
+        record(Some(&store), sink::NOTIFY, reason::SPOOL_WRITE, 1);
+        record(Some(&store), sink::LOGS, reason::SPOOL_FULL, 2);
+        record(Some(&store), sink::CLOUDWATCH, reason::REJECTED, 5);
+        let got: Vec<(String, String, u64)> = drop_counts(&store)
+            .into_iter()
+            .map(|d| (d.sink, d.reason, d.records))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("logs".into(), "spool_full".into(), 42),
+                ("cloudwatch".into(), "rejected".into(), 5),
+                ("notify".into(), "spool_write".into(), 1),
+            ]
         );
     }
 

@@ -174,6 +174,8 @@ impl SupervisorHandle {
             prober: self.inner.prober.clone(),
             commands: rx,
             pending: Vec::new(),
+            unready_since: Instant::now(),
+            down_reported: false,
         };
         let task = tokio::spawn(runner.run());
         Slot {
@@ -411,6 +413,11 @@ struct Runner {
     tracker: RestartTracker,
     /// Start/restart callers answered once the next child is spawned.
     pending: Vec<oneshot::Sender<()>>,
+    /// Since when the model has not been ready (across restarts): a model that never gets
+    /// ready is down after `start_timeout`, whether it hangs loading or keeps exiting.
+    unready_since: Instant,
+    /// A `ModelDown` was emitted for the current not-ready spell.
+    down_reported: bool,
 }
 
 impl Runner {
@@ -431,6 +438,7 @@ impl Runner {
                     Some(Command::Start(done) | Command::Restart(done)) => {
                         self.tracker.reset();
                         self.pending.push(done);
+                        self.unready_since = Instant::now();
                         want_running = true;
                     }
                 }
@@ -451,6 +459,7 @@ impl Runner {
                 Outcome::Restarted(done) => {
                     self.tracker.reset();
                     self.pending.push(done);
+                    self.unready_since = Instant::now();
                 }
                 Outcome::Shutdown(done) => {
                     self.set_state(ModelState::Stopped, None, None);
@@ -465,6 +474,7 @@ impl Runner {
 
     /// Waits out the restart delay, still obeying commands. False means shut down.
     async fn back_off(&mut self, uptime: Duration) -> bool {
+        self.check_start_timeout();
         let decision = self
             .tracker
             .on_exit(Instant::now(), uptime, rand::random::<f64>());
@@ -499,6 +509,7 @@ impl Runner {
                 Some(Command::Start(done) | Command::Restart(done)) => {
                     self.tracker.reset();
                     self.pending.push(done);
+                    self.unready_since = Instant::now();
                     true
                 }
             },
@@ -603,6 +614,7 @@ impl Runner {
                     match (ready, result) {
                         (false, Ok(())) => {
                             ready = true;
+                            self.down_reported = false;
                             next_probe = tokio::time::Instant::now() + interval;
                             tracing::info!(model = %name, pid, startup_ms = started.elapsed().as_millis() as u64, "model ready");
                             self.set_state(ModelState::Ready, Some(pid), None);
@@ -610,6 +622,7 @@ impl Runner {
                         }
                         // Still loading: refusals are expected until it listens.
                         (false, Err(e)) => {
+                            self.check_start_timeout();
                             if started.elapsed() >= self.model.start_timeout {
                                 tracing::error!(model = %name, pid, error = %e, "model not ready within start_timeout; killing it");
                                 let exit = match child::kill_now(&mut child).await {
@@ -623,6 +636,7 @@ impl Runner {
                         (true, Ok(())) => {
                             if failures > 0 {
                                 failures = 0;
+                                self.down_reported = false;
                                 self.set_state(ModelState::Ready, Some(pid), None);
                                 self.emit(EventKind::ModelUp { pid: Some(pid) });
                             }
@@ -633,6 +647,8 @@ impl Runner {
                             if failures == 1 {
                                 self.set_state(ModelState::Unhealthy, Some(pid), None);
                                 self.emit(EventKind::ModelDown { reason: format!("health check failed: {e}") });
+                                self.unready_since = Instant::now();
+                                self.down_reported = true;
                             }
                             if failures >= self.model.health_failures {
                                 tracing::error!(model = %name, pid, failures, "killing unresponsive model");
@@ -649,6 +665,18 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Reports the model down once it has not been ready for `start_timeout`.
+    fn check_start_timeout(&mut self) {
+        let timeout = self.model.start_timeout;
+        if self.down_reported || self.unready_since.elapsed() < timeout {
+            return;
+        }
+        self.down_reported = true;
+        let reason = format!("not ready after {}", humantime::format_duration(timeout));
+        tracing::error!(model = %self.model.name, "model down: {reason}");
+        self.emit(EventKind::ModelDown { reason });
     }
 
     fn answer_pending(&mut self) {
@@ -678,6 +706,12 @@ impl Runner {
             self.emit(EventKind::ModelDown {
                 reason: exit.to_string(),
             });
+            // Down from now; already reported.
+            self.unready_since = Instant::now();
+            self.down_reported = true;
+        }
+        if !was_ready && !expected {
+            self.check_start_timeout();
         }
     }
 

@@ -87,6 +87,7 @@ impl TelemetryBench {
             nvml: NvmlSamplerConfig {
                 library: lib,
                 call_timeout: Duration::from_millis(500),
+                init_timeout: super::nvml::DEFAULT_INIT_TIMEOUT,
                 init_retry: Duration::from_secs(60),
             },
             state_dir: dir.clone(),

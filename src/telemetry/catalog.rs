@@ -250,7 +250,8 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     def!(
         "GPUCount",
-        "warden_gpu_count",
+        // Not `_count`: Prometheus reserves that suffix for histograms and summaries.
+        "warden_gpus",
         Count,
         Gauge,
         HOST,
@@ -298,7 +299,8 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     def!(
         "ModelLatency",
-        "warden_model_latency_ms",
+        // Prometheus wants base units: /metrics renders this histogram in seconds.
+        "warden_model_latency_seconds",
         Milliseconds,
         Histogram,
         MODEL,

@@ -64,6 +64,7 @@ impl SamplerConfig {
             nvml: nvml::NvmlSamplerConfig {
                 library: cfg.gpu.nvml_library.clone(),
                 call_timeout: cfg.gpu.call_timeout,
+                init_timeout: cfg.gpu.init_timeout,
                 init_retry: Duration::from_secs(60),
             },
             state_dir: cfg.agent.state_dir.clone(),

@@ -1,8 +1,11 @@
 //! GPU sampling through NVML, off the async runtime: a hung driver costs a round, never the agent.
 //!
 //! Each GPU is read on the blocking pool with a timeout and an in-flight flag (a stuck device is
-//! skipped until its call returns); init failure is retried every `init_retry`; XID events are
-//! read on a dedicated thread from an NVML event set.
+//! skipped until its call returns). Init has its own, longer timeout (loading the library and
+//! attaching to the driver is much slower than one read). A failed init is retried with backoff
+//! up to `init_retry`; a driver that goes away or is reloaded under us (calls answering
+//! Uninitialized / DriverNotLoaded / LibRmVersionMismatch) drops the handle and re-initialises
+//! the same way. XID events are read on a dedicated thread from an NVML event set.
 
 use super::TelemetryEvent;
 use super::catalog::Dim;
@@ -49,8 +52,37 @@ pub struct NvmlSamplerConfig {
     pub library: PathBuf,
     /// `gpu.call_timeout`: one device's reads must finish within this.
     pub call_timeout: Duration,
-    /// Delay between init attempts while NVML is unavailable (a minute in production).
+    /// `gpu.init_timeout`: loading the library and attaching to the driver (seconds on a busy
+    /// host) must finish within this.
+    pub init_timeout: Duration,
+    /// Longest delay between init attempts while NVML is unavailable (a minute in production);
+    /// attempts back off from [`INIT_BACKOFF_BASE`] up to it.
     pub init_retry: Duration,
+}
+
+/// `gpu.init_timeout` default.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First delay before re-initialising; doubles per failure up to `init_retry`.
+pub const INIT_BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+/// The delay before init attempt `failures + 1`.
+pub fn init_backoff(failures: u32, max: Duration) -> Duration {
+    INIT_BACKOFF_BASE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(max)
+}
+
+/// Errors that mean the handle itself is dead (driver unloaded, reloaded to another version,
+/// library gone): not one GPU's fault, so the whole handle is dropped and NVML re-initialised.
+fn driver_gone(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::Uninitialized
+            | NvmlError::DriverNotLoaded
+            | NvmlError::LibRmVersionMismatch
+            | NvmlError::LibloadingError(_)
+            | NvmlError::FailedToLoadSymbol(_)
+    )
 }
 
 /// One device's values from one round.
@@ -59,6 +91,8 @@ struct GpuReading {
     values: Vec<(&'static str, f64)>,
     procs: Vec<(u32, u64)>,
     lost: bool,
+    /// The driver is gone (see [`driver_gone`]): the reading is empty.
+    gone: Option<String>,
 }
 
 /// Reads one device; NOT_SUPPORTED fields are skipped, GPU_IS_LOST ends the read.
@@ -68,6 +102,9 @@ fn read_gpu(nvml: &Nvml, index: u32) -> GpuReading {
         Ok(d) => d,
         Err(e) => {
             r.lost = matches!(e, NvmlError::GpuLost);
+            if driver_gone(&e) {
+                r.gone = Some(e.to_string());
+            }
             return r;
         }
     };
@@ -80,6 +117,10 @@ fn read_gpu(nvml: &Nvml, index: u32) -> GpuReading {
                     return r;
                 }
                 Err(NvmlError::NotSupported) => {}
+                Err(e) if driver_gone(&e) => {
+                    r.gone = Some(e.to_string());
+                    return r;
+                }
                 Err(e) => tracing::debug!(gpu = index, error = %e, "NVML field unavailable"),
             }
         };
@@ -160,7 +201,12 @@ impl Drop for Up {
 }
 
 enum State {
-    Down { retry_at: Instant, reported: bool },
+    /// No handle; the next init at `retry_at`, after `failures` failed ones.
+    Down {
+        retry_at: Instant,
+        reported: bool,
+        failures: u32,
+    },
     Up(Up),
 }
 
@@ -188,6 +234,7 @@ impl NvmlSampler {
             state: State::Down {
                 retry_at: Instant::now(),
                 reported: false,
+                failures: 0,
             },
             init_in_flight: Arc::new(AtomicBool::new(false)),
         }
@@ -211,7 +258,12 @@ impl NvmlSampler {
     /// One sampling round: (re)initialise if due, read every GPU, fold in XID events.
     pub async fn sample(&mut self, now: Instant) {
         let at = SystemTime::now();
-        if let State::Down { retry_at, reported } = self.state {
+        if let State::Down {
+            retry_at,
+            reported,
+            failures,
+        } = self.state
+        {
             if now < retry_at {
                 self.store.set_gauge("GPUAvailable", &[], 0.0, at);
                 return;
@@ -224,13 +276,17 @@ impl NvmlSampler {
                     self.emit(TelemetryEvent::NvmlAvailable { gpus });
                 }
                 Err(reason) => {
+                    let retry_in = init_backoff(failures, self.cfg.init_retry);
                     if !reported {
-                        tracing::warn!(%reason, retry_in = ?self.cfg.init_retry, "GPU unavailable: NVML init failed");
+                        tracing::warn!(%reason, ?retry_in, "GPU unavailable: NVML init failed");
                         self.emit(TelemetryEvent::NvmlUnavailable { reason });
+                    } else {
+                        tracing::debug!(%reason, ?retry_in, "NVML init failed again");
                     }
                     self.state = State::Down {
-                        retry_at: now + self.cfg.init_retry,
+                        retry_at: now + retry_in,
                         reported: true,
+                        failures: failures.saturating_add(1),
                     };
                     self.store.set_gauge("GPUAvailable", &[], 0.0, at);
                     return;
@@ -275,6 +331,29 @@ impl NvmlSampler {
                 results.push((index, r));
             }
         }
+
+        // The driver went away or was reloaded: this handle is dead. Drop it (stops the XID
+        // thread) and re-initialise with backoff from the next round.
+        let gone = results.iter().find_map(|(_, r)| match r {
+            Ok(Ok(reading)) => reading.gone.clone(),
+            _ => None,
+        });
+        if let Some(error) = gone {
+            let reason = format!("NVML handle lost ({error}); re-initialising");
+            tracing::error!(%reason, "GPU unavailable: driver gone or reloaded");
+            self.state = State::Down {
+                retry_at: now + init_backoff(0, self.cfg.init_retry),
+                reported: true,
+                failures: 1,
+            };
+            self.processes.replace(HashMap::new());
+            self.store.set_gauge("GPUAvailable", &[], 0.0, at);
+            self.emit(TelemetryEvent::NvmlUnavailable { reason });
+            return;
+        }
+        let State::Up(up) = &mut self.state else {
+            return;
+        };
 
         let mut procs: HashMap<u32, u64> = HashMap::new();
         let mut events = Vec::new();
@@ -334,7 +413,7 @@ impl NvmlSampler {
         }
     }
 
-    /// Loads the library and lists the devices, bounded by `call_timeout`.
+    /// Loads the library and lists the devices, bounded by `init_timeout`.
     async fn init(&self) -> Result<Up, String> {
         if self.init_in_flight.swap(true, Ordering::AcqRel) {
             return Err("previous NVML init still hung".to_string());
@@ -349,14 +428,14 @@ impl NvmlSampler {
             flag.store(false, Ordering::Release);
             r
         });
-        let (nvml, count) = match tokio::time::timeout(self.cfg.call_timeout, task).await {
+        let (nvml, count) = match tokio::time::timeout(self.cfg.init_timeout, task).await {
             Ok(Ok(Ok(v))) => v,
             Ok(Ok(Err(e))) => return Err(e.to_string()),
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => {
                 return Err(format!(
                     "NVML init took longer than {:?}",
-                    self.cfg.call_timeout
+                    self.cfg.init_timeout
                 ));
             }
         };

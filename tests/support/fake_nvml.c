@@ -10,6 +10,11 @@
  *   init_error=9             nvmlInit_v2 returns this code (9 = DRIVER_NOT_LOADED)
  *   count=2                  number of devices
  *   slow_ms=N                every call sleeps N ms first (global)
+ *   init_slow_ms=N           nvmlInit_v2 sleeps N ms first (a slow driver attach)
+ *   driver_error=N           every call on an initialised library returns N (the driver went
+ *                            away under a live handle: 9 = DRIVER_NOT_LOADED, 1 = UNINITIALIZED)
+ *   driver_generation=N      the loaded driver's version: handles from an init under another
+ *                            generation get LIB_RM_VERSION_MISMATCH (18) until a new init
  *   driver_version=...       nvmlSystemGetDriverVersion
  *   gpuN.name / gpuN.uuid
  *   gpuN.util / gpuN.mem_util            percent
@@ -48,6 +53,7 @@ enum {
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
     NVML_ERROR_TIMEOUT = 10,
     NVML_ERROR_GPU_IS_LOST = 15,
+    NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18,
     NVML_ERROR_UNKNOWN = 999,
 };
 
@@ -112,6 +118,9 @@ struct state {
     int init_error;
     unsigned count;
     unsigned slow_ms;
+    unsigned init_slow_ms;
+    int driver_error;
+    long driver_generation;
     char driver_version[64];
     struct gpu_state gpus[MAX_GPUS];
 };
@@ -223,6 +232,9 @@ static void load_state(struct state *s) {
         if (!strcmp(k, "init_error")) s->init_error = atoi(v);
         else if (!strcmp(k, "count")) s->count = (unsigned)atoi(v);
         else if (!strcmp(k, "slow_ms")) s->slow_ms = (unsigned)atoi(v);
+        else if (!strcmp(k, "init_slow_ms")) s->init_slow_ms = (unsigned)atoi(v);
+        else if (!strcmp(k, "driver_error")) s->driver_error = atoi(v);
+        else if (!strcmp(k, "driver_generation")) s->driver_generation = atol(v);
         else if (!strcmp(k, "driver_version")) snprintf(s->driver_version, sizeof s->driver_version, "%s", v);
         else if (!strncmp(k, "gpu", 3)) {
             char *dot;
@@ -247,10 +259,22 @@ static int unsupported(const struct gpu_state *g, const char *field) {
 }
 
 /* Common prologue of every device call: state, faults and the device's record. */
+/* The driver generation the last successful init attached to. */
+static long init_generation;
+
+/* What a call on an initialised library answers when the driver went away or was reloaded. */
+static nvmlReturn_t driver_fault(const struct state *s) {
+    if (s->driver_error) return s->driver_error;
+    if (s->driver_generation != init_generation) return NVML_ERROR_LIB_RM_VERSION_MISMATCH;
+    return NVML_SUCCESS;
+}
+
 static nvmlReturn_t begin(struct state *s, nvmlDevice_t d, const char *field, struct gpu_state **out) {
     load_state(s);
     if (s->slow_ms) sleep_ms(s->slow_ms);
     if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    nvmlReturn_t fault = driver_fault(s);
+    if (fault != NVML_SUCCESS) return fault;
     if (!d || d < devices || d >= devices + MAX_GPUS || d->index >= s->count)
         return NVML_ERROR_INVALID_ARGUMENT;
     struct gpu_state *g = &s->gpus[d->index];
@@ -279,11 +303,14 @@ nvmlReturn_t nvmlInit_v2(void) {
     if (!s) return NVML_ERROR_UNKNOWN;
     load_state(s);
     if (s->slow_ms) sleep_ms(s->slow_ms);
-    int err = s->init_error;
+    if (s->init_slow_ms) sleep_ms(s->init_slow_ms);
+    int err = s->init_error ? s->init_error : s->driver_error;
+    long generation = s->driver_generation;
     free(s);
     if (err) return err;
     pthread_mutex_lock(&lock);
     for (unsigned i = 0; i < MAX_GPUS; i++) devices[i].index = i;
+    init_generation = generation;
     initialized++;
     pthread_mutex_unlock(&lock);
     return NVML_SUCCESS;
@@ -338,6 +365,7 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
     if (s->slow_ms) sleep_ms(s->slow_ms);
     nvmlReturn_t rc = NVML_SUCCESS;
     if (!initialized) rc = NVML_ERROR_UNINITIALIZED;
+    else if (driver_fault(s) != NVML_SUCCESS) rc = driver_fault(s);
     else if (!count) rc = NVML_ERROR_INVALID_ARGUMENT;
     else *count = s->count;
     free(s);
@@ -350,6 +378,7 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned index, nvmlDevice_t *device)
     load_state(s);
     nvmlReturn_t rc = NVML_SUCCESS;
     if (!initialized) rc = NVML_ERROR_UNINITIALIZED;
+    else if (driver_fault(s) != NVML_SUCCESS) rc = driver_fault(s);
     else if (!device || index >= s->count) rc = NVML_ERROR_INVALID_ARGUMENT;
     else *device = &devices[index];
     free(s);

@@ -105,6 +105,13 @@ pub struct FakeState {
     /// nvmlInit_v2 fails with this NVML return code (9 = driver not loaded).
     pub init_error: Option<u32>,
     pub slow_ms: u32,
+    /// nvmlInit_v2 alone sleeps this long (a slow driver attach).
+    pub init_slow_ms: u32,
+    /// Every call on a live handle fails with this code (the driver went away; init fails too).
+    pub driver_error: Option<u32>,
+    /// The loaded driver's "version": bumping it is a driver reload, and handles from the
+    /// earlier init then fail with LIB_RM_VERSION_MISMATCH until re-initialised.
+    pub driver_generation: u64,
     pub gpus: Vec<FakeGpu>,
 }
 
@@ -124,6 +131,11 @@ impl FakeState {
         }
         let _ = writeln!(s, "count={}", self.gpus.len());
         let _ = writeln!(s, "slow_ms={}", self.slow_ms);
+        let _ = writeln!(s, "init_slow_ms={}", self.init_slow_ms);
+        if let Some(code) = self.driver_error {
+            let _ = writeln!(s, "driver_error={code}");
+        }
+        let _ = writeln!(s, "driver_generation={}", self.driver_generation);
         for (i, g) in self.gpus.iter().enumerate() {
             let procs: Vec<String> = g.procs.iter().map(|(p, b)| format!("{p}:{b}")).collect();
             let xids: Vec<String> = g.xids.iter().map(|x| x.to_string()).collect();

@@ -8,8 +8,10 @@ pub mod sns;
 use super::evaluator::Notification;
 use crate::sinks::cloudwatch::retry::Backoff;
 use crate::sinks::spool::{Spool, SpoolError};
+use crate::telemetry::{MetricStore, drops};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -89,21 +91,36 @@ impl MessageContext {
 pub struct Outbox {
     spool: Spool,
     wake: Notify,
+    /// Spool drops (over its byte bound) already counted in `RecordsDropped`.
+    reported_drops: AtomicU64,
+    /// Where dropped notifications are counted.
+    store: Option<Arc<MetricStore>>,
 }
 
 impl Outbox {
-    pub fn open(dir: &Path) -> Result<Arc<Outbox>, SpoolError> {
+    pub fn open(dir: &Path, store: Option<Arc<MetricStore>>) -> Result<Arc<Outbox>, SpoolError> {
         Ok(Arc::new(Outbox {
             spool: Spool::open(dir, SPOOL_BYTES)?,
             wake: Notify::new(),
+            reported_drops: AtomicU64::new(0),
+            store,
         }))
     }
 
-    /// Appends durably (fsync) and wakes the worker.
+    fn count_dropped(&self, reason: &'static str, n: u64) {
+        drops::record(self.store.as_deref(), drops::sink::NOTIFY, reason, n);
+    }
+
+    /// Appends durably (fsync: call it from a blocking thread) and wakes the worker.
     pub fn enqueue(&self, n: &Notification) -> Result<(), SpoolError> {
-        let bytes = serde_json::to_vec(n).unwrap_or_default();
+        let bytes = serde_json::to_vec(n).map_err(|e| SpoolError::Io {
+            path: Default::default(),
+            source: std::io::Error::other(e),
+        })?;
         self.spool.append(&bytes)?;
         self.wake.notify_one();
+        let evicted = self.take_new_drops();
+        self.count_dropped(drops::reason::SPOOL_FULL, evicted);
         Ok(())
     }
 
@@ -111,6 +128,29 @@ impl Outbox {
     pub fn pending(&self) -> u64 {
         self.spool.pending()
     }
+
+    /// Notifications the spool dropped (oldest first, over its bound) since the last call.
+    pub fn take_new_drops(&self) -> u64 {
+        let total = self.spool.dropped();
+        let before = self.reported_drops.swap(total, Ordering::Relaxed);
+        total.saturating_sub(before)
+    }
+}
+
+/// Runs spool I/O (file reads, fsyncs) on a blocking thread, never on an async worker.
+async fn blocking<T: Send + 'static>(
+    outbox: &Arc<Outbox>,
+    f: impl FnOnce(&Outbox) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    let o = outbox.clone();
+    tokio::task::spawn_blocking(move || f(&o))
+        .await
+        .unwrap_or_else(|e| {
+            Err(SpoolError::Io {
+                path: Default::default(),
+                source: std::io::Error::other(e),
+            })
+        })
 }
 
 /// Delivers `outbox` to `channel` in order until cancelled.
@@ -123,7 +163,7 @@ pub async fn run_worker(
     let mut failures: u32 = 0;
     let mut last_sent: Option<tokio::time::Instant> = None;
     loop {
-        let next = match outbox.spool.peek(1) {
+        let next = match blocking(&outbox, |o| o.spool.peek(1)).await {
             Ok(mut v) => v.pop(),
             Err(e) => {
                 tracing::error!(channel = channel.name(), error = %e, "alert spool unreadable");
@@ -144,7 +184,9 @@ pub async fn run_worker(
                 seq = record.seq,
                 "undecodable spooled notification dropped"
             );
-            let _ = outbox.spool.ack(record.seq);
+            outbox.count_dropped(drops::reason::CORRUPT, 1);
+            let seq = record.seq;
+            let _ = blocking(&outbox, move |o| o.spool.ack(seq)).await;
             continue;
         };
         if let Some(at) = last_sent {
@@ -164,7 +206,8 @@ pub async fn run_worker(
                 failures = 0;
                 tracing::info!(channel = channel.name(), kind = n.kind.as_str(), rule = %n.rule,
                     dedupe_key = %n.dedupe_key, "alert notification delivered");
-                if let Err(e) = outbox.spool.ack(record.seq) {
+                let seq = record.seq;
+                if let Err(e) = blocking(&outbox, move |o| o.spool.ack(seq)).await {
                     // Not acked means sent again later: a duplicate with the same dedupe key.
                     tracing::error!(channel = channel.name(), error = %e, "cannot ack alert spool");
                 }
@@ -173,7 +216,9 @@ pub async fn run_worker(
                 failures = 0;
                 tracing::error!(channel = channel.name(), rule = %n.rule, dedupe_key = %n.dedupe_key,
                     error = %e, "alert notification rejected; dropped");
-                let _ = outbox.spool.ack(record.seq);
+                outbox.count_dropped(drops::reason::REJECTED, 1);
+                let seq = record.seq;
+                let _ = blocking(&outbox, move |o| o.spool.ack(seq)).await;
             }
             Err(e) => {
                 let delay = backoff.delay(failures, rand::random::<f64>());
