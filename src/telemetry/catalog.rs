@@ -290,6 +290,14 @@ pub const CATALOG: &[MetricDef] = &[
         "Free space on the state directory's file system"
     ),
     def!(
+        "HostDiskFreePercent",
+        "warden_host_state_dir_free_percent",
+        Percent,
+        Gauge,
+        HOST,
+        "Free space on the state directory's file system, as a share of its size"
+    ),
+    def!(
         "ModelLatency",
         // Prometheus wants base units: /metrics renders this histogram in seconds.
         "warden_model_latency_seconds",
