@@ -119,6 +119,17 @@ impl crate::api::ModelDirectory for SupervisedModels {
     }
 }
 
+/// The running gateway: its server task and the audit trail it writes.
+struct ApiParts {
+    serve: tokio::task::JoinHandle<()>,
+    audit: api_audit::AuditSink,
+    /// Ends once every record the API handed over is in the file and the shipper's queue.
+    audit_writer: tokio::task::JoinHandle<()>,
+}
+
+/// How long shutdown waits for the audit trail to take the last records.
+const AUDIT_FLUSH_BOUND: Duration = Duration::from_secs(5);
+
 /// Binds `agent.listen` and serves the inference API until `cancel`.
 async fn start_api(
     config: &Config,
@@ -128,14 +139,23 @@ async fn start_api(
     state_dir: &Path,
     audit_forward: Option<tokio::sync::mpsc::Sender<api_audit::AuditRecord>>,
     cancel: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+) -> Result<ApiParts, AgentError> {
     use crate::api;
-    let (audit, _writer) =
-        api::audit::AuditSink::start_forwarding(&state_dir.join("audit/api.jsonl"), audit_forward)
-            .await?;
+    let options = api_audit::AuditOptions {
+        max_file_bytes: config.api.audit_max_file_bytes,
+        keep_files: config.api.audit_keep_files,
+        buffer_bytes: config.api.audit_buffer_bytes,
+        store: Some(store.clone()),
+    };
+    let (audit, audit_writer) = api::audit::AuditSink::start_with(
+        &state_dir.join("audit/api.jsonl"),
+        audit_forward,
+        options,
+    )
+    .await?;
     let peers = api::Peers {
         directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
-        audit,
+        audit: audit.clone(),
         observer: Some(Arc::new(StoreObserver(store.clone()))),
         extra_metrics: Some(Arc::new(MetricsChain(vec![
             Arc::new(StoreObserver(store.clone())),
@@ -152,11 +172,16 @@ async fn start_api(
             "inference API listening WITHOUT authentication (no [auth] section); keep it on 127.0.0.1"),
     }
     let origins = config.api.cors_origins.clone();
-    Ok(tokio::spawn(async move {
+    let serve = tokio::spawn(async move {
         if let Err(e) = api::serve(listener, state, &origins, cancel).await {
             tracing::error!(error = %e, "inference API stopped");
         }
-    }))
+    });
+    Ok(ApiParts {
+        serve,
+        audit,
+        audit_writer,
+    })
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -233,6 +258,8 @@ pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), Age
             }
             _ = sighup.recv() => {
                 notifier.reloading();
+                // logrotate's postrotate: write to a fresh api.jsonl whatever the config says.
+                agent.reopen_audit();
                 let outcome = match load_config(config_path.as_deref()) {
                     Ok(new) => {
                         let (summary, plan) = agent.reload(new).await;
@@ -272,6 +299,7 @@ pub struct Agent {
     /// `debug.wedge` requests (only with WARDEN_TEST_HOOKS=1), for the main loop.
     pub test_hooks: Option<tokio::sync::mpsc::Receiver<crate::ops::notify::Wedge>>,
     api_cancel: CancellationToken,
+    api: ApiParts,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The configuration running now (SIGHUP compares the new file against it).
     config: Config,
@@ -301,6 +329,9 @@ impl Agent {
         let alert_supervisor_events = supervisor.subscribe();
 
         let store = Arc::new(MetricStore::new(config.agent.host_id(), HISTORY_POINTS));
+        supervisor.count_dropped_log_lines_in(store.clone());
+        // Sinks announce AWS authorization failures here; the alert rules subscribe below.
+        let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
         // Model lines and audit records go to CloudWatch Logs through the spool; without it
         // lines stay in the per-model rings only.
         let mut logs_stats = None;
@@ -316,11 +347,12 @@ impl Agent {
                 audit: Some(audit_rx),
                 entries: agent_rx,
             };
-            let shipper = crate::sinks::logs::LogShipper::start(
+            let shipper = crate::sinks::logs::LogShipper::start_with_events(
                 crate::sinks::logs::config::LogsSinkConfig::from_config(&config),
                 &sdk,
                 sources,
                 Some(store.clone()),
+                Some(telemetry_events.clone()),
                 cancel.child_token(),
             )?;
             logs_stats = Some(shipper.stats());
@@ -333,7 +365,6 @@ impl Agent {
         };
 
         let running_config = config.clone();
-        let (telemetry_events, _) = tokio::sync::broadcast::channel(256);
         let (alerts, alert_tasks) = crate::alerts::AlertsHandle::start(
             &config,
             store.clone(),
@@ -358,7 +389,8 @@ impl Agent {
                 CloudWatchSinkConfig::from_config(&config),
                 &sdk,
                 store.clone(),
-            )?;
+            )?
+            .with_events(telemetry_events.clone());
             sink_stats = SinkStatsSource::CloudWatch(sink.stats());
             tasks.push(tokio::spawn(sink.run(cancel.child_token())));
         } else {
@@ -391,18 +423,16 @@ impl Agent {
         tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 
         let api_cancel = cancel.child_token();
-        tasks.push(
-            start_api(
-                &config,
-                &supervisor,
-                &store,
-                &alerts,
-                &state_dir,
-                audit_forward,
-                api_cancel.clone(),
-            )
-            .await?,
-        );
+        let api = start_api(
+            &config,
+            &supervisor,
+            &store,
+            &alerts,
+            &state_dir,
+            audit_forward,
+            api_cancel.clone(),
+        )
+        .await?;
 
         Ok(Agent {
             supervisor,
@@ -411,6 +441,7 @@ impl Agent {
             store,
             test_hooks,
             api_cancel,
+            api,
             tasks,
             config: running_config,
         })
@@ -418,7 +449,14 @@ impl Agent {
 
     /// Every long-lived task runs until shutdown: one that ended means a part stopped working.
     pub fn health(&self) -> Result<(), String> {
-        match self.tasks.iter().filter(|t| t.is_finished()).count() {
+        let api = [&self.api.serve, &self.api.audit_writer];
+        match self
+            .tasks
+            .iter()
+            .chain(api)
+            .filter(|t| t.is_finished())
+            .count()
+        {
             0 => Ok(()),
             n => Err(format!("{n} agent task(s) ended unexpectedly")),
         }
@@ -455,9 +493,31 @@ impl Agent {
         (summary, plan)
     }
 
-    /// Stops taking API requests, stops every model (concurrently), then the other tasks.
+    /// Writes the audit trail to a fresh file at its path (SIGHUP, after logrotate moved it).
+    pub fn reopen_audit(&self) {
+        self.api.audit.reopen();
+    }
+
+    /// Stops taking API requests and drains the ones in flight while the models still answer
+    /// them (stopping the models first is what answered 5xx during shutdown), then waits for
+    /// their audit records, stops every model (concurrently), then the other tasks.
     pub async fn shutdown(self) {
         self.api_cancel.cancel();
+        // `serve` bounds its own drain (request timeout + 1 s, at most 10 s).
+        if let Err(e) = self.api.serve.await {
+            tracing::error!(error = %e, "API task failed while draining");
+        }
+        // Records go to the shipper before it is cancelled below, so they reach the spool.
+        drop(self.api.audit);
+        if tokio::time::timeout(AUDIT_FLUSH_BOUND, self.api.audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                bound = ?AUDIT_FLUSH_BOUND,
+                "audit trail still holding records at shutdown (file or log shipper not taking them)"
+            );
+        }
         self.supervisor.shutdown().await;
         self.cancel.cancel();
         for task in self.tasks {

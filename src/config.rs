@@ -454,6 +454,13 @@ pub struct ApiConfig {
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,
     pub cors_origins: Vec<String>,
+    /// `audit/api.jsonl` is rotated to `.1` … before it would pass this size.
+    pub audit_max_file_bytes: u64,
+    /// Rotated audit files kept (`api.jsonl.1` … `.N`).
+    pub audit_keep_files: usize,
+    /// Audit records held in memory while the file (disk full) or the log shipper cannot take
+    /// them; when full, requests are refused with 503 `audit_unavailable`.
+    pub audit_buffer_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -463,6 +470,9 @@ impl Default for ApiConfig {
             body_limit_bytes: 2 << 20,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            audit_max_file_bytes: 64 << 20,
+            audit_keep_files: 5,
+            audit_buffer_bytes: 16 << 20,
         }
     }
 }
@@ -901,6 +911,24 @@ impl Config {
                 "body_limit_bytes must be at least 1024".into(),
             );
         }
+        if self.api.audit_max_file_bytes < 64 * 1024 {
+            push(
+                vec![Key("api"), Key("audit_max_file_bytes")],
+                "audit_max_file_bytes must be at least 65536".into(),
+            );
+        }
+        if !(1..=100).contains(&self.api.audit_keep_files) {
+            push(
+                vec![Key("api"), Key("audit_keep_files")],
+                "audit_keep_files must be between 1 and 100".into(),
+            );
+        }
+        if self.api.audit_buffer_bytes < 64 * 1024 {
+            push(
+                vec![Key("api"), Key("audit_buffer_bytes")],
+                "audit_buffer_bytes must be at least 65536".into(),
+            );
+        }
         problems
     }
 }
@@ -1024,6 +1052,32 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].col), (8, 8), "{e}");
         assert!(e.0[0].message.contains("duplicate port"));
+    }
+
+    #[test]
+    fn audit_sizes_are_validated() {
+        let c = parse("[api]\naudit_max_file_bytes = 1048576\naudit_keep_files = 3\naudit_buffer_bytes = 262144\n")
+            .unwrap();
+        assert_eq!(
+            (
+                c.api.audit_max_file_bytes,
+                c.api.audit_keep_files,
+                c.api.audit_buffer_bytes
+            ),
+            (1 << 20, 3, 256 << 10)
+        );
+        let e = parse(
+            "[api]\naudit_max_file_bytes = 100\naudit_keep_files = 0\naudit_buffer_bytes = 10\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for key in [
+            "audit_max_file_bytes",
+            "audit_keep_files",
+            "audit_buffer_bytes",
+        ] {
+            assert!(text.contains(key), "{key} not reported: {text}");
+        }
     }
 
     #[test]

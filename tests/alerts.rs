@@ -1203,9 +1203,11 @@ severity = "warning"
     );
     assert!((got[0].2 - 10.0).abs() < 0.5, "error rate {got:?}");
     assert_eq!(
-        (got[2].0.as_str(), got[2].1.as_str(), got[2].2),
-        ("slow", "clash-detector", 2000.0)
+        (got[2].0.as_str(), got[2].1.as_str()),
+        ("slow", "clash-detector")
     );
+    // Windowed percentiles come from histograms: within their 1 % precision.
+    assert!((got[2].2 - 2000.0).abs() / 2000.0 < 0.01, "p95 {got:?}");
     // Two minutes of clean, fast traffic: both resolve (the bad minute left the window).
     for i in 0..100u64 {
         e.store

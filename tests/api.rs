@@ -8,7 +8,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use warden::api::{self, ModelDirectory, ModelEndpoint, audit::AuditSink};
@@ -18,15 +18,20 @@ use warden::config::Config;
 struct ModelServer {
     port: u16,
     ready: Arc<AtomicBool>,
+    /// `/infer` calls that reached the model.
+    hits: Arc<AtomicUsize>,
 }
 
 async fn start_model(name: &'static str, delay: Duration) -> ModelServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
     let app = Router::new()
         .route(
             "/infer",
             post(move |headers: HeaderMap, Json(body): Json<Value>| async move {
+                counter.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
                 if body.get("inputs").is_none() {
                     return (
@@ -43,6 +48,7 @@ async fn start_model(name: &'static str, delay: Duration) -> ModelServer {
     ModelServer {
         port,
         ready: Arc::new(AtomicBool::new(true)),
+        hits,
     }
 }
 
@@ -339,7 +345,7 @@ async fn models_metrics_and_openapi() {
         "{text}"
     );
     assert!(
-        text.contains(r#"warden_model_requests_total{model="alpha",status="200"} 3"#),
+        text.contains(r#"warden_api_model_requests_total{model="alpha",status="200"} 3"#),
         "{text}"
     );
     assert!(!text.contains("12345"), "raw paths must not become labels");
@@ -644,6 +650,18 @@ async fn serve_gateway(
     shutdown: CancellationToken,
 ) -> String {
     let (audit, _writer) = AuditSink::start(audit_path).await.unwrap();
+    serve_gateway_with(config, directory, audit, shutdown)
+        .await
+        .0
+}
+
+/// As [`serve_gateway`] with a given audit sink; also returns the gateway's state.
+async fn serve_gateway_with(
+    config: &Config,
+    directory: Directory,
+    audit: AuditSink,
+    shutdown: CancellationToken,
+) -> (String, Arc<api::AppState>) {
     let peers = api::Peers {
         directory: Arc::new(directory),
         audit,
@@ -654,8 +672,9 @@ async fn serve_gateway(
     let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let origins = config.api.cors_origins.clone();
-    tokio::spawn(async move { api::serve(listener, state, &origins, shutdown).await });
-    base
+    let served = state.clone();
+    tokio::spawn(async move { api::serve(listener, served, &origins, shutdown).await });
+    (base, state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,5 +768,233 @@ async fn every_request_leaves_exactly_one_audit_record() {
     assert!(
         !text.contains(&alice) && !text.contains("garbage"),
         "no token in the audit log"
+    );
+}
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address is local on Linux), so
+/// tests can be "another client address".
+fn http_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn token_attempt(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+) -> (u16, Option<u64>, Value) {
+    let r = client
+        .post(format!("{base}/auth/token"))
+        .json(&json!({"api_key": key}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_is_brute_force_limited_per_address_and_per_key_id() {
+    let gw = start_gateway("", true).await;
+    let config = gw.dir.path().join("warden.toml");
+    let key = warden(&[
+        "keys",
+        "add",
+        "--config",
+        config.to_str().unwrap(),
+        "alice",
+        "--role",
+        "user",
+    ])
+    .trim()
+    .to_string();
+    let b = &start_gateway_with_dir(gw.dir.path()).await;
+
+    // One address guessing random keys: refused long before 60 tries.
+    let attacker = http_from("127.0.0.1");
+    let mut refused_at = None;
+    for i in 1..=60 {
+        let (s, retry, v) = token_attempt(&attacker, b, &format!("wdn_{i:08x}_guess")).await;
+        if s == 429 {
+            assert_eq!(error_code(&v), "rate_limited");
+            assert!(retry.is_some_and(|r| r >= 1), "429 carries Retry-After");
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!((s, error_code(&v)), (401, "invalid_api_key"));
+    }
+    let refused_at = refused_at.expect("no 429 within 60 wrong keys");
+    assert!(refused_at <= 15, "first 429 only at attempt {refused_at}");
+    // Still refused, even with the right key, from that address.
+    assert_eq!(token_attempt(&attacker, b, &key).await.0, 429);
+    // The right key from another address works.
+    let (s, _, pair) = token_attempt(&http_from("127.0.0.2"), b, &key).await;
+    assert_eq!(s, 200, "{pair}");
+
+    // Guesses on alice's key id spread over many addresses (each under its own limit) lock
+    // that key id: the per-key limit counts every attempt on it, from anywhere.
+    let id = key.split('_').nth(1).unwrap().to_string();
+    let mut key_refused = None;
+    'outer: for host in 3..40 {
+        let client = http_from(&format!("127.0.0.{host}"));
+        for _ in 0..3 {
+            let (s, _, v) = token_attempt(&client, b, &format!("wdn_{id}_guess")).await;
+            if s == 429 {
+                assert_eq!(error_code(&v), "rate_limited");
+                key_refused = Some(host);
+                break 'outer;
+            }
+            assert_eq!(s, 401);
+        }
+    }
+    let host = key_refused.expect("the key id was never locked");
+    assert!(host < 12, "key-id limit reached only at address .{host}");
+    // Other key ids from a fresh address are unaffected.
+    let (s, _, _) = token_attempt(&http_from("127.0.0.50"), b, "wdn_0badc0de_guess").await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_analysis_costs_one_rate_limit_token_per_item() {
+    let gw = start_gateway("", true).await;
+    let toml = std::fs::read_to_string(gw.dir.path().join("warden.toml")).unwrap()
+        + "rate_limit_per_hour = 10\n";
+    std::fs::write(gw.dir.path().join("warden.toml"), toml).unwrap();
+    let base = start_gateway_with_dir(gw.dir.path()).await;
+    let alice = sign(gw.dir.path(), &claims("alice", "user"));
+    let batch = |n: usize| json!({"requests": (0..n).map(|i| json!({"model": "alpha", "input": {"inputs": [i]}})).collect::<Vec<_>>()});
+    let url = format!("{base}/api/v1/batch-analysis");
+    let (s, h, v) = post_json(&url, &batch(4), Some(&alice)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 4);
+    assert_eq!(h["x-ratelimit-remaining"], "6", "4 items cost 4 of 10");
+    // 7 items do not fit in the 6 left (1 charged on entry, 6 more refused): 429.
+    let (s, h, v) = post_json(&url, &batch(7), Some(&alice)).await;
+    assert_eq!((s, error_code(&v)), (429, "rate_limited"));
+    assert!(h.contains_key("retry-after"));
+    // The refused batch ran no item: 5 tokens are left for single calls.
+    let single = format!("{base}/api/v1/alpha");
+    let (s, h, _) = post_json(&single, &json!({"inputs": []}), Some(&alice)).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["x-ratelimit-remaining"], "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_trail_refuses_with_503_before_calling_the_model() {
+    warden::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let alpha = start_model("alpha", Duration::ZERO).await;
+    let config = Config::parse(&dir.path().join("warden.toml"), "").unwrap();
+    let audit_path = dir.path().join("api.jsonl");
+    // Every write fails with ENOSPC, as on a full state dir.
+    std::os::unix::fs::symlink("/dev/full", &audit_path).unwrap();
+    let options = api::audit::AuditOptions {
+        buffer_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let (audit, _writer) = AuditSink::start_with(&audit_path, None, options)
+        .await
+        .unwrap();
+    let directory = Directory(vec![("alpha".into(), alpha.port, alpha.ready.clone())]);
+    let shutdown = CancellationToken::new();
+    let (b, _state) = serve_gateway_with(&config, directory, audit.clone(), shutdown.clone()).await;
+
+    let mut answered = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..2000 {
+        let id = format!("full-{i}");
+        let r = http()
+            .post(format!("{b}/api/v1/alpha"))
+            .header("x-request-id", &id)
+            .json(&json!({"inputs": [i]}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => answered.push(id),
+            503 => {
+                assert!(r.headers().contains_key("retry-after"));
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(error_code(&v), "audit_unavailable");
+                refused.push(id);
+                if refused.len() >= 20 {
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        refused.len() >= 20,
+        "never refused; {} answered",
+        answered.len()
+    );
+    assert!(!answered.is_empty(), "the buffer held some records first");
+    assert_eq!(
+        alpha.hits.load(Ordering::SeqCst),
+        answered.len(),
+        "a refused request never reached the model"
+    );
+    // Liveness stays answerable while refusing.
+    let r = http().get(format!("{b}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Space is back: the held records land, in order, and requests are served again.
+    std::fs::remove_file(&audit_path).unwrap();
+    std::fs::write(&audit_path, b"").unwrap();
+    audit.reopen();
+    let drained = support::net::wait_until_async(Duration::from_secs(10), || async {
+        (audit.pending_bytes() == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "buffered records not written");
+    let (s, _, _) = post_json(&format!("{b}/api/v1/alpha"), &json!({"inputs": []}), None).await;
+    assert_eq!(s, 200);
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["route"] == "/api/v1/{model}" && r["status"] == 200)
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids[..answered.len()],
+        answered[..],
+        "every answered request audited, in order"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|id| !text.contains(&format!("\"{id}\"")))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_503_once_draining() {
+    warden::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let alpha = start_model("alpha", Duration::ZERO).await;
+    let config = Config::parse(&dir.path().join("warden.toml"), "").unwrap();
+    let (audit, _writer) = AuditSink::start(&dir.path().join("api.jsonl"))
+        .await
+        .unwrap();
+    let directory = Directory(vec![("alpha".into(), alpha.port, alpha.ready.clone())]);
+    let (b, state) = serve_gateway_with(&config, directory, audit, CancellationToken::new()).await;
+    let r = http().get(format!("{b}/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    state.draining.cancel();
+    let r = http().get(format!("{b}/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["ready"].clone(), v["draining"].clone()),
+        (json!(false), json!(true))
     );
 }

@@ -455,6 +455,9 @@ async fn events_cloudwatch_rejects_are_counted_from_rejected_log_events_info() {
     let mut cfg = sink_config(&dir.path().join("spool"));
     // Let old events through our own filter so CloudWatch (moto) is the one refusing them.
     cfg.age_window.max_age_ms = 60 * 24 * 3600 * 1000;
+    // One put for all three (moto reports a lone too-old event as accepted): the first drain
+    // after start comes once all three are spooled.
+    cfg.flush_interval = Duration::from_secs(2);
     let run = Running::start(cfg, &moto.endpoint()).await;
     let now = now_ms();
     let day = 24 * 3600 * 1000;
@@ -485,7 +488,9 @@ async fn events_cloudwatch_rejects_are_counted_from_rejected_log_events_info() {
     // moto reports the last too-old index inclusively where AWS documents it exclusive, so
     // it yields one less than AWS would: at least one of the two is counted either way.
     assert!(stats.events_rejected.load(Ordering::SeqCst) <= 2);
-    assert_eq!(stats.put_failures.load(Ordering::SeqCst), 0);
+    // PutLogEvents comes first (least privilege): the one failure is the missing group, which
+    // the shipper then creates.
+    assert!(stats.put_failures.load(Ordering::SeqCst) <= 1);
     run.stop().await;
 }
 
@@ -930,4 +935,92 @@ async fn with_logs_disabled_nothing_talks_to_aws_and_lines_stay_in_the_rings() {
     assert_eq!(proxy.requests.load(Ordering::SeqCst), 0, "no AWS traffic");
     assert!(!dir.path().join("state/spool/logs").exists());
     agent.stop();
+}
+
+/// A real tiny tmpfs (root only; `None` with a printed reason otherwise), unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: mount -t tmpfs failed");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// The spool's disk is full: events are kept in memory (bounded in bytes) and appended once
+/// space is back; none is lost or counted as a spool error, and each arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_events_in_memory_until_the_spool_can_take_them() {
+    let Some(fs) = Tmpfs::mount("512k") else {
+        return;
+    };
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let run = Running::start(sink_config(&fs.0.path().join("spool")), &proxy.url).await;
+    // Warm up so the group's spool directory exists, then fill the disk to the last byte.
+    run.audits.send(audit(0)).await.unwrap();
+    let read = moto.sdk_config().await;
+    let api_group = "/aws/apigateway/structural-design-api";
+    wait_for_events(&read, api_group, 1, LONG).await;
+    let ballast = fs.0.path().join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    for i in 1..=400 {
+        run.audits.send(audit(i)).await.unwrap();
+    }
+    let stats = run.stats();
+    // While the disk is full nothing new can be spooled, so nothing new is shipped.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stats.events_spooled.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        stats.spool_errors.load(Ordering::SeqCst),
+        0,
+        "kept, not lost"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let got = wait_for_events(&read, api_group, 401, LONG).await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|(_, m)| {
+            serde_json::from_str::<Value>(m).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..=400).map(|i| format!("req-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "every record exactly once");
+    assert_eq!(stats.spool_errors.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        warden::telemetry::drops::total(&run.store, "logs", "spool_write"),
+        0.0
+    );
+    run.stop().await;
 }

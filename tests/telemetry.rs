@@ -53,6 +53,7 @@ fn sink_config(spool_dir: &Path) -> CloudWatchSinkConfig {
             attempts: 2,
         },
         max_age: Duration::from_secs(14 * 24 * 3600),
+        shutdown_grace: Duration::from_secs(3),
     }
 }
 
@@ -366,8 +367,8 @@ async fn two_gpus_and_latency_reach_cloudwatch_and_prometheus_in_one_call() {
         "warden_gpu_temperature_celsius{host=\"test-host\",gpu=\"1\"} 78",
         "warden_gpu_power_draw_watts{host=\"test-host\",gpu=\"0\"} 120",
         "warden_model_requests_total{host=\"test-host\",model=\"alpha\"} 100",
-        "warden_model_latency_ms_count{host=\"test-host\",model=\"alpha\"} 100",
-        "warden_model_latency_ms_bucket{host=\"test-host\",model=\"alpha\",le=\"10\"} 90",
+        "warden_model_latency_seconds_count{host=\"test-host\",model=\"alpha\"} 100",
+        "warden_model_latency_seconds_bucket{host=\"test-host\",model=\"alpha\",le=\"0.01\"} 90",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -639,5 +640,139 @@ async fn outage_is_spooled_then_delivered_once_also_across_a_sink_restart() {
         reopened.spooled(),
         0,
         "acknowledged batches are never replayed"
+    );
+}
+
+/// A real tiny tmpfs (root only; `None` with a printed reason otherwise), unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: mount -t tmpfs failed");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// AWS down and the spool's disk full: the batch waits in memory (not dropped), is spooled
+/// once space is back, and delivered once CloudWatch is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_during_an_outage_keeps_batches_in_memory() {
+    let Some(fs) = Tmpfs::mount("256k") else {
+        return;
+    };
+    let mut moto = Moto::start();
+    let store = Arc::new(MetricStore::new(HOST, 60));
+    let sdk = warden::sinks::aws::sdk_config(&aws(moto.endpoint())).await;
+    let gpu = [(Dim::Gpu, "3")];
+    let put = |v: f64| store.set_gauge("GPUUtilization", &gpu, v, SystemTime::now());
+    let sink =
+        CloudWatchSink::new(sink_config(&fs.0.path().join("spool")), &sdk, store.clone()).unwrap();
+    let ballast = fs.0.path().join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    moto.stop();
+    put(10.0);
+    let r = sink.flush_once().await;
+    assert_eq!(
+        (r.sent_batches, r.spooled_batches, r.dropped_batches),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    put(20.0);
+    let r = sink.flush_once().await;
+    assert_eq!((r.spooled_batches, r.dropped_batches), (0, 0), "{r:?}");
+    std::fs::remove_file(&ballast).unwrap();
+    put(30.0);
+    let r = sink.flush_once().await;
+    assert_eq!((r.spooled_batches, r.dropped_batches), (3, 0), "{r:?}");
+    moto.restart();
+    let r = sink.flush_once().await;
+    assert_eq!(r.replayed_batches, 3, "{r:?}");
+    let read = moto.sdk_config().await;
+    assert_eq!(
+        cw_stats(&read, "GPUUtilization", &[("Host", HOST), ("GPU", "3")]).await,
+        (3.0, 60.0, 30.0),
+        "every sample, once"
+    );
+    assert_eq!(
+        warden::telemetry::drops::total(&store, "cloudwatch", "spool_write"),
+        0.0
+    );
+}
+
+/// A refused PutMetricData (AccessDenied): the batch is spooled, not dropped; the sink
+/// announces the denial once with the permission, and the restoration after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_keeps_batches_and_announces_the_permission() {
+    use support::fault::{Fault, FaultProxy};
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MetricStore::new(HOST, 60));
+    let sdk = warden::sinks::aws::sdk_config(&aws(proxy.url.clone())).await;
+    let (tx, mut rx) = broadcast::channel(16);
+    let sink = CloudWatchSink::new(sink_config(&dir.path().join("spool")), &sdk, store.clone())
+        .unwrap()
+        .with_events(tx);
+    let gpu = [(Dim::Gpu, "4")];
+    let put = |v: f64| store.set_gauge("GPUUtilization", &gpu, v, SystemTime::now());
+    proxy.fail_all(Some(Fault::AccessDenied));
+    put(5.0);
+    let r = sink.flush_once().await;
+    assert_eq!((r.spooled_batches, r.dropped_batches), (1, 0), "{r:?}");
+    put(6.0);
+    let r = sink.flush_once().await;
+    assert_eq!((r.spooled_batches, r.dropped_batches), (1, 0), "{r:?}");
+    let events = drain(&mut rx);
+    let denied: Vec<&TelemetryEvent> = events
+        .iter()
+        .filter(|e| matches!(e, TelemetryEvent::AwsAccessDenied { .. }))
+        .collect();
+    assert_eq!(denied.len(), 1, "once per episode: {events:?}");
+    assert!(
+        matches!(denied[0], TelemetryEvent::AwsAccessDenied { sink, operation, permission, .. }
+        if sink == "cloudwatch" && operation == "PutMetricData" && permission == "cloudwatch:PutMetricData")
+    );
+    proxy.heal();
+    // The auth schedule waits ≥ 0.5 s before the next call; flush until it is delivered.
+    let mut replayed = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replayed < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        replayed += sink.flush_once().await.replayed_batches;
+    }
+    assert_eq!(replayed, 2);
+    assert!(drain(&mut rx).contains(&TelemetryEvent::AwsAccessRestored {
+        sink: "cloudwatch".into()
+    }));
+    let read = moto.sdk_config().await;
+    assert_eq!(
+        cw_stats(&read, "GPUUtilization", &[("Host", HOST), ("GPU", "4")]).await,
+        (2.0, 11.0, 6.0)
     );
 }

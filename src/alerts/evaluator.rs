@@ -5,6 +5,7 @@
 //! set. Time is passed in (ms since the epoch); nothing here reads a clock or does I/O.
 
 use super::rules::{Condition, Reducer, Rule, Severity};
+use crate::telemetry::store::LatencyWindow;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -430,7 +431,9 @@ fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
 }
 
 /// Reduces the samples inside `[now - window, now]` to one value; `None` without data.
-/// `rate` is the per-second increase of a counter (resets count from zero).
+/// Samples are the store's one-per-bucket history, so each reducer weighs time, not requests.
+/// `rate` is the per-second increase of a counter (resets count from zero), counted from the
+/// last sample at or before the window's start (the baseline), like [`error_rate`].
 pub fn reduce(reducer: Reducer, samples: &[Sample], now_ms: u64, window: Duration) -> Option<f64> {
     let from = now_ms.saturating_sub(window.as_millis() as u64);
     let mut inside: Vec<Sample> = samples
@@ -448,14 +451,42 @@ pub fn reduce(reducer: Reducer, samples: &[Sample], now_ms: u64, window: Duratio
         Reducer::P95 => quantile(&mut values().collect::<Vec<_>>(), 0.95),
         Reducer::P99 => quantile(&mut values().collect::<Vec<_>>(), 0.99),
         Reducer::Rate => {
-            let (first, last) = (inside.first()?, inside.last()?);
+            let span = with_baseline(samples, from, now_ms);
+            let (first, last) = (span.first()?, span.last()?);
             let secs = (last.0 - first.0) as f64 / 1000.0;
             if secs <= 0.0 {
                 return Some(0.0);
             }
-            Some(increase(&inside) / secs)
+            Some(increase(&span) / secs)
         }
     }
+}
+
+/// A window's latency reduced to one value: percentiles, mean, min, max and last from the
+/// store's merged histogram buckets; `rate` is requests per second.
+pub fn reduce_latency(reducer: Reducer, w: &LatencyWindow) -> Option<f64> {
+    match reducer {
+        Reducer::Last => w.last(),
+        Reducer::Avg => w.mean(),
+        Reducer::Max => w.max(),
+        Reducer::Min => w.min(),
+        Reducer::P95 => w.quantile(0.95),
+        Reducer::P99 => w.quantile(0.99),
+        Reducer::Rate => w.rate(),
+    }
+}
+
+/// The samples of `(from, now]`, preceded by the last one at or before `from` (the baseline an
+/// increase counts from), oldest first.
+fn with_baseline(s: &[Sample], from: u64, now_ms: u64) -> Vec<Sample> {
+    let before = s.iter().filter(|(t, _)| *t <= from).max_by_key(|(t, _)| *t);
+    let mut out: Vec<Sample> = before
+        .into_iter()
+        .chain(s.iter().filter(|(t, _)| *t > from && *t <= now_ms))
+        .copied()
+        .collect();
+    out.sort_by_key(|(t, _)| *t);
+    out
 }
 
 /// Sum of a counter's increases (a drop means the source restarted from zero).
@@ -477,15 +508,9 @@ pub fn error_rate(
     window: Duration,
 ) -> Option<f64> {
     let from = now_ms.saturating_sub(window.as_millis() as u64);
-    // The last sample before the window is the baseline the increase counts from.
-    let span = |s: &[Sample]| -> Vec<Sample> {
-        let before = s.iter().filter(|(t, _)| *t <= from).max_by_key(|(t, _)| *t);
-        before
-            .into_iter()
-            .chain(s.iter().filter(|(t, _)| *t > from && *t <= now_ms))
-            .copied()
-            .collect()
-    };
+    // Both series share the store's bucket grid, so the same `from` picks the same baseline
+    // bucket for numerator and denominator: one span.
+    let span = |s: &[Sample]| with_baseline(s, from, now_ms);
     let (e, r) = (span(errors), span(requests));
     if r.is_empty() {
         return None;
@@ -704,6 +729,26 @@ mod tests {
         assert_eq!(
             error_rate(&errors, &requests, 9000, Duration::from_secs(60)),
             Some(3.0)
+        );
+    }
+
+    #[test]
+    fn error_rate_counts_sparse_errors_and_requests_over_one_span() {
+        // The store's shape: requests have a point every second (100/s), errors only in the
+        // seconds that had one (plus the baseline). A window starting mid-second takes both
+        // baselines from the same bucket.
+        let requests: Vec<Sample> = (0..=120).map(|s| (s * 1000, s as f64 * 100.0)).collect();
+        let errors: Vec<Sample> = vec![(0, 0.0), (10_000, 5.0), (70_000, 6.0), (100_000, 9.0)];
+        // Window (59.5 s, 120 s]: requests count from bucket 59 (5,900), errors from their
+        // last point before it (5): 6,100 requests, 4 errors.
+        let r = error_rate(&errors, &requests, 120_000, Duration::from_millis(60_500)).unwrap();
+        assert!((r - 100.0 * 4.0 / 6_100.0).abs() < 1e-9, "{r}");
+        // No traffic in the window at all: 0 %, not "no data" and not the old ratio.
+        let idle = [(0, 0.0), (1_000, 100.0)];
+        let none = [(0, 0.0), (1_000, 50.0)];
+        assert_eq!(
+            error_rate(&none, &idle, 300_000, Duration::from_secs(60)),
+            Some(0.0)
         );
     }
 }

@@ -104,8 +104,8 @@ fn filter_matches(m: &MetricCondition, key: &SeriesKey) -> bool {
 
 /// Reads the store for one metric rule: one observation per matching series.
 pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> Vec<Observation> {
-    let since =
-        UNIX_EPOCH + Duration::from_millis(now_ms.saturating_sub(m.window.as_millis() as u64));
+    // Histories are one point per one-second bucket, so a window spans the same time at any
+    // request rate (store.rs); rule validation keeps windows within what the store retains.
     let history = |key: &SeriesKey| -> Vec<evaluator::Sample> {
         store
             .history(key)
@@ -141,12 +141,11 @@ pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> 
             if !filter_matches(m, &h.key) {
                 continue;
             }
-            let samples: Vec<evaluator::Sample> = store
-                .latency_samples(&h.key, since)
-                .into_iter()
-                .map(|(t, v)| (ms(t), v))
-                .collect();
-            if let Some(v) = evaluator::reduce(m.reducer, &samples, now_ms, m.window) {
+            let now = UNIX_EPOCH + Duration::from_millis(now_ms);
+            let v = store
+                .latency_window(&h.key, now, m.window)
+                .and_then(|w| evaluator::reduce_latency(m.reducer, &w));
+            if let Some(v) = v {
                 out.push(Observation {
                     labels,
                     signal: Signal::Value(v),

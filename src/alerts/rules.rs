@@ -7,6 +7,7 @@
 
 use crate::config::{ConfigError, ConfigErrors, Locator, PathPart, line_col, parse_duration};
 use crate::telemetry::catalog::{self, Dim, Kind};
+use crate::telemetry::store::MAX_WINDOW;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -353,6 +354,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigErrors> {
                 if window.is_zero() && r.window.is_some() {
                     err("window", "window must be more than 0s".into());
                 }
+                if window > MAX_WINDOW {
+                    // The store keeps this much history; a longer window would silently
+                    // reduce over less than it says.
+                    err(
+                        "window",
+                        format!(
+                            "window {} exceeds the {} of history the agent keeps",
+                            humantime::format_duration(window),
+                            humantime::format_duration(MAX_WINDOW)
+                        ),
+                    );
+                }
                 let op = r.op.unwrap_or_else(|| {
                     err("name", format!("metric rule {:?} needs `op`", r.name));
                     Op::Gt
@@ -570,5 +583,21 @@ mod tests {
         assert!(e.0[0].message.contains("distribution"), "{e}");
         let e = p("[[rule]]\nname = \"x\"\nevent = \"gpu-lost\"\nseverity = \"info\"\n[[rule]]\nname = \"x\"\nevent = \"gpu-xid\"\nseverity = \"info\"\n").unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].col), (6, 8), "{e}");
+    }
+
+    #[test]
+    fn windows_longer_than_the_retained_history_are_rejected_at_their_line() {
+        let rule = |w: &str| {
+            format!(
+                "[[rule]]\nname = \"x\"\nmetric = \"GPUUtilization\"\nreducer = \"avg\"\nwindow = \"{w}\"\nop = \">\"\nthreshold = 90\nseverity = \"info\"\n"
+            )
+        };
+        assert!(
+            p(&rule("10m")).is_ok(),
+            "the retained span itself is allowed"
+        );
+        let e = p(&rule("11m")).unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].col), (5, 10), "{e}");
+        assert!(e.0[0].message.contains("exceeds"), "{e}");
     }
 }

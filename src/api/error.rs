@@ -26,8 +26,14 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("rate limit of {limit} requests per hour exceeded")]
     RateLimited { limit: u32, retry_after: Duration },
+    /// `/auth/token` brute-force limit (per client address or per key id).
+    #[error("too many token requests; retry in {} s", retry_after.as_secs().max(1))]
+    TooManyAttempts { retry_after: Duration },
     #[error("{0}")]
     Unavailable(String, Duration),
+    /// The audit trail cannot keep this request's record: refused rather than served unaudited.
+    #[error("the audit log cannot record more requests right now; retry shortly")]
+    AuditUnavailable(Duration),
     #[error("model {0} did not answer in time")]
     Timeout(String),
     #[error("{0}")]
@@ -59,7 +65,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             // The feature is off on this agent: as if the route did not exist (not a 5xx).
             ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
@@ -77,7 +85,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyAttempts { .. } => "rate_limited",
             ApiError::Unavailable(..) => "unavailable",
+            ApiError::AuditUnavailable(_) => "audit_unavailable",
             ApiError::Timeout(_) => "timeout",
             ApiError::NotConfigured(_) => "not_configured",
             ApiError::Internal(_) => "internal",
@@ -123,7 +133,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         let retry_after = match &self {
             ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::TooManyAttempts { retry_after } => Some(*retry_after),
             ApiError::Unavailable(_, retry_after) => Some(*retry_after),
+            ApiError::AuditUnavailable(retry_after) => Some(*retry_after),
             _ => None,
         };
         if let Some(wait) = retry_after {

@@ -38,8 +38,10 @@ impl ApiMetrics {
         )?;
         let model_requests = IntCounterVec::new(
             Opts::new(
-                "warden_model_requests_total",
-                "Inference requests by model and status",
+                // Not `warden_model_requests_total`: that family is the store's (host, model),
+                // and one name may have only one HELP/TYPE block on the page.
+                "warden_api_model_requests_total",
+                "Inference requests through the gateway, by model and HTTP status",
             ),
             &["model", "status"],
         )?;

@@ -5,8 +5,9 @@ use super::auth::{Principal, Role};
 use super::error::{ApiError, status_error};
 use super::ratelimit::Decision;
 use super::{AppState, audit};
+use crate::telemetry::drops;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
@@ -18,6 +19,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 /// The model a request was for, set by the inference handlers for the audit record.
 #[derive(Debug, Clone)]
 pub struct ModelTag(pub String);
+
+/// What is left of the subject's allowance after a handler charged extra tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct RateRemaining(pub u32);
 
 /// The role a route group requires.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +59,38 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-/// Audits and measures every request, whatever answered it.
+/// Routes served even when the audit trail is full (still audited while there is headroom):
+/// liveness, readiness and the metrics that show the problem must stay observable.
+fn audit_exempt(route: &str) -> bool {
+    matches!(route, "/health" | "/ready" | "/metrics")
+}
+
+/// How long a client refused for a full audit trail should wait.
+const AUDIT_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// A request in progress: its audit record is written when it is answered, or, if the client
+/// goes away first (the future is dropped), as a 499 so every request leaves a record.
+struct InFlight {
+    state: Arc<AppState>,
+    admission: Option<audit::Admission>,
+    record: Option<audit::AuditRecord>,
+    started: Instant,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.metrics.in_flight.dec();
+        if let (Some(admission), Some(mut record)) = (self.admission.take(), self.record.take()) {
+            record.status = audit::CLIENT_CLOSED;
+            record.outcome = audit::outcome(audit::CLIENT_CLOSED);
+            record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            admission.record(record);
+        }
+    }
+}
+
+/// Audits and measures every request, whatever answered it. Admission to the audit trail is
+/// checked first: a request whose record could not be kept is refused (503) before any work.
 pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -63,6 +99,25 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = req.method().as_str().to_string();
+    let admission = match state.audit.admit(audit_exempt(&route)) {
+        Ok(a) => Some(a),
+        Err(_) if audit_exempt(&route) => {
+            // Answered anyway (monitoring must see a full pipeline), its record counted.
+            state.audit.count_dropped(drops::reason::QUEUE_FULL);
+            None
+        }
+        Err(_) => {
+            state.audit.count_dropped(drops::reason::AUDIT_UNAVAILABLE);
+            state.metrics.shed.with_label_values(&["audit"]).inc();
+            let status = StatusCode::SERVICE_UNAVAILABLE.as_str().to_string();
+            state
+                .metrics
+                .requests
+                .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+                .inc();
+            return ApiError::AuditUnavailable(AUDIT_RETRY_AFTER).into_response();
+        }
+    };
     let headers = req.headers();
     let request_id = request_id(headers);
     let session_id = headers
@@ -79,10 +134,33 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown".to_string());
+    let template = audit::AuditRecord {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        interaction_id: request_id.clone(),
+        request_id,
+        session_id,
+        subject: None,
+        role: None,
+        method: method.clone(),
+        route: route.clone(),
+        model: None,
+        status: 0,
+        outcome: "",
+        latency_ms: 0.0,
+        bytes_in,
+        bytes_out: 0,
+        client,
+        user_agent,
+    };
 
     state.metrics.in_flight.inc();
+    let mut in_flight = InFlight {
+        state: state.clone(),
+        admission,
+        record: Some(template),
+        started,
+    };
     let response = next.run(req).await;
-    state.metrics.in_flight.dec();
 
     let latency = started.elapsed();
     let status = response.status().as_u16();
@@ -114,26 +192,19 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         }
     }
     let principal = response.extensions().get::<Principal>();
-    let bytes_out = response_length(&response);
-    let record = audit::AuditRecord {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        interaction_id: request_id.clone(),
-        request_id,
-        session_id,
-        subject: principal.map(|p| p.subject.clone()),
-        role: principal.map(|p| p.role.as_str().to_string()),
-        method,
-        route,
-        model,
-        status,
-        outcome: audit::outcome(status),
-        latency_ms: latency.as_secs_f64() * 1000.0,
-        bytes_in,
-        bytes_out,
-        client,
-        user_agent,
-    };
-    state.audit.record(record).await;
+    if let (Some(admission), Some(mut record)) =
+        (in_flight.admission.take(), in_flight.record.take())
+    {
+        record.subject = principal.map(|p| p.subject.clone());
+        record.role = principal.map(|p| p.role.as_str().to_string());
+        record.model = model;
+        record.status = status;
+        record.outcome = audit::outcome(status);
+        record.latency_ms = latency.as_secs_f64() * 1000.0;
+        record.bytes_out = response_length(&response);
+        admission.record(record);
+    }
+    drop(in_flight);
     response
 }
 
@@ -249,7 +320,14 @@ pub async fn authorize(
                 r
             }
             Decision::Allowed { limit, remaining } => {
+                let mut req = req;
+                req.extensions_mut().insert(principal.clone());
                 let mut r = next.run(req).await;
+                // A handler that charged more (batch items) reports what is left.
+                let remaining = r
+                    .extensions()
+                    .get::<RateRemaining>()
+                    .map_or(remaining, |r| r.0);
                 set_rate_headers(r.headers_mut(), limit, remaining, None);
                 r
             }
@@ -259,7 +337,12 @@ pub async fn authorize(
     response
 }
 
-fn set_rate_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Option<Duration>) {
+pub(crate) fn set_rate_headers(
+    headers: &mut HeaderMap,
+    limit: u32,
+    remaining: u32,
+    reset: Option<Duration>,
+) {
     headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
     headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
     if let Some(reset) = reset {

@@ -74,6 +74,8 @@ pub struct Auth {
     pub tokens: Tokens,
     pub keys: ApiKeyStore,
     pub limiter: ratelimit::SubjectLimiter,
+    /// `/auth/token` brute-force limits.
+    pub login: ratelimit::LoginLimiter,
 }
 
 pub struct AppState {
@@ -88,6 +90,8 @@ pub struct AppState {
     pub body_limit: usize,
     pub capacity: Arc<Semaphore>,
     pub max_concurrency: usize,
+    /// Cancelled when shutdown begins: `/ready` answers 503 from then on.
+    pub draining: CancellationToken,
 }
 
 /// Everything needed to build the gateway besides the config.
@@ -142,6 +146,7 @@ impl AppState {
                     tokens,
                     keys,
                     limiter: ratelimit::SubjectLimiter::per_hour(a.rate_limit_per_hour),
+                    login: ratelimit::LoginLimiter::default(),
                 })
             }
         };
@@ -159,6 +164,7 @@ impl AppState {
             body_limit: config.api.body_limit_bytes,
             capacity: Arc::new(Semaphore::new(config.api.max_concurrency)),
             max_concurrency: config.api.max_concurrency,
+            draining: CancellationToken::new(),
         })
     }
 }
@@ -202,21 +208,61 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled, then drains in-flight requests.
+/// Longest shutdown waits for in-flight requests.
+const MAX_DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` is cancelled, then stops accepting and drains in-flight requests
+/// (each bounded by `api.request_timeout`); connections still busy after that bound plus a
+/// grace second (at most [`MAX_DRAIN`]) are abandoned so shutdown always ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     cors_origins: &[String],
     shutdown: CancellationToken,
 ) -> Result<(), ApiStartError> {
+    let draining = state.draining.clone();
+    tokio::spawn(shrink_limiters(state.clone(), shutdown.clone()));
+    // Capped so a stuck model cannot hold shutdown past systemd's TimeoutStopSec (30 s).
+    let drain_bound = (state.request_timeout + Duration::from_secs(1)).min(MAX_DRAIN);
     let app = router(state, cors_origins);
-    axum::serve(
+    let stop = shutdown.clone();
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-    .map_err(ApiStartError::Serve)
+    .with_graceful_shutdown(async move {
+        stop.cancelled().await;
+        draining.cancel();
+    });
+    let server = std::future::IntoFuture::into_future(server);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(ApiStartError::Serve),
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain_bound).await;
+        } => {
+            tracing::warn!(bound = ?drain_bound, "API drain bound reached; abandoning open connections");
+            Ok(())
+        }
+    }
+}
+
+/// Forgets idle rate-limit keys now and then, so addresses and subjects seen once do not
+/// accumulate for the agent's lifetime.
+async fn shrink_limiters(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                if let Some(auth) = &state.auth {
+                    auth.limiter.shrink();
+                    auth.login.shrink();
+                }
+            }
+        }
+    }
 }
 
 /// Binds `addr`, with a clear error.

@@ -2,16 +2,19 @@
 
 use super::auth::Principal;
 use super::error::ApiError;
-use super::middleware::{ModelTag, request_id};
+use super::middleware::{ModelTag, RateRemaining, request_id, set_rate_headers};
+use super::ratelimit::Decision;
 use super::{AppState, proxy};
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -36,18 +39,23 @@ pub async fn health() -> Json<Health> {
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
     pub ready: bool,
+    /// The agent is shutting down: take it out of rotation.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
     /// Each model's supervisor state.
     pub models: std::collections::BTreeMap<String, String>,
 }
 
 #[utoipa::path(get, path = "/ready", tag = "agent", responses(
     (status = 200, body = Readiness, description = "every model is ready"),
-    (status = 503, body = Readiness, description = "some model is not ready")))]
+    (status = 503, body = Readiness, description = "some model is not ready, or the agent is shutting down")))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let models = state.directory.models();
-    let ready = !models.is_empty() && models.iter().all(|m| m.ready);
+    let draining = state.draining.is_cancelled();
+    let ready = !draining && !models.is_empty() && models.iter().all(|m| m.ready);
     let body = Readiness {
         ready,
+        draining,
         models: models.into_iter().map(|m| (m.name, m.state)).collect(),
     };
     let status = if ready {
@@ -91,7 +99,7 @@ pub struct ModelInfo {
 #[utoipa::path(get, path = "/api/v1/models", tag = "models", security(("bearer" = [])),
     responses((status = 200, body = Vec<ModelInfo>),
         (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
-        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody, description = "overloaded, or the audit log cannot record the request (code audit_unavailable, see Retry-After)")))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Vec<ModelInfo>> {
     let models = state.directory.models();
     let mut tasks = tokio::task::JoinSet::new();
@@ -184,7 +192,7 @@ async fn call_model(
         (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
         (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
-        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody, description = "model not ready, overloaded, or the audit log cannot record the request (code audit_unavailable); see Retry-After"),
         (status = 504, body = super::error::ErrorBody, description = "the model did not answer in time")))]
 pub async fn infer(
     State(state): State<Arc<AppState>>,
@@ -255,21 +263,38 @@ pub struct BatchResponse {
 
 #[utoipa::path(post, path = "/api/v1/batch-analysis", tag = "models", security(("bearer" = [])),
     request_body = BatchRequest,
-    responses((status = 200, body = BatchResponse, description = "one result per item, in order; a failed item does not fail the batch"),
+    responses((status = 200, body = BatchResponse, description = "one result per item, in order; a failed item does not fail the batch; each item costs one rate-limit token"),
         (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody),
         (status = 403, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
         (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
-        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody, description = "overloaded, or the audit log cannot record the request (code audit_unavailable); see Retry-After")))]
 pub async fn batch(
     State(state): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<BatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: BatchRequest = json_body(&headers, body, state.body_limit)?;
     if request.requests.is_empty() || request.requests.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::Unprocessable(format!(
             "requests: between 1 and {MAX_BATCH_ITEMS} items"
         )));
+    }
+    // One token per item: the request itself paid for the first in `authorize`.
+    let mut remaining = None;
+    if let (Some(auth), Some(Extension(principal))) = (&state.auth, &principal) {
+        let extra = u32::try_from(request.requests.len() - 1).unwrap_or(u32::MAX);
+        match auth.limiter.check_n(&principal.subject, extra) {
+            Decision::Limited { limit, retry_after } => {
+                state.metrics.shed.with_label_values(&["rate_limit"]).inc();
+                let mut r = ApiError::RateLimited { limit, retry_after }.into_response();
+                set_rate_headers(r.headers_mut(), limit, 0, Some(retry_after));
+                return Ok(r);
+            }
+            Decision::Allowed {
+                remaining: left, ..
+            } => remaining = Some(left),
+        }
     }
     let parent_id = request_id(&headers);
     let mut tasks = tokio::task::JoinSet::new();
@@ -329,9 +354,14 @@ pub async fn batch(
             joined.map_err(|e| ApiError::Internal(format!("batch item task: {e}")))?;
         results[i] = Some(result);
     }
-    Ok(Json(BatchResponse {
+    let mut response = Json(BatchResponse {
         results: results.into_iter().flatten().collect(),
-    }))
+    })
+    .into_response();
+    if let Some(left) = remaining {
+        response.extensions_mut().insert(RateRemaining(left));
+    }
+    Ok(response)
 }
 
 /// The auth state, when this agent issues tokens (auth on and a private key configured).
@@ -374,14 +404,34 @@ pub struct RefreshRequest {
         (status = 401, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody, description = "auth off or no private key on this agent"),
         (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody),
-        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
+        (status = 422, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody, description = "too many attempts from this address or on this key id (brute-force limit); see Retry-After"),
+        (status = 503, body = super::error::ErrorBody, description = "overloaded, or the audit log cannot record the request (code audit_unavailable); see Retry-After")))]
 pub async fn token(
     State(state): State<Arc<AppState>>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let auth = token_issuer(&state)?;
+    // Charged before anything else, malformed attempts included: each try costs an argon2 run.
+    if let Some(Extension(ConnectInfo(addr))) = client {
+        auth.login.check_address(addr.ip()).map_err(|retry_after| {
+            state
+                .metrics
+                .shed
+                .with_label_values(&["login_address"])
+                .inc();
+            ApiError::TooManyAttempts { retry_after }
+        })?;
+    }
     let request: TokenRequest = json_body(&headers, body, state.body_limit)?;
+    auth.login
+        .check_key(&request.api_key)
+        .map_err(|retry_after| {
+            state.metrics.shed.with_label_values(&["login_key"]).inc();
+            ApiError::TooManyAttempts { retry_after }
+        })?;
     // argon2 is deliberately slow: keep it off the async workers.
     let key = request.api_key;
     let state2 = state.clone();
@@ -412,7 +462,7 @@ pub async fn token(
         (status = 401, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody, description = "auth off or no private key on this agent"),
         (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody),
-        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
+        (status = 422, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody, description = "overloaded, or the audit log cannot record the request (code audit_unavailable); see Retry-After")))]
 pub async fn refresh(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -333,10 +333,9 @@ fn model_row(
     }
 }
 
-/// How much a counter (points of running totals, oldest first) grew over the trailing
-/// `window` before `now`. Points before the window give the base; with none, the first point
-/// is the base less its own step (the store appends one point per increment of one; a longer
-/// history may have been truncated, so its first total is not all new).
+/// How much a counter (the store's history: a baseline point, then one running total per
+/// one-second bucket, oldest first) grew over the trailing `window` before `now`. The last
+/// point at or before the window's start is the base; with none, the first (the baseline).
 pub fn counter_increase(
     points: &[crate::telemetry::store::Point],
     now: SystemTime,
@@ -354,10 +353,9 @@ pub fn counter_increase(
     (last.value - base).max(0.0)
 }
 
+/// The total a history's increases count from: its first point (the store's baseline).
 fn first_base(points: &[crate::telemetry::store::Point]) -> f64 {
-    points
-        .first()
-        .map_or(0.0, |p| p.value - p.value.clamp(0.0, 1.0))
+    points.first().map_or(0.0, |p| p.value)
 }
 
 /// Requests per one-second bucket over the last `n` seconds, oldest first (a sparkline).
@@ -422,16 +420,17 @@ mod tests {
             counter_increase(&pts, at(120), Duration::from_secs(60)),
             8.0
         );
-        // A counter born inside the window counts from zero; a truncated one from its first.
-        let young = counter(&[(90, 1.0), (95, 2.0)]);
+        // A counter born inside the window counts from its baseline (0 for a new one, the
+        // dropped total for a truncated history), whatever the first bucket holds.
+        let young = counter(&[(89, 0.0), (90, 1000.0), (95, 2000.0)]);
         assert_eq!(
             counter_increase(&young, at(100), Duration::from_secs(60)),
-            2.0
+            2000.0
         );
-        let truncated = counter(&[(90, 500.0), (95, 503.0)]);
+        let truncated = counter(&[(89, 500.0), (90, 503.0), (95, 510.0)]);
         assert_eq!(
             counter_increase(&truncated, at(100), Duration::from_secs(60)),
-            4.0
+            10.0
         );
         assert_eq!(counter_increase(&[], at(100), Duration::from_secs(60)), 0.0);
     }

@@ -2,6 +2,7 @@
 //! the durable spool they share.
 
 pub mod aws;
+pub mod aws_error;
 pub mod cloudwatch;
 pub mod logs;
 pub mod prometheus;

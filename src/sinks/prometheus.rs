@@ -4,7 +4,8 @@ use crate::telemetry::catalog::{CATALOG, Kind};
 use crate::telemetry::{MetricStore, SeriesKey};
 use std::fmt::Write as _;
 
-/// Latency histogram buckets, in ms.
+/// Latency histogram buckets, in ms (the store's unit); rendered in seconds, Prometheus' base
+/// unit (`warden_model_latency_seconds`).
 pub const LATENCY_BUCKETS_MS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 5000.0, 10000.0,
 ];
@@ -27,14 +28,15 @@ fn labels(key: &SeriesKey, extra: Option<(&str, String)>) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        format!("{v}")
-    }
+/// A sample value; `None` for NaN/±Inf, which the store refuses and the page never carries
+/// (a scraper would store them and every sum over the series would turn NaN).
+fn number(v: f64) -> Option<String> {
+    v.is_finite().then(|| format!("{v}"))
+}
+
+/// A bucket bound: finite bounds as numbers, `+Inf` for the last bucket.
+fn bound(v: f64) -> String {
+    number(v).unwrap_or_else(|| "+Inf".to_string())
 }
 
 /// Renders every series in catalogue order, one HELP/TYPE block per metric.
@@ -56,7 +58,9 @@ pub fn render(store: &MetricStore) -> String {
                 let _ = writeln!(out, "# HELP {name} {}", def.description);
                 let _ = writeln!(out, "# TYPE {name} {ty}");
                 for s in rows {
-                    let _ = writeln!(out, "{name}{} {}", labels(&s.key, None), number(s.value));
+                    if let Some(v) = number(s.value) {
+                        let _ = writeln!(out, "{name}{} {v}", labels(&s.key, None));
+                    }
                 }
             }
             Kind::Histogram => {
@@ -75,7 +79,7 @@ pub fn render(store: &MetricStore) -> String {
                         let _ = writeln!(
                             out,
                             "{name}_bucket{} {count}",
-                            labels(&h.key, Some(("le", number(*le))))
+                            labels(&h.key, Some(("le", bound(*le / 1000.0))))
                         );
                     }
                     let _ = writeln!(
@@ -84,12 +88,8 @@ pub fn render(store: &MetricStore) -> String {
                         labels(&h.key, Some(("le", "+Inf".into()))),
                         h.count
                     );
-                    let _ = writeln!(
-                        out,
-                        "{name}_sum{} {}",
-                        labels(&h.key, None),
-                        number(h.sum_ms)
-                    );
+                    let sum = number(h.sum_ms / 1000.0).unwrap_or_else(|| "0".to_string());
+                    let _ = writeln!(out, "{name}_sum{} {sum}", labels(&h.key, None));
                     let _ = writeln!(out, "{name}_count{} {}", labels(&h.key, None), h.count);
                 }
             }
@@ -136,18 +136,36 @@ mod tests {
         );
         assert!(
             text.contains(
-                "warden_model_latency_ms_bucket{host=\"h\\\"1\",model=\"m\",le=\"5\"} 1\n"
+                "warden_model_latency_seconds_bucket{host=\"h\\\"1\",model=\"m\",le=\"0.005\"} 1\n"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "warden_model_latency_ms_bucket{host=\"h\\\"1\",model=\"m\",le=\"+Inf\"} 2\n"
+                "warden_model_latency_seconds_bucket{host=\"h\\\"1\",model=\"m\",le=\"+Inf\"} 2\n"
             ),
             "{text}"
         );
         assert!(
-            text.contains("warden_model_latency_ms_count{host=\"h\\\"1\",model=\"m\"} 2\n"),
+            text.contains("warden_model_latency_seconds_count{host=\"h\\\"1\",model=\"m\"} 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_counted_and_never_rendered() {
+        let store = MetricStore::new("h", 4);
+        let now = SystemTime::now();
+        store.set_gauge("GPUUtilization", &[(Dim::Gpu, "0")], f64::NAN, now);
+        store.set_gauge("GPUTemperature", &[(Dim::Gpu, "0")], f64::INFINITY, now);
+        store.set_gauge("GPUPowerDraw", &[(Dim::Gpu, "0")], 100.0, now);
+        let text = store.render();
+        assert!(!text.contains("NaN") && !text.contains(" +Inf") && !text.contains(" -Inf"));
+        assert!(!text.contains("warden_gpu_utilization_percent{"), "{text}");
+        assert!(
+            text.contains(
+                "warden_records_dropped_total{host=\"h\",sink=\"store\",reason=\"non_finite\"} 2\n"
+            ),
             "{text}"
         );
     }

@@ -4,7 +4,10 @@
 //! fsynced on append; an `acked` file (written temp + rename) holds the highest delivered
 //! sequence, so acknowledged records are never replayed, across restarts too. Bounded in bytes:
 //! when full, the oldest segment is dropped and its unacknowledged records are counted and logged.
-//! A torn tail from a crash mid-append is detected by length/checksum and truncated on open.
+//! A torn tail from a crash mid-append is detected by length/checksum and truncated on open; a
+//! failed append (ENOSPC, EIO) cuts its segment back to the length before it (or, if even that
+//! fails, rolls to a new segment), so later records stay readable. Records that no longer
+//! decode are counted ([`Spool::take_corrupt`]) rather than acknowledged away unseen.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -50,6 +53,8 @@ struct Segment {
     first_seq: u64,
     last_seq: u64,
     bytes: u64,
+    /// Its unreadable records were already counted as corrupt.
+    corrupt_counted: bool,
 }
 
 struct Inner {
@@ -58,6 +63,8 @@ struct Inner {
     next_seq: u64,
     acked: u64,
     dropped: u64,
+    /// Records that no longer decode, not yet reported by [`Spool::take_corrupt`].
+    corrupt: u64,
 }
 
 /// A durable FIFO of byte records; share it behind an `Arc`.
@@ -68,36 +75,13 @@ pub struct Spool {
     inner: Mutex<Inner>,
 }
 
-const fn crc_table() -> [u32; 256] {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-}
-static CRC: [u32; 256] = crc_table();
-
-/// CRC-32 (IEEE) of the concatenated parts.
+/// CRC-32/ISO-HDLC (the IEEE polynomial) of the concatenated parts: the on-disk checksum.
 fn crc32(parts: &[&[u8]]) -> u32 {
-    let mut c = !0u32;
+    let mut h = crc32fast::Hasher::new();
     for p in parts {
-        for &b in *p {
-            c = CRC[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
-        }
+        h.update(p);
     }
-    !c
+    h.finalize()
 }
 
 fn encode(seq: u64, payload: &[u8]) -> Vec<u8> {
@@ -172,9 +156,11 @@ impl Spool {
             })
             .collect();
         names.sort();
-        let mut segments = VecDeque::new();
+        let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut next_seq = acked + 1;
-        for (first_seq, path) in names {
+        let mut corrupt = 0u64;
+        let firsts: Vec<u64> = names.iter().map(|(s, _)| *s).collect();
+        for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let mut buf = Vec::new();
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut buf))
@@ -192,6 +178,15 @@ impl Spool {
             let last_seq = records
                 .last()
                 .map_or(first_seq.saturating_sub(1), |r| r.seq);
+            // A later segment proves how many records this one held: the unreadable ones
+            // that were never acknowledged are lost, and counted. (A torn tail of the last
+            // segment is an append that never returned, so nobody was told it was kept.)
+            if valid < buf.len()
+                && let Some(next_first) = firsts.get(i + 1)
+            {
+                let held_to = next_first.saturating_sub(1);
+                corrupt += held_to.saturating_sub(last_seq.max(acked));
+            }
             if records.is_empty() || last_seq <= acked {
                 let _ = fs::remove_file(&path);
                 continue;
@@ -202,6 +197,7 @@ impl Spool {
                 first_seq,
                 last_seq,
                 bytes: valid as u64,
+                corrupt_counted: false,
             });
         }
         sync_dir(&dir);
@@ -216,6 +212,7 @@ impl Spool {
                 next_seq,
                 acked,
                 dropped: 0,
+                corrupt,
             }),
         })
     }
@@ -238,6 +235,17 @@ impl Spool {
         };
         if rotate {
             let path = self.dir.join(segment_name(seq));
+            // A segment that never got a record (its only append failed) has this very name:
+            // start it afresh rather than append after whatever the failure left in it.
+            if inner
+                .segments
+                .back()
+                .is_some_and(|s| s.first_seq == seq && s.last_seq < s.first_seq)
+            {
+                inner.segments.pop_back();
+                inner.writer = None;
+                let _ = fs::remove_file(&path);
+            }
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -250,6 +258,7 @@ impl Spool {
                 first_seq: seq,
                 last_seq: seq - 1,
                 bytes: 0,
+                corrupt_counted: false,
             });
         }
         let bytes = encode(seq, payload);
@@ -262,9 +271,19 @@ impl Spool {
                 source: io::Error::other("no open segment"),
             });
         };
-        f.write_all(&bytes)
-            .and_then(|_| f.sync_data())
-            .map_err(io_err(&seg.path))?;
+        if let Err(source) = f.write_all(&bytes).and_then(|_| f.sync_data()) {
+            // A short write (ENOSPC, EIO) leaves a torn record: cut the segment back to where it
+            // was so the records after it stay readable. If even that fails, stop writing to
+            // this segment (the next append rolls a new one; open() truncates the tail).
+            let restored = f.set_len(seg.bytes).and_then(|_| f.sync_data());
+            let path = seg.path.clone();
+            if let Err(e) = restored {
+                tracing::warn!(segment = %path.display(), error = %e,
+                    "spool: cannot truncate a failed append; rolling to a new segment");
+                *writer = None;
+            }
+            return Err(SpoolError::Io { path, source });
+        }
         seg.bytes += record_len;
         seg.last_seq = seq;
         inner.next_seq = seq + 1;
@@ -309,14 +328,26 @@ impl Spool {
     }
 
     /// Up to `max` unacknowledged records, oldest first.
+    ///
+    /// Records of a segment that no longer decode (changed on disk since they were written)
+    /// are skipped, and counted once in [`Spool::take_corrupt`]: acknowledging past them must
+    /// not lose them silently.
     pub fn peek(&self, max: usize) -> Result<Vec<SpoolRecord>, SpoolError> {
-        let inner = self.lock();
+        let mut guard = self.lock();
+        let Inner {
+            segments,
+            acked,
+            corrupt,
+            writer,
+            ..
+        } = &mut *guard;
+        let current = segments.back().map(|s| s.path.clone()).unwrap_or_default();
         let mut out = Vec::new();
-        for seg in &inner.segments {
+        for seg in segments.iter_mut() {
             if out.len() >= max {
                 break;
             }
-            if seg.last_seq <= inner.acked {
+            if seg.last_seq <= *acked {
                 continue;
             }
             let mut buf = Vec::new();
@@ -324,14 +355,32 @@ impl Spool {
             f.seek(SeekFrom::Start(0)).map_err(io_err(&seg.path))?;
             f.read_to_end(&mut buf).map_err(io_err(&seg.path))?;
             let (records, _) = decode(&buf);
+            let readable_to = records.last().map_or(seg.first_seq - 1, |r| r.seq);
+            if readable_to < seg.last_seq && !seg.corrupt_counted {
+                seg.corrupt_counted = true;
+                // Nothing appended after the damage could be read either: write elsewhere.
+                if seg.path == current {
+                    *writer = None;
+                }
+                let lost = seg.last_seq - readable_to.max(*acked);
+                *corrupt += lost;
+                tracing::error!(segment = %seg.path.display(), records = lost,
+                    "spool segment damaged on disk: records no longer decode (counted as corrupt)");
+            }
             out.extend(
                 records
                     .into_iter()
-                    .filter(|r| r.seq > inner.acked)
+                    .filter(|r| r.seq > *acked)
                     .take(max - out.len()),
             );
         }
         Ok(out)
+    }
+
+    /// Records found unreadable since the last call (on open or by [`Spool::peek`]); the
+    /// caller counts them as dropped (`drops::reason::CORRUPT`).
+    pub fn take_corrupt(&self) -> u64 {
+        std::mem::take(&mut self.lock().corrupt)
     }
 
     /// Marks every record up to `seq` delivered (durably) and deletes fully delivered segments.
@@ -473,6 +522,127 @@ mod tests {
         fs::write(&seg, &bytes[..bytes.len() - 10]).unwrap();
         let (records, _) = decode(&fs::read(&seg).unwrap());
         assert!(records.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A real, tiny tmpfs on a temp dir (root only), unmounted and removed on drop.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            if !nix::unistd::Uid::effective().is_root() {
+                eprintln!("skipped: mounting a tmpfs needs root");
+                return None;
+            }
+            let dir = tmp();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("skipped: mount -t tmpfs failed (no CAP_SYS_ADMIN in this container?)");
+                let _ = fs::remove_dir_all(&dir);
+                return None;
+            }
+            Some(Tmpfs(dir))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_never_leaves_a_torn_record_and_later_records_stay_readable() {
+        let Some(fs_) = Tmpfs::mount("256k") else {
+            return;
+        };
+        // Ballast to free later, so the disk can "come back".
+        let ballast = fs_.0.join("ballast");
+        fs::write(&ballast, vec![7u8; 64 << 10]).unwrap();
+        let spool = Spool::open(fs_.0.join("spool"), 1 << 20).unwrap(); // bound above the disk
+        let mut kept = Vec::new();
+        let mut failures = 0;
+        // Odd-sized records so a write straddles a page boundary when the disk fills.
+        for i in 0..400u32 {
+            let payload = format!("{i:05}-{}", "x".repeat(1500 + (i as usize * 37) % 900));
+            match spool.append(payload.as_bytes()) {
+                Ok(seq) => kept.push((seq, payload)),
+                Err(SpoolError::Io { .. }) => {
+                    failures += 1;
+                    if failures >= 5 {
+                        break;
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(failures >= 5, "the 256 KiB disk must fill");
+        // Every record accounted for on disk is whole: bytes match what was kept.
+        let on_disk: u64 = kept.iter().map(|(_, p)| (HEADER + p.len()) as u64).sum();
+        assert_eq!(spool.bytes(), on_disk);
+        // Space comes back; appends continue in the same segment chain.
+        fs::remove_file(&ballast).unwrap();
+        for i in 0..5 {
+            let payload = format!("after-{i}");
+            kept.push((spool.append(payload.as_bytes()).unwrap(), payload));
+        }
+        let check = |spool: &Spool| {
+            let got: Vec<(u64, String)> = spool
+                .peek(usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.seq, String::from_utf8(r.payload).unwrap()))
+                .collect();
+            assert_eq!(got.len(), kept.len());
+            assert!(
+                got == kept,
+                "every kept record readable, in order, nothing else"
+            );
+            assert_eq!(spool.take_corrupt(), 0);
+        };
+        check(&spool);
+        drop(spool);
+        check(&Spool::open(fs_.0.join("spool"), 1 << 20).unwrap());
+    }
+
+    #[test]
+    fn damaged_records_are_counted_not_acked_away_silently() {
+        let dir = tmp();
+        let spool = Spool::open(&dir, 64 << 10).unwrap(); // 8 KiB segments
+        for i in 0..40u8 {
+            spool.append(&[i; 1000]).unwrap();
+        }
+        let mut segs: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 3);
+        // Flip a byte in the second record of the first segment: it and the rest of the
+        // segment no longer decode.
+        let mut bytes = fs::read(&segs[0]).unwrap();
+        let per_seg = bytes.len() / (HEADER + 1000);
+        bytes[HEADER + 1000 + HEADER + 5] ^= 0xFF;
+        fs::write(&segs[0], &bytes).unwrap();
+        let got = spool.peek(usize::MAX).unwrap();
+        let corrupt = spool.take_corrupt();
+        assert_eq!(corrupt, per_seg as u64 - 1);
+        assert_eq!(got.len() as u64 + corrupt, 40, "readable or counted");
+        assert_eq!(spool.take_corrupt(), 0, "counted once");
+        spool.peek(usize::MAX).unwrap();
+        assert_eq!(spool.take_corrupt(), 0, "counted once");
+        // Reopen: the damaged middle segment's lost records are counted again for this process.
+        drop(spool);
+        let spool = Spool::open(&dir, 64 << 10).unwrap();
+        assert_eq!(spool.take_corrupt(), per_seg as u64 - 1);
+        assert_eq!(spool.peek(usize::MAX).unwrap().len(), got.len());
         let _ = fs::remove_dir_all(&dir);
     }
 

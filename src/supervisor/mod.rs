@@ -238,6 +238,11 @@ impl SupervisorHandle {
         self.inner.logs.dropped()
     }
 
+    /// Counts dropped output lines in `store` (`RecordsDropped{sink="capture"}`) from now on.
+    pub fn count_dropped_log_lines_in(&self, store: Arc<crate::telemetry::MetricStore>) {
+        self.inner.logs.count_drops_in(store);
+    }
+
     /// Stops (if running) and respawns a model; forgives its past failures.
     pub async fn restart(&self, name: &str) -> Result<(), SupervisorError> {
         self.command(name, Command::Restart).await

@@ -2,9 +2,11 @@
 //! channel for the log shipper, without ever blocking on a slow reader or a noisy child.
 
 use super::types::{LogLine, LogStream, now_ms};
+use crate::telemetry::MetricStore;
+use crate::telemetry::drops;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 
@@ -82,6 +84,23 @@ pub struct LogSink {
     rings: Mutex<HashMap<String, VecDeque<LogLine>>>,
     shipper: mpsc::Sender<LogLine>,
     dropped: AtomicU64,
+    /// Where dropped lines are counted (`RecordsDropped{sink="capture"}`), once the agent's
+    /// store exists.
+    store: StoreSlot,
+}
+
+/// The store, once set (`MetricStore` has no `Debug`).
+#[derive(Default)]
+struct StoreSlot(OnceLock<Arc<MetricStore>>);
+
+impl std::fmt::Debug for StoreSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "store"
+        } else {
+            "no store"
+        })
+    }
 }
 
 impl LogSink {
@@ -93,6 +112,7 @@ impl LogSink {
                 rings: Mutex::new(HashMap::new()),
                 shipper: tx,
                 dropped: AtomicU64::new(0),
+                store: StoreSlot::default(),
             }),
             rx,
         )
@@ -106,9 +126,29 @@ impl LogSink {
             }
             ring.push_back(line.clone());
         }
-        // A slow or absent shipper loses lines (counted) rather than stalling the children.
-        if self.shipper.try_send(line).is_err() {
+        // A slow, back-pressured or absent shipper loses lines (counted) rather than stalling
+        // the children. A closed channel (logs disabled) is not a loss: the ring keeps them.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.shipper.try_send(line) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            drops::record(
+                self.store.0.get().map(|s| s.as_ref()),
+                drops::sink::CAPTURE,
+                drops::reason::QUEUE_FULL,
+                1,
+            );
+        }
+    }
+
+    /// Counts later drops in `store` (and what was dropped before it existed).
+    pub fn count_drops_in(&self, store: Arc<MetricStore>) {
+        let before = self.dropped();
+        if self.store.0.set(store.clone()).is_ok() {
+            drops::record(
+                Some(&store),
+                drops::sink::CAPTURE,
+                drops::reason::QUEUE_FULL,
+                before,
+            );
         }
     }
 
@@ -217,5 +257,29 @@ mod tests {
         assert_eq!(sink.tail("m", 5000).len(), RING_LINES);
         assert_eq!(sink.dropped(), (RING_LINES + 3) as u64);
         assert_eq!(rx.try_recv().map(|l| l.line).ok().as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn dropped_lines_are_counted_in_the_store() {
+        let (sink, _rx) = LogSink::new(1);
+        let line = |i: usize| LogLine {
+            model: "m".into(),
+            stream: LogStream::Stdout,
+            timestamp_ms: 0,
+            line: i.to_string(),
+        };
+        sink.record(line(0));
+        sink.record(line(1)); // dropped before the store exists
+        let store = Arc::new(MetricStore::new("h", 16));
+        sink.count_drops_in(store.clone());
+        for i in 2..5 {
+            sink.record(line(i));
+        }
+        let counted = drops::total(&store, drops::sink::CAPTURE, drops::reason::QUEUE_FULL);
+        assert_eq!(counted, 4.0);
+        assert_eq!(sink.dropped(), 4);
+        assert!(store.render().contains(
+            r#"warden_records_dropped_total{host="h",sink="capture",reason="queue_full"} 4"#
+        ));
     }
 }

@@ -250,7 +250,8 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     def!(
         "GPUCount",
-        "warden_gpu_count",
+        // Not `_count`: Prometheus reserves that suffix for histograms and summaries.
+        "warden_gpus",
         Count,
         Gauge,
         HOST,
@@ -289,8 +290,17 @@ pub const CATALOG: &[MetricDef] = &[
         "Free space on the state directory's file system"
     ),
     def!(
+        "HostDiskFreePercent",
+        "warden_host_state_dir_free_percent",
+        Percent,
+        Gauge,
+        HOST,
+        "Free space on the state directory's file system, as a share of its size"
+    ),
+    def!(
         "ModelLatency",
-        "warden_model_latency_ms",
+        // Prometheus wants base units: /metrics renders this histogram in seconds.
+        "warden_model_latency_seconds",
         Milliseconds,
         Histogram,
         MODEL,

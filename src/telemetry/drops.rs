@@ -41,6 +41,8 @@ pub mod reason {
     pub const NON_FINITE: &str = "non_finite";
     /// The API refused a request because its audit record could not be kept.
     pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
+    /// The task that should take the record had already stopped (shutdown).
+    pub const SINK_STOPPED: &str = "sink_stopped";
 }
 
 /// At most one warning per (sink, reason) this often; the next one carries the count between.

@@ -47,6 +47,11 @@ impl HostSampler {
             Ok(v) => {
                 let free = v.blocks_available() as f64 * v.fragment_size() as f64;
                 store.set_gauge("HostDiskFree", &[], free, at);
+                // The alert threshold is a share: a byte figure suits no disk size.
+                let size = v.blocks() as f64 * v.fragment_size() as f64;
+                if size > 0.0 {
+                    store.set_gauge("HostDiskFreePercent", &[], free * 100.0 / size, at);
+                }
             }
             Err(e) => {
                 tracing::debug!(dir = %self.state_dir.display(), error = %e, "statvfs failed")

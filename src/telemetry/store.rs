@@ -1,14 +1,47 @@
-//! The metric store: latest value plus bounded history per series, and the per-flush windows
-//! the CloudWatch sink drains. Cheap to read for alerts, the console and `/metrics`.
+//! The metric store: latest value plus time-bucketed history per series, and the per-flush
+//! windows the CloudWatch sink drains. Cheap to read for alerts, the console and `/metrics`.
+//!
+//! History is bucketed by time, not by update, so it covers the same span at 1 req/s and at
+//! 10,000 req/s:
+//! - gauges and counters: one [`Point`] per [`HISTORY_BUCKET`] (1 s) per series, stamped with
+//!   the bucket's start. Updates inside one bucket coalesce: a counter's point holds the running
+//!   total after the bucket's last update, a gauge's the last value. Every series shares the
+//!   same bucket grid, so `ModelErrors` and `ModelRequests` are counted over the same span.
+//!   A counter's history starts with a baseline point (the total before the first retained
+//!   bucket, stamped one bucket earlier), so increases are exact even for a young series.
+//! - latency: one histogram per [`LATENCY_BUCKET`] (10 s), [`LATENCY_BUCKETS`] of them, merged
+//!   on demand for a window's percentiles, mean, min, max and rate.
+//!
+//! With the agent's 600 history points both cover [`MAX_WINDOW`] (10 min) at any rate; rule
+//! validation rejects longer windows. Non-finite values are refused and counted as drops.
 
 use super::catalog::{self, Dim, MetricDef};
+use super::drops;
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::RwLock;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Latency is recorded in microseconds: sub-millisecond CPU models stay distinguishable.
+/// Two significant figures: quantiles within 1 % (hdrhistogram's relative precision).
 const LATENCY_SIGFIG: u8 = 2;
+
+/// Width of one gauge/counter history bucket: updates within it coalesce into one point.
+pub const HISTORY_BUCKET: Duration = Duration::from_secs(1);
+
+/// Width of one latency bucket of the windowed histograms.
+pub const LATENCY_BUCKET: Duration = Duration::from_secs(10);
+
+/// Latency buckets kept per model: 60 × 10 s = 10 min.
+pub const LATENCY_BUCKETS: usize = 60;
+
+/// The longest window a rule may use: what the latency buckets and the agent's 600 one-second
+/// history points are guaranteed to cover whatever the update rate.
+pub const MAX_WINDOW: Duration = Duration::from_secs(600);
+
+/// Upper bound of the windowed latency histograms (µs); slower requests count as this value.
+/// 1 µs .. 60 s at 2 significant figures with u32 counts is 2,560 counters = 10 KiB dense.
+const WINDOW_LATENCY_MAX_US: u64 = 60_000_000;
 
 /// A series: a catalogue metric plus its dimension values (Host always first).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,7 +69,7 @@ impl SeriesKey {
     }
 }
 
-/// One sample in a series' history.
+/// One point of a series' history: the bucket's start and its value (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
     pub at: SystemTime,
@@ -103,23 +136,142 @@ impl FlushWindow {
     }
 }
 
+/// The latencies of one model over a window: the merged 10 s buckets overlapping it.
+#[derive(Debug, Clone)]
+pub struct LatencyWindow {
+    hist: Histogram<u64>,
+    sum_us: u64,
+    /// The latest sample, when it was taken inside the window.
+    last_ms: Option<f64>,
+    /// From the start of the first bucket overlapping the window to `now`.
+    span: Duration,
+}
+
+impl LatencyWindow {
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// Quantile `q` (0..=1) in ms, within the histogram's precision.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        (self.count() > 0).then(|| us_to_ms(self.hist.value_at_quantile(q)))
+    }
+
+    /// Exact mean in ms (from the recorded sum, not the histogram).
+    pub fn mean(&self) -> Option<f64> {
+        (self.count() > 0).then(|| self.sum_us as f64 / 1000.0 / self.count() as f64)
+    }
+
+    pub fn min(&self) -> Option<f64> {
+        (self.count() > 0).then(|| us_to_ms(self.hist.min()))
+    }
+
+    pub fn max(&self) -> Option<f64> {
+        (self.count() > 0).then(|| us_to_ms(self.hist.max()))
+    }
+
+    pub fn last(&self) -> Option<f64> {
+        self.last_ms
+    }
+
+    /// Requests per second over the covered span.
+    pub fn rate(&self) -> Option<f64> {
+        let secs = self.span.as_secs_f64();
+        (self.count() > 0 && secs > 0.0).then(|| self.count() as f64 / secs)
+    }
+}
+
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Seconds since the epoch, rounded down to a multiple of `width` (times before 1970 are 0).
+fn bucket_start(at: SystemTime, width: Duration) -> u64 {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let w = width.as_secs().max(1);
+    secs / w * w
+}
+
+fn epoch_secs(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
 struct Series {
     latest: Point,
+    /// One point per bucket, oldest first, `at` = the bucket's start.
     history: VecDeque<Point>,
+    /// Counters: the total before the first retained point (what an increase counts from).
+    base: f64,
+    counter: bool,
+    /// `set_counter_total` series: the source's last observed total (to see its resets).
+    source_total: Option<f64>,
     window: Option<StatSet>,
 }
 
+/// One closed or open 10 s latency bucket. The open one is dense; closed ones are compacted
+/// to their recorded (value µs, count) pairs when that is smaller, so a model with a narrow
+/// latency spread keeps a few KiB per bucket, never more than the dense 10 KiB.
+enum LatencyCounts {
+    Dense(Histogram<u32>),
+    Sparse(Box<[(u32, u32)]>),
+}
+
+struct LatencyBucket {
+    start: u64,
+    counts: LatencyCounts,
+    sum_us: u64,
+}
+
+/// Bytes of one dense window histogram's counters, to decide whether compaction pays.
+const DENSE_BYTES: usize = 2_560 * 4;
+
+impl LatencyBucket {
+    fn compact(&mut self) {
+        let LatencyCounts::Dense(h) = &self.counts else {
+            return;
+        };
+        let pairs: Vec<(u32, u32)> = h
+            .iter_recorded()
+            .map(|v| {
+                let value = h.median_equivalent(v.value_iterated_to());
+                let count = v.count_at_value();
+                (u32::try_from(value).unwrap_or(u32::MAX), count)
+            })
+            .collect();
+        if pairs.len() * std::mem::size_of::<(u32, u32)>() < DENSE_BYTES {
+            self.counts = LatencyCounts::Sparse(pairs.into_boxed_slice());
+        }
+    }
+
+    fn merge_into(&self, into: &mut Histogram<u64>) {
+        match &self.counts {
+            LatencyCounts::Dense(h) => {
+                for v in h.iter_recorded() {
+                    into.saturating_record_n(
+                        h.median_equivalent(v.value_iterated_to()),
+                        u64::from(v.count_at_value()),
+                    );
+                }
+            }
+            LatencyCounts::Sparse(pairs) => {
+                for (value, count) in pairs.iter() {
+                    into.saturating_record_n(u64::from(*value), u64::from(*count));
+                }
+            }
+        }
+    }
+}
+
+/// Per model: all-time and flush-window histograms (2 × ~13 KiB), plus at most
+/// [`LATENCY_BUCKETS`] window buckets of at most 10 KiB each (≈ 0.6 MiB worst case per busy
+/// model, typically a few KiB per bucket after compaction; idle buckets cost nothing).
 struct Latency {
     all: Histogram<u64>,
     window: Histogram<u64>,
     sum_us: u64,
-    /// The latest raw samples (ms) for windowed percentiles (alert rules).
-    recent: VecDeque<(SystemTime, f64)>,
+    last: Option<(SystemTime, f64)>,
+    recent: VecDeque<LatencyBucket>,
 }
-
-/// Raw latency samples kept per model for windowed percentiles; at high request rates the
-/// window is effectively the last this-many requests.
-const RECENT_LATENCIES: usize = 20_000;
 
 #[derive(Default)]
 struct Inner {
@@ -142,12 +294,18 @@ fn new_latency() -> Option<Latency> {
         all: h.clone(),
         window: h,
         sum_us: 0,
+        last: None,
         recent: VecDeque::new(),
     })
 }
 
+fn new_window_histogram<T: hdrhistogram::Counter>() -> Option<Histogram<T>> {
+    Histogram::new_with_bounds(1, WINDOW_LATENCY_MAX_US, LATENCY_SIGFIG).ok()
+}
+
 impl MetricStore {
-    /// A store for `host` keeping `history_len` points per series (console sparklines, alerts).
+    /// A store for `host` keeping `history_len` one-second points per series (console
+    /// sparklines, alerts).
     pub fn new(host: impl Into<String>, history_len: usize) -> Self {
         MetricStore {
             host: host.into(),
@@ -177,7 +335,13 @@ impl MetricStore {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends a sample; gauges fold `value` into the window, counters accumulate the increase.
+    /// Counts a refused NaN/±Inf; called without the store's lock held (it takes it).
+    fn refuse_non_finite(&self) {
+        drops::record(Some(self), drops::sink::STORE, drops::reason::NON_FINITE, 1);
+    }
+
+    /// Folds a sample into its bucket; gauges fold `value` into the flush window, counters
+    /// (`increase` set) accumulate the increase. A new counter starts from `value - increase`.
     fn push(
         &self,
         inner: &mut Inner,
@@ -187,16 +351,28 @@ impl MetricStore {
         at: SystemTime,
     ) {
         let history_len = self.history_len;
+        let bucket = epoch_secs(bucket_start(at, HISTORY_BUCKET));
         let s = inner.series.entry(key).or_insert_with(|| Series {
             latest: Point { at, value },
             history: VecDeque::with_capacity(history_len.min(64)),
+            base: value - increase.unwrap_or(0.0),
+            counter: increase.is_some(),
+            source_total: None,
             window: None,
         });
         s.latest = Point { at, value };
-        if s.history.len() == history_len {
-            s.history.pop_front();
+        match s.history.back_mut() {
+            // Same bucket, or a late update from an earlier one: the newest point carries it.
+            Some(last) if bucket <= last.at => last.value = value,
+            _ => {
+                if s.history.len() == history_len
+                    && let Some(old) = s.history.pop_front()
+                {
+                    s.base = old.value;
+                }
+                s.history.push_back(Point { at: bucket, value });
+            }
         }
-        s.history.push_back(Point { at, value });
         s.window = Some(match (s.window, increase) {
             (None, None) => StatSet::of(value),
             (Some(mut w), None) => {
@@ -208,7 +384,7 @@ impl MetricStore {
         });
     }
 
-    /// Records a gauge sample.
+    /// Records a gauge sample (NaN/±Inf are refused and counted).
     pub fn set_gauge(
         &self,
         metric: &'static str,
@@ -216,6 +392,9 @@ impl MetricStore {
         value: f64,
         at: SystemTime,
     ) {
+        if !value.is_finite() {
+            return self.refuse_non_finite();
+        }
         let key = self.key(metric, dims);
         let mut inner = self.write();
         self.push(&mut inner, key, value, None, at);
@@ -229,14 +408,22 @@ impl MetricStore {
         delta: f64,
         at: SystemTime,
     ) {
+        if !delta.is_finite() {
+            return self.refuse_non_finite();
+        }
         let key = self.key(metric, dims);
         let mut inner = self.write();
         let total = inner.series.get(&key).map_or(0.0, |s| s.latest.value) + delta;
+        if !total.is_finite() {
+            drop(inner);
+            return self.refuse_non_finite();
+        }
         self.push(&mut inner, key, total, Some(delta), at);
     }
 
     /// Sets a counter from an observed running total (e.g. restarts), recording the increase;
     /// a total going backwards means the source restarted, so the whole total is the increase.
+    /// First sight adopts the total without counting it as an increase.
     pub fn set_counter_total(
         &self,
         metric: &'static str,
@@ -244,23 +431,26 @@ impl MetricStore {
         total: f64,
         at: SystemTime,
     ) {
-        let previous = self.latest(metric, dims);
-        let delta = match previous {
-            Some(p) if total >= p => total - p,
-            Some(_) => total,
-            None => 0.0,
-        };
-        self.add_counter(metric, dims, delta, at);
-        if previous.is_none() && total > 0.0 {
-            // First sight: adopt the total without shipping history as a burst of increases.
-            let key = self.key(metric, dims);
-            let mut inner = self.write();
-            if let Some(s) = inner.series.get_mut(&key) {
-                s.latest.value = total;
-                if let Some(p) = s.history.back_mut() {
-                    p.value = total;
-                }
+        if !total.is_finite() {
+            return self.refuse_non_finite();
+        }
+        let key = self.key(metric, dims);
+        let mut inner = self.write();
+        let (running, delta) = match inner.series.get(&key) {
+            Some(s) => {
+                let observed = s.source_total.unwrap_or(s.latest.value);
+                let delta = if total >= observed {
+                    total - observed
+                } else {
+                    total
+                };
+                (s.latest.value + delta, delta)
             }
+            None => (total, 0.0),
+        };
+        self.push(&mut inner, key.clone(), running, Some(delta), at);
+        if let Some(s) = inner.series.get_mut(&key) {
+            s.source_total = Some(total);
         }
     }
 
@@ -271,8 +461,13 @@ impl MetricStore {
 
     /// [`observe_latency`](Self::observe_latency) at a given time.
     pub fn observe_latency_at(&self, model: &str, ms: f64, at: SystemTime) {
+        if !ms.is_finite() {
+            return self.refuse_non_finite();
+        }
         let key = self.key("ModelLatency", &[(Dim::Model, model)]);
-        let us = (ms.max(0.0) * 1000.0).round().max(1.0) as u64;
+        let ms = ms.max(0.0);
+        let us = (ms * 1000.0).round().max(1.0) as u64;
+        let start = bucket_start(at, LATENCY_BUCKET);
         let mut inner = self.write();
         if !inner.latency.contains_key(&key) {
             let Some(l) = new_latency() else { return };
@@ -285,25 +480,71 @@ impl MetricStore {
         let _ = l.all.record(us);
         let _ = l.window.record(us);
         l.sum_us = l.sum_us.saturating_add(us);
-        if l.recent.len() == RECENT_LATENCIES {
-            l.recent.pop_front();
+        if l.last.is_none_or(|(t, _)| at >= t) {
+            l.last = Some((at, ms));
         }
-        l.recent.push_back((at, ms.max(0.0)));
+        // A late sample from an already-closed bucket goes to the newest one.
+        let open = l.recent.back().is_some_and(|b| b.start >= start);
+        if !open {
+            let Some(h) = new_window_histogram::<u32>() else {
+                return;
+            };
+            if let Some(b) = l.recent.back_mut() {
+                b.compact();
+            }
+            if l.recent.len() == LATENCY_BUCKETS {
+                l.recent.pop_front();
+            }
+            l.recent.push_back(LatencyBucket {
+                start,
+                counts: LatencyCounts::Dense(h),
+                sum_us: 0,
+            });
+        }
+        let Some(b) = l.recent.back_mut() else {
+            return;
+        };
+        match &mut b.counts {
+            LatencyCounts::Dense(h) => h.saturating_record(us),
+            // Only closed buckets are sparse; the newest is dense by construction.
+            LatencyCounts::Sparse(_) => return,
+        }
+        b.sum_us = b.sum_us.saturating_add(us);
     }
 
-    /// Raw latencies (ms) of one ModelLatency series recorded at or after `since`.
-    pub fn latency_samples(&self, key: &SeriesKey, since: SystemTime) -> Vec<(SystemTime, f64)> {
-        self.read()
-            .latency
-            .get(key)
-            .map(|l| {
-                l.recent
-                    .iter()
-                    .filter(|(t, _)| *t >= since)
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The latencies of one ModelLatency series over `[now - window, now]`, from the 10 s
+    /// buckets overlapping it; `None` when the series does not exist.
+    pub fn latency_window(
+        &self,
+        key: &SeriesKey,
+        now: SystemTime,
+        window: Duration,
+    ) -> Option<LatencyWindow> {
+        let from = now.checked_sub(window).unwrap_or(UNIX_EPOCH);
+        let first = bucket_start(from, LATENCY_BUCKET);
+        let last = bucket_start(now, LATENCY_BUCKET);
+        let mut hist = new_window_histogram::<u64>()?;
+        let inner = self.read();
+        let l = inner.latency.get(key)?;
+        let mut sum_us = 0u64;
+        for b in l
+            .recent
+            .iter()
+            .filter(|b| b.start >= first && b.start <= last)
+        {
+            b.merge_into(&mut hist);
+            sum_us = sum_us.saturating_add(b.sum_us);
+        }
+        let last_ms = l
+            .last
+            .filter(|(t, _)| *t >= from && *t <= now)
+            .map(|(_, v)| v);
+        Some(LatencyWindow {
+            hist,
+            sum_us,
+            last_ms,
+            span: now.duration_since(epoch_secs(first)).unwrap_or_default(),
+        })
     }
 
     /// One finished request: latency, the request counter and, on failure, the error counter.
@@ -324,12 +565,26 @@ impl MetricStore {
         self.read().series.get(&key).map(|s| s.latest.value)
     }
 
-    /// The bounded history of one series, oldest first.
+    /// The bounded history of one series, oldest first, one point per one-second bucket.
+    /// A counter's history starts with its baseline: the total before the first retained
+    /// bucket, stamped one bucket earlier (so increases count the first bucket too).
     pub fn history(&self, key: &SeriesKey) -> Vec<Point> {
         self.read()
             .series
             .get(key)
-            .map(|s| s.history.iter().copied().collect())
+            .map(|s| {
+                let mut out = Vec::with_capacity(s.history.len() + 1);
+                if s.counter
+                    && let Some(first) = s.history.front()
+                {
+                    out.push(Point {
+                        at: first.at.checked_sub(HISTORY_BUCKET).unwrap_or(UNIX_EPOCH),
+                        value: s.base,
+                    });
+                }
+                out.extend(s.history.iter().copied());
+                out
+            })
             .unwrap_or_default()
     }
 
@@ -480,5 +735,239 @@ mod tests {
         let p95 = store.latency_quantile("m", 0.95).unwrap();
         assert!((p95 - 200.0).abs() < 2.0, "{p95}");
         assert!(store.drain_window().distributions.is_empty());
+    }
+
+    fn t_ms(ms: u64) -> SystemTime {
+        t(0) + Duration::from_millis(ms)
+    }
+
+    fn ms_of(at: SystemTime) -> u64 {
+        at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    fn samples(store: &MetricStore, metric: &'static str) -> Vec<(u64, f64)> {
+        store
+            .history(&store.key(metric, &[(Dim::Model, "m")]))
+            .iter()
+            .map(|p| (ms_of(p.at), p.value))
+            .collect()
+    }
+
+    /// `n` requests spread evenly over `[from_ms, to_ms)`, every `every`-th one failed.
+    fn traffic(store: &MetricStore, from_ms: u64, to_ms: u64, n: u64, every: u64) {
+        for i in 0..n {
+            let at = t_ms(from_ms + i * (to_ms - from_ms) / n);
+            store.record_request("m", 5.0, i % every != every - 1, at);
+        }
+    }
+
+    fn error_rate(store: &MetricStore, now: SystemTime, window: Duration) -> f64 {
+        crate::alerts::evaluator::error_rate(
+            &samples(store, "ModelErrors"),
+            &samples(store, "ModelRequests"),
+            ms_of(now),
+            window,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn updates_coalesce_per_second_so_history_covers_its_span_at_any_rate() {
+        let store = MetricStore::new("h1", 600);
+        // 5,000 req/s for 700 s: 3.5 M updates, one point per second.
+        for sec in 0..700u64 {
+            store.add_counter("ModelRequests", &[(Dim::Model, "m")], 5_000.0, t(sec));
+        }
+        let h = samples(&store, "ModelRequests");
+        assert_eq!(h.len(), 601, "600 buckets plus the baseline");
+        let span_s = (h[h.len() - 1].0 - h[1].0) / 1000;
+        assert_eq!(span_s, 599, "600 one-second buckets");
+        assert_eq!(
+            h[0].1,
+            100.0 * 5_000.0,
+            "baseline = total before the first bucket"
+        );
+        assert_eq!(h[h.len() - 1].1, 700.0 * 5_000.0);
+        // A rate over 5 minutes is the true rate, not the last few milliseconds'.
+        let rate = crate::alerts::evaluator::reduce(
+            crate::alerts::rules::Reducer::Rate,
+            &h,
+            ms_of(t(699)),
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        assert!((rate - 5_000.0).abs() < 1e-6, "{rate}");
+        // Many updates in one second: one point carrying the total after the last of them.
+        let burst = MetricStore::new("h1", 600);
+        traffic(&burst, 0, 1_000, 10_000, 200);
+        let h = samples(&burst, "ModelRequests");
+        assert_eq!(h, vec![(ms_of(t(0)) - 1000, 0.0), (ms_of(t(0)), 10_000.0)]);
+    }
+
+    #[test]
+    fn error_rate_at_100k_requests_per_window_is_the_true_rate() {
+        // 0.5 %: 150,000 requests in the last minute (2,500 req/s), one in 200 failing, after
+        // five minutes at 20 % errors that must have fallen out of the window.
+        let store = MetricStore::new("h1", 600);
+        traffic(&store, 0, 300_000, 300_000, 5);
+        traffic(&store, 300_000, 360_000, 150_000, 200);
+        let rate = error_rate(&store, t_ms(360_000), Duration::from_secs(60));
+        assert!((rate - 0.5).abs() < 0.01, "{rate}");
+        // The whole five minutes before that: 20 %.
+        let rate = error_rate(&store, t_ms(299_999), Duration::from_secs(240));
+        assert!((rate - 20.0).abs() < 0.05, "{rate}");
+        // 20 % at 120,000 requests in one window.
+        let store = MetricStore::new("h1", 600);
+        traffic(&store, 0, 60_000, 120_000, 5);
+        let rate = error_rate(&store, t_ms(60_000), Duration::from_secs(60));
+        assert!((rate - 20.0).abs() < 0.01, "{rate}");
+        // A young series (history shorter than the window) counts its first second too.
+        let store = MetricStore::new("h1", 600);
+        traffic(&store, 0, 1_000, 100_000, 200);
+        let rate = error_rate(&store, t_ms(1_000), Duration::from_secs(60));
+        assert!((rate - 0.5).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn counters_survive_source_resets() {
+        let store = MetricStore::new("h1", 600);
+        let dims = [(Dim::Model, "m")];
+        for (sec, total) in [(0, 5.0), (1, 8.0), (2, 2.0), (3, 4.0), (4, 4.0)] {
+            store.set_counter_total("ModelRestarts", &dims, total, t(sec));
+        }
+        // 5 adopted, +3, reset to 2 (+2), +2, +0: the store's total never goes back.
+        assert_eq!(store.latest("ModelRestarts", &dims), Some(12.0));
+        let h: Vec<f64> = store
+            .history(&store.key("ModelRestarts", &dims))
+            .iter()
+            .map(|p| p.value)
+            .collect();
+        assert_eq!(h, vec![5.0, 5.0, 8.0, 10.0, 12.0, 12.0]);
+        let s = store.drain_window().stats[0].1;
+        assert_eq!(s.sum, 7.0);
+        // A counter that does go backwards in history (an exported total restarting) is a
+        // reset for the reducers: the increase counts from zero.
+        let h = vec![(0, 100.0), (1_000, 110.0), (2_000, 10.0), (3_000, 20.0)];
+        let rate = crate::alerts::evaluator::reduce(
+            crate::alerts::rules::Reducer::Rate,
+            &h,
+            3_000,
+            Duration::from_secs(3),
+        );
+        assert_eq!(rate, Some(10.0));
+    }
+
+    /// A deterministic shuffle of 1..=n µs-scale latencies (ms): the true quantiles are known.
+    fn latencies(n: u64) -> Vec<f64> {
+        let mut v: Vec<u64> = (1..=n).collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in (1..v.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        v.into_iter().map(|us| us as f64 / 10.0).collect()
+    }
+
+    #[test]
+    fn latency_windows_merge_buckets_and_forget_old_ones() {
+        let store = MetricStore::new("h1", 600);
+        let key = store.key("ModelLatency", &[(Dim::Model, "m")]);
+        // Ten minutes ago: slow. The last five minutes: 150,000 samples of 0.1..15,000 ms.
+        for i in 0..10_000u64 {
+            store.observe_latency_at("m", 30_000.0, t_ms(i * 10));
+        }
+        let lat = latencies(150_000);
+        let start = 600_000u64;
+        for (i, ms) in lat.iter().enumerate() {
+            store.observe_latency_at("m", *ms, t_ms(start + i as u64 * 2));
+        }
+        let now = t_ms(start + 300_000);
+        let w = store
+            .latency_window(&key, now, Duration::from_secs(300))
+            .unwrap();
+        assert_eq!(w.count(), 150_000, "old buckets are outside the window");
+        let mut sorted = lat.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.5, 0.95, 0.99] {
+            let truth = sorted[(q * sorted.len() as f64).ceil() as usize - 1];
+            let got = w.quantile(q).unwrap();
+            assert!(
+                (got - truth).abs() / truth < 0.01,
+                "q{q}: {got} vs true {truth}"
+            );
+        }
+        let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+        assert!(
+            (w.mean().unwrap() - mean).abs() / mean < 1e-3,
+            "{:?}",
+            w.mean()
+        );
+        assert!((w.min().unwrap() - 0.1).abs() < 0.01);
+        assert!((w.max().unwrap() - 15_000.0).abs() / 15_000.0 < 0.01);
+        assert_eq!(w.last(), lat.last().copied());
+        let rate = w.rate().unwrap();
+        assert!((rate - 500.0).abs() < 20.0, "{rate}");
+        // The slow samples are more than the longest window old: no window sees them, while
+        // the all-time histogram (Prometheus buckets) still does.
+        let all = store.latency_window(&key, now, MAX_WINDOW).unwrap();
+        assert_eq!(all.count(), 150_000);
+        let all_time_p95 = store.latency_quantile("m", 0.95).unwrap();
+        assert!(
+            (all_time_p95 - 30_000.0).abs() / 30_000.0 < 0.01,
+            "{all_time_p95}"
+        );
+        assert_eq!(
+            store.histograms(&[]).iter().map(|h| h.count).sum::<u64>(),
+            160_000
+        );
+        // The ring stays bounded: 60 buckets of 10 s whatever the run time.
+        for sec in 0..1_000u64 {
+            store.observe_latency_at("m", 1.0, t(1_000 + sec));
+        }
+        let inner = store.read();
+        let l = inner.latency.get(&key).unwrap();
+        assert_eq!(l.recent.len(), LATENCY_BUCKETS);
+        assert!(
+            l.recent
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|b| matches!(b.counts, LatencyCounts::Sparse(_))),
+            "closed buckets with a narrow spread are compacted"
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_and_counted() {
+        let store = MetricStore::new("h1", 8);
+        store.set_gauge("GPUUtilization", &[(Dim::Gpu, "0")], f64::NAN, t(0));
+        store.add_counter("ModelRequests", &[(Dim::Model, "m")], f64::INFINITY, t(0));
+        store.set_counter_total(
+            "ModelRestarts",
+            &[(Dim::Model, "m")],
+            f64::NEG_INFINITY,
+            t(0),
+        );
+        store.observe_latency_at("m", f64::NAN, t(0));
+        store.set_gauge("GPUUtilization", &[(Dim::Gpu, "0")], 50.0, t(1));
+        assert_eq!(
+            store.latest("GPUUtilization", &[(Dim::Gpu, "0")]),
+            Some(50.0)
+        );
+        assert_eq!(store.latest("ModelRequests", &[(Dim::Model, "m")]), None);
+        assert_eq!(store.latest("ModelRestarts", &[(Dim::Model, "m")]), None);
+        assert!(store.histograms(&[]).is_empty());
+        assert_eq!(
+            drops::total(&store, drops::sink::STORE, drops::reason::NON_FINITE),
+            4.0
+        );
+        let w = store.drain_window();
+        assert!(
+            w.stats
+                .iter()
+                .all(|(_, s)| s.sum.is_finite() && s.min.is_finite())
+        );
     }
 }

@@ -5,7 +5,7 @@ use super::{DeliveryError, MessageContext, rfc3339};
 use crate::alerts::evaluator::{Notification, format_value};
 use crate::alerts::rules::Severity;
 use crate::config::SnsConfig;
-use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
+use crate::sinks::aws_error::{ErrorClass, Failure, classify};
 use aws_sdk_sns::types::MessageAttributeValue;
 use serde_json::json;
 
@@ -121,13 +121,15 @@ impl SnsChannel {
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = format!("{}", aws_sdk_sns::error::DisplayErrorContext(&e));
-                // Only a malformed request is hopeless; a missing topic or bad credentials
-                // can be fixed by the operator, so those keep the message spooled.
-                let permanent = matches!(&e, SdkError::ConstructionFailure(_))
-                    || matches!(&e, SdkError::ServiceError(s)
-                        if matches!(s.err().code(), Some("InvalidParameter" | "InvalidParameterValue")));
+                // The shared AWS rule: only an invalid request is hopeless; a missing topic,
+                // throttling or refused credentials/IAM (sns:Publish) keep the message queued.
+                let class = classify(Failure::from_sdk(&e));
+                if class == ErrorClass::Auth {
+                    tracing::error!(topic, permission = "sns:Publish", error = %text,
+                        "SNS refused Publish (authorization); the notification is kept and retried");
+                }
                 Err(DeliveryError {
-                    permanent,
+                    permanent: !class.keeps_data(),
                     message: format!("SNS Publish to {topic}: {text}"),
                 })
             }

@@ -19,6 +19,9 @@ pub struct CloudWatchSinkConfig {
     pub max_spool_bytes: u64,
     pub backoff: Backoff,
     pub max_age: Duration,
+    /// At shutdown: the one last delivery attempt takes at most this long (the rest stays
+    /// spooled for the next run), so the agent exits inside systemd's stop timeout.
+    pub shutdown_grace: Duration,
 }
 
 impl CloudWatchSinkConfig {
@@ -32,6 +35,7 @@ impl CloudWatchSinkConfig {
             max_spool_bytes: cfg.cloudwatch.max_spool_bytes,
             backoff: Backoff::default(),
             max_age: MAX_DATUM_AGE,
+            shutdown_grace: cfg.aws.operation_timeout.min(Duration::from_secs(5)),
         }
     }
 }

@@ -10,19 +10,24 @@ pub mod request;
 pub mod retry;
 pub mod service;
 
+use crate::sinks::aws_error::{AUTH_BACKOFF, AccessWatch, ErrorClass};
 use crate::sinks::spool::{Spool, SpoolError};
-use crate::telemetry::MetricStore;
+use crate::telemetry::drops::{self, reason, sink};
+use crate::telemetry::{MetricStore, TelemetryEvent};
 use config::CloudWatchSinkConfig;
 use request::{Batch, batches, datums_from_window, unix_ms};
-use retry::ErrorClass;
 use service::PutService;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Replay reads the spool in chunks of this many batches.
 const REPLAY_CHUNK: usize = 16;
+/// Encoded batches kept in memory while the disk refuses spool appends (each ≤ ~1 MiB).
+const MAX_UNSPOOLED_BYTES: u64 = 16 << 20;
 /// CloudWatch list prices (us-east-1): custom metric per month, PutMetricData per 1000 calls.
 const PRICE_PER_METRIC_MONTH: f64 = 0.30;
 const PRICE_PER_1000_CALLS: f64 = 0.01;
@@ -70,8 +75,33 @@ pub struct CloudWatchSink {
     cfg: CloudWatchSinkConfig,
     store: Arc<MetricStore>,
     service: PutService,
-    spool: Spool,
+    spool: Arc<Spool>,
     stats: Arc<SinkStats>,
+    /// Batches the spool refused (disk full), oldest first, waiting for the next try.
+    unspooled: Mutex<Unspooled>,
+    access: AccessWatch,
+    /// The spool's drop count already reported to `drops::record`.
+    spool_dropped_seen: AtomicU64,
+    /// While an authorization episode lasts: the next time a replay may be tried (retried on
+    /// the capped auth schedule rather than at every flush), and the retry number.
+    auth_retry: Mutex<Option<(tokio::time::Instant, u32)>>,
+}
+
+#[derive(Default)]
+struct Unspooled {
+    /// (encoded batch, datums), oldest first.
+    batches: std::collections::VecDeque<(Vec<u8>, usize)>,
+    bytes: u64,
+    /// The last append failed (log once per episode).
+    refused: bool,
+}
+
+/// Why a send did not deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendError {
+    Class(ErrorClass),
+    /// The agent is stopping: the batch goes to the spool.
+    Cancelled,
 }
 
 impl CloudWatchSink {
@@ -93,9 +123,52 @@ impl CloudWatchSink {
             service: PutService::new(sdk, cfg.namespace.clone()),
             cfg,
             store,
-            spool,
+            spool: Arc::new(spool),
             stats: Arc::new(SinkStats::default()),
+            unspooled: Mutex::new(Unspooled::default()),
+            access: AccessWatch::new(sink::CLOUDWATCH, None),
+            spool_dropped_seen: AtomicU64::new(0),
+            auth_retry: Mutex::new(None),
         })
+    }
+
+    /// Announces authorization failures (and their end) on `events`.
+    pub fn with_events(mut self, events: broadcast::Sender<TelemetryEvent>) -> Self {
+        self.access = AccessWatch::new(sink::CLOUDWATCH, Some(events));
+        self
+    }
+
+    fn store(&self) -> Option<&MetricStore> {
+        Some(&self.store)
+    }
+
+    /// Reports what the spool dropped (byte bound) or found damaged since the last call.
+    fn count_spool_losses(&self) {
+        let dropped = self.spool.dropped();
+        let seen = self.spool_dropped_seen.swap(dropped, Ordering::Relaxed);
+        // Batches, not datums: the spool drops whole records unread.
+        drops::record(
+            self.store(),
+            sink::CLOUDWATCH,
+            reason::SPOOL_FULL,
+            dropped.saturating_sub(seen),
+        );
+        drops::record(
+            self.store(),
+            sink::CLOUDWATCH,
+            reason::CORRUPT,
+            self.spool.take_corrupt(),
+        );
+    }
+
+    fn drop_batch(&self, batch: &Batch, why: &'static str, report: &mut FlushReport) {
+        report.dropped_batches += 1;
+        drops::record(
+            self.store(),
+            sink::CLOUDWATCH,
+            why,
+            batch.datums.len() as u64,
+        );
     }
 
     pub fn stats(&self) -> Arc<SinkStats> {
@@ -112,55 +185,177 @@ impl CloudWatchSink {
         self.spool.dropped()
     }
 
-    /// One try plus retries with jittered exponential backoff.
-    async fn send(&self, batch: &Batch, attempts: u32) -> Result<(), ErrorClass> {
+    /// One try plus retries with jittered exponential backoff (none after an authorization
+    /// failure: that batch waits in the spool on the auth schedule). Gives up on cancel.
+    async fn send(
+        &self,
+        batch: &Batch,
+        attempts: u32,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<(), SendError> {
         let mut retry = 0;
         loop {
             self.stats.put_calls.fetch_add(1, Ordering::Relaxed);
-            match self.service.put(&batch.datums).await {
+            let result = match cancel {
+                Some(c) => tokio::select! {
+                    _ = c.cancelled() => return Err(SendError::Cancelled),
+                    r = self.service.put(&batch.datums) => r,
+                },
+                None => self.service.put(&batch.datums).await,
+            };
+            match result {
                 Ok(()) => {
                     self.stats
                         .datums_sent
                         .fetch_add(batch.datums.len() as u64, Ordering::Relaxed);
+                    self.access.ok();
+                    *self.auth_retry.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     return Ok(());
                 }
                 Err(e) => {
                     self.stats.put_failures.fetch_add(1, Ordering::Relaxed);
                     retry += 1;
-                    if e.class == ErrorClass::Permanent || retry >= attempts {
-                        tracing::warn!(error = %e, datums = batch.datums.len(), "CloudWatch PutMetricData failed");
-                        return Err(e.class);
+                    if e.class == ErrorClass::Auth {
+                        self.access
+                            .denied("PutMetricData", "cloudwatch:PutMetricData", &e.message);
+                        let mut next = self.auth_retry.lock().unwrap_or_else(|e| e.into_inner());
+                        let n = next.map_or(0, |(_, n)| n + 1);
+                        *next = Some((
+                            tokio::time::Instant::now()
+                                + AUTH_BACKOFF.delay(n, rand::random::<f64>()),
+                            n,
+                        ));
                     }
-                    tokio::time::sleep(self.cfg.backoff.delay(retry - 1, rand::random::<f64>()))
-                        .await;
+                    if matches!(e.class, ErrorClass::Invalid | ErrorClass::Auth)
+                        || retry >= attempts
+                    {
+                        tracing::warn!(error = %e, datums = batch.datums.len(), "CloudWatch PutMetricData failed");
+                        return Err(SendError::Class(e.class));
+                    }
+                    let delay = self.cfg.backoff.delay(retry - 1, rand::random::<f64>());
+                    match cancel {
+                        Some(c) => tokio::select! {
+                            _ = c.cancelled() => return Err(SendError::Cancelled),
+                            _ = tokio::time::sleep(delay) => {}
+                        },
+                        None => tokio::time::sleep(delay).await,
+                    }
                 }
             }
         }
     }
 
-    fn spool_batch(&self, batch: &Batch, report: &mut FlushReport) {
-        let stored = serde_json::to_vec(batch)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| self.spool.append(&bytes).map_err(|e| e.to_string()));
-        match stored {
-            Ok(_) => {
-                report.spooled_batches += 1;
-                self.stats.batches_spooled.fetch_add(1, Ordering::Relaxed);
-            }
+    /// False while an authorization episode's backoff says not to call yet.
+    fn auth_allows_call(&self) -> bool {
+        self.auth_retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|(at, _)| tokio::time::Instant::now() >= at)
+    }
+
+    /// Runs blocking spool I/O (fsync) off the async workers.
+    async fn on_spool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Spool) -> T + Send + 'static,
+    ) -> Option<T> {
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || f(&spool)).await {
+            Ok(v) => Some(v),
             Err(e) => {
-                report.dropped_batches += 1;
-                tracing::error!(error = %e, datums = batch.datums.len(), "cannot spool CloudWatch batch; dropped");
+                tracing::error!(error = %e, "CloudWatch spool task failed");
+                None
             }
         }
     }
 
+    /// Puts a batch in the spool behind any the disk refused earlier; when the disk refuses
+    /// (full, I/O error) it waits in memory (bounded in bytes) for the next flush.
+    async fn spool_batch(&self, batch: &Batch, report: &mut FlushReport) {
+        match serde_json::to_vec(batch) {
+            Ok(bytes) => {
+                let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+                if q.bytes + bytes.len() as u64 > MAX_UNSPOOLED_BYTES {
+                    drop(q);
+                    tracing::error!(
+                        datums = batch.datums.len(),
+                        "cannot spool CloudWatch batch and the memory buffer is full; dropped"
+                    );
+                    self.drop_batch(batch, reason::SPOOL_WRITE, report);
+                    return;
+                }
+                q.bytes += bytes.len() as u64;
+                q.batches.push_back((bytes, batch.datums.len()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, datums = batch.datums.len(), "cannot encode CloudWatch batch; dropped");
+                self.drop_batch(batch, reason::SPOOL_WRITE, report);
+                return;
+            }
+        }
+        self.write_unspooled(report).await;
+    }
+
+    /// Appends the batches waiting in memory, oldest first, until done or the disk refuses.
+    async fn write_unspooled(&self, report: &mut FlushReport) {
+        let waiting = {
+            let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+            if q.batches.is_empty() {
+                return;
+            }
+            std::mem::take(&mut q.batches)
+        };
+        let Some((mut rest, written, failure)) = self
+            .on_spool(move |spool| {
+                let mut rest = waiting;
+                let mut written = 0usize;
+                while let Some((bytes, _)) = rest.front() {
+                    if let Err(e) = spool.append(bytes) {
+                        return (rest, written, Some(e.to_string()));
+                    }
+                    rest.pop_front();
+                    written += 1;
+                }
+                (rest, written, None)
+            })
+            .await
+        else {
+            return;
+        };
+        report.spooled_batches += written;
+        self.stats
+            .batches_spooled
+            .fetch_add(written as u64, Ordering::Relaxed);
+        let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = failure
+            && !q.refused
+        {
+            tracing::error!(error = %e, waiting = rest.len(),
+                "cannot spool CloudWatch batches (disk full?); kept in memory and retried");
+        }
+        q.refused = !rest.is_empty();
+        // Anything queued meanwhile is newer: it goes behind.
+        rest.append(&mut q.batches);
+        q.bytes = rest.iter().map(|(b, _)| b.len() as u64).sum();
+        q.batches = rest;
+    }
+
     /// Replays the spool oldest-first; false when CloudWatch is still failing.
-    async fn replay(&self, now: SystemTime, report: &mut FlushReport) -> bool {
+    async fn replay(
+        &self,
+        now: SystemTime,
+        report: &mut FlushReport,
+        cancel: Option<&CancellationToken>,
+    ) -> bool {
         let oldest_ok = unix_ms(now) - self.cfg.max_age.as_millis() as i64;
         loop {
-            let records = match self.spool.peek(REPLAY_CHUNK) {
-                Ok(r) => r,
-                Err(e) => {
+            let records = self
+                .on_spool(|spool| spool.peek(REPLAY_CHUNK).map_err(|e| e.to_string()))
+                .await;
+            self.count_spool_losses();
+            let records = match records {
+                Some(Ok(r)) => r,
+                None => return false,
+                Some(Err(e)) => {
                     tracing::error!(error = %e, "cannot read the CloudWatch spool");
                     return false;
                 }
@@ -174,6 +369,7 @@ impl CloudWatchSink {
                         tracing::error!(error = %e, seq = rec.seq, "unreadable spooled batch; dropped");
                         self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
                         report.dropped_batches += 1;
+                        drops::record(self.store(), sink::CLOUDWATCH, reason::CORRUPT, 1);
                         Ok(())
                     }
                     Ok(batch) if batch.created_ms < oldest_ok => {
@@ -184,27 +380,31 @@ impl CloudWatchSink {
                             "spooled batch too old for CloudWatch; dropped"
                         );
                         self.stats.dropped_too_old.fetch_add(1, Ordering::Relaxed);
-                        report.dropped_batches += 1;
+                        self.drop_batch(&batch, reason::TOO_OLD, report);
                         Ok(())
                     }
-                    Ok(batch) => match self.send(&batch, 1).await {
+                    Ok(batch) => match self.send(&batch, 1, cancel).await {
                         Ok(()) => {
                             report.replayed_batches += 1;
                             self.stats.batches_replayed.fetch_add(1, Ordering::Relaxed);
                             Ok(())
                         }
-                        Err(ErrorClass::Permanent) => {
+                        Err(SendError::Class(ErrorClass::Invalid)) => {
                             self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
-                            report.dropped_batches += 1;
+                            self.drop_batch(&batch, reason::REJECTED, report);
                             Ok(())
                         }
-                        Err(ErrorClass::Transient) => Err(()),
+                        Err(_) => Err(()),
                     },
                 };
                 if outcome.is_err() {
                     return false;
                 }
-                if let Err(e) = self.spool.ack(rec.seq) {
+                let seq = rec.seq;
+                let acked = self
+                    .on_spool(move |spool| spool.ack(seq).map_err(|e| e.to_string()))
+                    .await;
+                if let Some(Err(e)) = acked {
                     // Not acked means it may be sent again after a restart; say so.
                     tracing::error!(error = %e, seq = rec.seq, "cannot record CloudWatch delivery in the spool");
                     return false;
@@ -216,6 +416,12 @@ impl CloudWatchSink {
     /// Ships everything recorded since the last flush; replays the spool first so CloudWatch
     /// sees batches oldest-first, and spools new batches behind any that are still waiting.
     pub async fn flush_once(&self) -> FlushReport {
+        self.flush(None).await
+    }
+
+    /// As [`CloudWatchSink::flush_once`]; when `cancel` fires mid-way, stops calling AWS and
+    /// spools every batch not yet delivered (nothing drained from the window is lost).
+    async fn flush(&self, cancel: Option<&CancellationToken>) -> FlushReport {
         let now = SystemTime::now();
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         let window = self.store.drain_window();
@@ -225,25 +431,71 @@ impl CloudWatchSink {
             ..FlushReport::default()
         };
         let new = batches(datums, now);
-        let mut healthy = self.spool.pending() == 0 || self.replay(now, &mut report).await;
+        self.write_unspooled(&mut report).await;
+        let mut healthy = self.auth_allows_call()
+            && (self.spool.pending() == 0 || self.replay(now, &mut report, cancel).await);
         for batch in &new {
             if !healthy {
-                self.spool_batch(batch, &mut report);
+                self.spool_batch(batch, &mut report).await;
                 continue;
             }
-            match self.send(batch, self.cfg.backoff.attempts.max(1)).await {
+            match self
+                .send(batch, self.cfg.backoff.attempts.max(1), cancel)
+                .await
+            {
                 Ok(()) => report.sent_batches += 1,
-                Err(ErrorClass::Permanent) => {
+                Err(SendError::Class(ErrorClass::Invalid)) => {
                     self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
-                    report.dropped_batches += 1;
+                    self.drop_batch(batch, reason::REJECTED, &mut report);
                 }
-                Err(ErrorClass::Transient) => {
+                Err(_) => {
                     healthy = false;
-                    self.spool_batch(batch, &mut report);
+                    self.spool_batch(batch, &mut report).await;
                 }
             }
         }
+        self.count_spool_losses();
         report
+    }
+
+    /// At shutdown: the store's current window goes into the spool first (durable before any
+    /// network call), then one delivery attempt bounded by `shutdown_grace`; what is left
+    /// stays spooled and the next run replays it.
+    async fn final_flush(&self) {
+        let now = SystemTime::now();
+        let window = self.store.drain_window();
+        let datums = datums_from_window(&window, now, self.cfg.high_resolution);
+        let mut report = FlushReport::default();
+        for batch in &batches(datums, now) {
+            self.spool_batch(batch, &mut report).await;
+        }
+        let lost: usize = {
+            let mut q = self.unspooled.lock().unwrap_or_else(|e| e.into_inner());
+            q.bytes = 0;
+            q.batches.drain(..).map(|(_, datums)| datums).sum()
+        };
+        if lost > 0 {
+            tracing::error!(
+                datums = lost,
+                "stopping with CloudWatch batches the disk refused; counted as dropped"
+            );
+            drops::record(
+                self.store(),
+                sink::CLOUDWATCH,
+                reason::SPOOL_WRITE,
+                lost as u64,
+            );
+        }
+        let grace = self.cfg.shutdown_grace;
+        let delivered = tokio::time::timeout(grace, self.replay(now, &mut report, None)).await;
+        let pending = self.spool.pending();
+        if delivered.is_err() || pending > 0 {
+            tracing::warn!(
+                batches = pending,
+                "CloudWatch sink stopped with batches spooled; the next run delivers them"
+            );
+        }
+        self.count_spool_losses();
     }
 
     fn jittered_interval(&self) -> Duration {
@@ -253,7 +505,8 @@ impl CloudWatchSink {
             .mul_f64(1.0 - j + 2.0 * j * rand::random::<f64>())
     }
 
-    /// Flushes every (jittered) interval until cancelled, then once more.
+    /// Flushes every (jittered) interval until cancelled, then spools the last window and
+    /// makes one bounded attempt ([`CloudWatchSink::final_flush`]).
     pub async fn run(self, cancel: CancellationToken) {
         // Before the first samples the store is empty: fall back to the catalogue's count.
         let gpus = self.store.latest("GPUCount", &[]).unwrap_or(0.0) as usize;
@@ -277,15 +530,13 @@ impl CloudWatchSink {
         );
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => {
-                    self.flush_once().await;
-                    return;
-                }
+                _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(self.jittered_interval()) => {
-                    self.flush_once().await;
+                    self.flush(Some(&cancel)).await;
                 }
             }
         }
+        self.final_flush().await;
     }
 }
 

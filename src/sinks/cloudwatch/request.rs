@@ -67,7 +67,14 @@ pub fn datums_from_window(
             .collect()
     };
     let mut out = Vec::with_capacity(window.stats.len() + window.distributions.len());
+    // The store refuses NaN/±Inf, but one non-finite number makes CloudWatch reject the whole
+    // call: never let one through (logged rate-limited; the store counted its own refusals).
+    let mut non_finite = 0u64;
     for (key, s) in &window.stats {
+        if ![s.min, s.max, s.sum, s.count].iter().all(|v| v.is_finite()) {
+            non_finite += 1;
+            continue;
+        }
         out.push(Datum {
             name: key.metric.to_string(),
             unit: key.def().unit.cloudwatch().to_string(),
@@ -83,7 +90,13 @@ pub fn datums_from_window(
         });
     }
     for (key, pairs) in &window.distributions {
-        for chunk in pairs.chunks(MAX_VALUES_PER_DATUM) {
+        let finite: Vec<(f64, f64)> = pairs
+            .iter()
+            .copied()
+            .filter(|(v, c)| v.is_finite() && c.is_finite())
+            .collect();
+        non_finite += (pairs.len() - finite.len()) as u64;
+        for chunk in finite.chunks(MAX_VALUES_PER_DATUM) {
             out.push(Datum {
                 name: key.metric.to_string(),
                 unit: key.def().unit.cloudwatch().to_string(),
@@ -97,6 +110,12 @@ pub fn datums_from_window(
             });
         }
     }
+    crate::telemetry::drops::record(
+        None,
+        crate::telemetry::drops::sink::CLOUDWATCH,
+        crate::telemetry::drops::reason::NON_FINITE,
+        non_finite,
+    );
     out
 }
 
@@ -315,6 +334,41 @@ mod tests {
         let sdk = to_sdk(&d[3]);
         assert_eq!(sdk.values().len(), 20);
         assert_eq!(sdk.counts()[0], 2.0);
+    }
+
+    #[test]
+    fn non_finite_values_never_reach_a_datum() {
+        let key = |m| SeriesKey::new(m, vec![(Dim::Host, "h".into()), (Dim::Gpu, "0".into())]);
+        let lat = SeriesKey::new(
+            "ModelLatency",
+            vec![(Dim::Host, "h".into()), (Dim::Model, "m".into())],
+        );
+        let set = |v: f64| StatSet {
+            min: v,
+            max: v,
+            sum: v,
+            count: 1.0,
+        };
+        let window = FlushWindow {
+            stats: vec![
+                (key("GPUUtilization"), set(f64::NAN)),
+                (key("GPUTemperature"), set(f64::INFINITY)),
+                (key("GPUPowerDraw"), set(100.0)),
+            ],
+            distributions: vec![(lat, vec![(1.0, 2.0), (f64::NAN, 1.0), (3.0, f64::INFINITY)])],
+        };
+        let d = datums_from_window(&window, SystemTime::UNIX_EPOCH, false);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(d[0].name, "GPUPowerDraw");
+        match &d[1].value {
+            DatumValue::Distribution { values, counts } => {
+                assert_eq!(
+                    (values.as_slice(), counts.as_slice()),
+                    (&[1.0][..], &[2.0][..])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The PutMetricData call itself, its failures reduced to a retry class.
 
 use super::request::{Datum, to_sdk};
-use super::retry::{ErrorClass, Failure, classify};
+use crate::sinks::aws_error::{ErrorClass, Failure, classify};
 use aws_config::SdkConfig;
 
 /// A failed call: whether to retry, and what to log.

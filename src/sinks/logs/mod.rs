@@ -12,7 +12,11 @@
 //!
 //! Every received line is appended to its group's spool before anything is sent; a chunk is
 //! acknowledged only after the call that carried it succeeded, so a crash or outage replays it
-//! and normal acks never send it twice.
+//! and normal acks never send it twice. When the disk refuses an append the batches wait in
+//! memory and are appended again, in order; past [`MAX_HELD_BYTES`] the receiver stops taking
+//! from its sources (back-pressure) instead of dropping. Shipping is least-privilege:
+//! PutLogEvents first, CreateLogStream/CreateLogGroup only on ResourceNotFoundException, and
+//! authorization failures keep the data and retry on the auth schedule (see `sinks::aws_error`).
 
 pub mod agent;
 pub mod config;
@@ -21,19 +25,21 @@ pub mod retry;
 pub mod service;
 
 use crate::api::audit::AuditRecord;
+use crate::sinks::aws_error::AccessWatch;
 use crate::sinks::spool::{Spool, SpoolError, SpoolRecord};
 use crate::supervisor::LogLine;
-use crate::telemetry::MetricStore;
+use crate::telemetry::drops::{self, reason, sink};
+use crate::telemetry::{MetricStore, TelemetryEvent};
 use config::LogsSinkConfig;
 use request::{Chunk, LogEvent};
-use retry::Outcome;
+use retry::{AUTH_BACKOFF, Backoff, ErrorClass};
 use service::LogsService;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,9 +47,17 @@ use tokio_util::sync::CancellationToken;
 const INGEST_CHUNK: usize = 8192;
 /// Rounds queued between the receiver and the spool writer (≤ 8192 lines each).
 const RECEIVED_QUEUE: usize = 64;
-/// Lines the receiver holds while the spool writer is busy (a burst buffer, ~150 B per line);
-/// past it, back-pressure reaches the supervisor's channel, which drops and counts.
-const MAX_BUFFERED_LINES: usize = 262_144;
+/// Bytes received but not yet in a spool (the receiver's round, the queue to the writer, and
+/// batches kept in memory while the disk refuses appends). Past it the receiver stops taking
+/// from its sources: back-pressure, never a drop here — the audit channel fills and the API
+/// refuses (503), and the supervisor's capture drops model lines, counted.
+pub const MAX_HELD_BYTES: u64 = 32 << 20;
+/// Spool-append retries while the disk refuses (full, I/O error): capped, never giving up.
+const APPEND_RETRY: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    attempts: u32::MAX,
+};
 /// Lines one spool write takes at most (one fsync per group per write).
 const WRITE_ROUND: usize = 65_536;
 /// Spool records read per replay step.
@@ -194,18 +208,16 @@ impl GroupSpool {
         })
     }
 
-    /// Appends valid batches (one record each); returns events the byte bound dropped.
-    fn append(&self, batches: Vec<Vec<LogEvent>>) -> Result<usize, SpoolError> {
+    /// Appends one valid batch as one record; returns events the byte bound dropped.
+    fn append_one(&self, batch: &[LogEvent]) -> Result<usize, SpoolError> {
         let mut ledger = lock(&self.ledger);
-        for batch in batches {
-            let payload = serde_json::to_vec(&batch).unwrap_or_default();
-            let seq = self.spool.append(&payload)?;
-            ledger.push_back((seq, batch.len()));
-            self.unshipped_events
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            self.unshipped_bytes
-                .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        }
+        let payload = serde_json::to_vec(batch).unwrap_or_default();
+        let seq = self.spool.append(&payload)?;
+        ledger.push_back((seq, batch.len()));
+        self.unshipped_events
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.unshipped_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
         // The spool drops whole records, oldest first, when over its bound.
         let mut dropped = 0;
         while ledger.len() as u64 > self.spool.pending() {
@@ -213,6 +225,16 @@ impl GroupSpool {
                 Some((_, n)) => dropped += n,
                 None => break,
             }
+        }
+        Ok(dropped)
+    }
+
+    /// Appends valid batches (one record each); returns events the byte bound dropped.
+    #[cfg(test)]
+    fn append(&self, batches: Vec<Vec<LogEvent>>) -> Result<usize, SpoolError> {
+        let mut dropped = 0;
+        for b in batches {
+            dropped += self.append_one(&b)?;
         }
         Ok(dropped)
     }
@@ -258,11 +280,23 @@ struct Shared {
     service: LogsService,
     stats: Arc<LogsStats>,
     store: Option<Arc<MetricStore>>,
+    /// Authorization episodes, announced to the alerts.
+    access: AccessWatch,
+    /// Bytes received and not yet spooled (see [`MAX_HELD_BYTES`]).
+    held: AtomicU64,
+}
+
+impl Shared {
+    /// Counts a drop in the stats counter, the store (`RecordsDropped`) and the log.
+    fn dropped(&self, counter: &AtomicU64, why: &'static str, n: usize) {
+        LogsStats::add(counter, n);
+        drops::record(self.store.as_deref(), sink::LOGS, why, n as u64);
+    }
 }
 
 impl LogShipper {
     /// Opens every spool a previous run left (their shippers replay at once) and starts
-    /// ingesting `sources`. Stops when `cancel` fires: ingest drains what its sources still
+    /// ingesting `sources`. Stops when `cancel` fires: ingest spools what its sources still
     /// hold, shippers make one last bounded attempt, the rest stays spooled for the next run.
     pub fn start(
         cfg: LogsSinkConfig,
@@ -271,18 +305,34 @@ impl LogShipper {
         store: Option<Arc<MetricStore>>,
         cancel: CancellationToken,
     ) -> Result<LogShipper, LogsError> {
+        Self::start_with_events(cfg, sdk, sources, store, None, cancel)
+    }
+
+    /// As [`LogShipper::start`], announcing authorization failures on `events`.
+    pub fn start_with_events(
+        cfg: LogsSinkConfig,
+        sdk: &aws_config::SdkConfig,
+        sources: Sources,
+        store: Option<Arc<MetricStore>>,
+        events: Option<broadcast::Sender<TelemetryEvent>>,
+        cancel: CancellationToken,
+    ) -> Result<LogShipper, LogsError> {
         let stats = Arc::new(LogsStats::default());
         let shared = Arc::new(Shared {
             service: LogsService::new(sdk),
             cfg,
             stats: stats.clone(),
             store,
+            access: AccessWatch::new(sink::LOGS, events),
+            held: AtomicU64::new(0),
         });
         let mut ingest = Ingest {
             shared: shared.clone(),
             groups: HashMap::new(),
             shippers: JoinSet::new(),
             ship_cancel: CancellationToken::new(),
+            backlog: VecDeque::new(),
+            append_failures: 0,
         };
         ingest.reopen_previous()?;
         tracing::info!(spool = %shared.cfg.spool_dir.display(), stream = %shared.cfg.stream,
@@ -306,6 +356,18 @@ struct Ingest {
     groups: HashMap<String, Arc<GroupSpool>>,
     shippers: JoinSet<()>,
     ship_cancel: CancellationToken,
+    /// Batches the spool refused (disk full, I/O error), oldest first, kept in memory and
+    /// appended again before anything newer; their bytes count in `Shared::held`.
+    backlog: VecDeque<Pending>,
+    append_failures: u32,
+}
+
+/// Valid batches for one group, waiting to be appended.
+struct Pending {
+    group: Arc<GroupSpool>,
+    batches: VecDeque<Vec<LogEvent>>,
+    /// Bytes these batches count for in `Shared::held`.
+    bytes: u64,
 }
 
 async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>, buf: &mut Vec<T>) -> Option<usize> {
@@ -329,6 +391,33 @@ struct Received {
     lines: Vec<LogLine>,
     audits: Vec<AuditRecord>,
     entries: Vec<LogEntry>,
+    /// Estimated bytes held (counted in `Shared::held` until spooled).
+    bytes: u64,
+}
+
+/// What a line costs in memory, roughly: its text plus the fixed parts.
+fn line_bytes(l: &LogLine) -> u64 {
+    (l.line.len() + l.model.len() + 48) as u64
+}
+
+fn audit_bytes(r: &AuditRecord) -> u64 {
+    let opt = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len());
+    (r.time.len()
+        + r.request_id.len()
+        + r.interaction_id.len()
+        + opt(&r.session_id)
+        + opt(&r.subject)
+        + opt(&r.role)
+        + r.method.len()
+        + r.route.len()
+        + opt(&r.model)
+        + r.client.len()
+        + opt(&r.user_agent)
+        + 256) as u64
+}
+
+fn entry_bytes(e: &LogEntry) -> u64 {
+    (e.group.len() + e.event.size() + 48) as u64
 }
 
 impl Received {
@@ -340,16 +429,38 @@ impl Received {
         self.lines.append(&mut other.lines);
         self.audits.append(&mut other.audits);
         self.entries.append(&mut other.entries);
+        self.bytes += other.bytes;
     }
+}
+
+/// Takes from one source and accounts the bytes of what it took.
+async fn recv_counted<T>(
+    rx: &mut Option<mpsc::Receiver<T>>,
+    buf: &mut Vec<T>,
+    size: fn(&T) -> u64,
+    held: &AtomicU64,
+) -> Option<u64> {
+    let before = buf.len();
+    recv_some(rx, buf).await?;
+    let bytes: u64 = buf[before..].iter().map(size).sum();
+    held.fetch_add(bytes, Ordering::Relaxed);
+    Some(bytes)
 }
 
 /// Empties the sources as fast as they fill and queues what it took for the spool writer, so
 /// an fsync never backs up into the supervisor's channel (which drops when full): while the
-/// writer is busy it keeps receiving into its own round, up to [`MAX_BUFFERED_LINES`]. After
-/// `cancel`, stops once every source is closed or quiet.
-async fn receive(mut sources: Sources, cancel: CancellationToken, tx: mpsc::Sender<Received>) {
+/// writer is busy it keeps receiving into its own round while fewer than [`MAX_HELD_BYTES`]
+/// are held unspooled; past that it stops receiving (back-pressure). After `cancel`, stops
+/// once every source is closed or quiet.
+async fn receive(
+    mut sources: Sources,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tx: mpsc::Sender<Received>,
+) {
     let mut round = Received::default();
     let mut stopping = false;
+    let held = &shared.held;
     loop {
         let all_closed =
             sources.model_lines.is_none() && sources.audit.is_none() && sources.entries.is_none();
@@ -359,19 +470,50 @@ async fn receive(mut sources: Sources, cancel: CancellationToken, tx: mpsc::Send
             }
             return;
         }
-        let room = round.len() < MAX_BUFFERED_LINES;
-        let got = tokio::select! {
-            biased;
-            _ = cancel.cancelled(), if !stopping => { stopping = true; continue; }
-            Ok(permit) = tx.reserve(), if round.len() > 0 => {
+        // While stopping, take everything: the sources are finite then, and what cannot be
+        // spooled in time is counted rather than left unseen in a channel.
+        let room = stopping || held.load(Ordering::Relaxed) < MAX_HELD_BYTES;
+        let has = round.len() > 0;
+        enum Step {
+            Stop,
+            Send(mpsc::OwnedPermit<Received>),
+            Got(u64),
+            Quiet,
+        }
+        let step = {
+            let Received {
+                lines,
+                audits,
+                entries,
+                ..
+            } = &mut round;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if !stopping => Step::Stop,
+                Ok(permit) = tx.clone().reserve_owned(), if has => Step::Send(permit),
+                Some(b) = recv_counted(&mut sources.model_lines, lines, line_bytes, held), if room => Step::Got(b),
+                Some(b) = recv_counted(&mut sources.audit, audits, audit_bytes, held), if room => Step::Got(b),
+                Some(b) = recv_counted(&mut sources.entries, entries, entry_bytes, held), if room => Step::Got(b),
+                // Full: wait for the writer to free room (it spools, or the disk comes back).
+                _ = tokio::time::sleep(Duration::from_millis(20)), if !room => Step::Got(0),
+                _ = tokio::time::sleep(QUIET_AT_SHUTDOWN), if stopping => Step::Quiet,
+                else => Step::Quiet,
+            }
+        };
+        let got = match step {
+            Step::Stop => {
+                stopping = true;
+                continue;
+            }
+            Step::Send(permit) => {
                 permit.send(std::mem::take(&mut round));
                 continue;
             }
-            Some(_) = recv_some(&mut sources.model_lines, &mut round.lines), if room => true,
-            Some(_) = recv_some(&mut sources.audit, &mut round.audits), if room => true,
-            Some(_) = recv_some(&mut sources.entries, &mut round.entries), if room => true,
-            _ = tokio::time::sleep(QUIET_AT_SHUTDOWN), if stopping => false,
-            else => false,
+            Step::Got(b) => {
+                round.bytes += b;
+                true
+            }
+            Step::Quiet => false,
         };
         if !got && stopping {
             // Hand over what is still held before stopping.
@@ -421,28 +563,70 @@ impl Ingest {
         let shipper = Shipper {
             shared: self.shared.clone(),
             group: g.clone(),
-            ready: false,
         };
-        self.shippers.spawn(shipper.run(self.ship_cancel.clone()));
+        // A spool a previous run left is replayed at once; a new one waits for its first
+        // flush interval, so its first call carries a batch rather than the first event.
+        let first = if g.spool.pending() > 0 {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::now() + self.shared.cfg.flush_interval
+        };
+        self.shippers
+            .spawn(shipper.run(first, self.ship_cancel.clone()));
         Ok(g)
     }
 
     async fn run(mut self, sources: Sources, cancel: CancellationToken) {
         let (tx, mut rx) = mpsc::channel(RECEIVED_QUEUE);
-        let receiver = tokio::spawn(receive(sources, cancel, tx));
-        while let Some(mut round) = rx.recv().await {
-            // Whatever queued up while the last fsync ran goes into this one.
-            while round.len() < WRITE_ROUND {
-                match rx.try_recv() {
-                    Ok(more) => round.append(more),
-                    Err(_) => break,
+        let receiver = tokio::spawn(receive(sources, self.shared.clone(), cancel, tx));
+        loop {
+            let retry = !self.backlog.is_empty();
+            let delay = APPEND_RETRY.delay(self.append_failures.min(16), rand::random::<f64>());
+            let round = tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => Some(r),
+                    None => break,
+                },
+                _ = tokio::time::sleep(delay), if retry => None,
+            };
+            if let Some(mut round) = round {
+                // Whatever queued up while the last fsync ran goes into this one.
+                while round.len() < WRITE_ROUND {
+                    match rx.try_recv() {
+                        Ok(more) => round.append(more),
+                        Err(_) => break,
+                    }
                 }
+                let events = self.collect(round);
+                self.queue(events);
             }
-            let events = self.collect(round);
-            self.spool(events).await;
+            self.flush_backlog().await;
         }
         let _ = receiver.await;
-        // Everything received is spooled; let the shippers make a last attempt.
+        // Everything received is in the backlog or spooled: a bounded last chance for the
+        // disk, then what still cannot be kept is counted, never lost unseen.
+        let deadline = tokio::time::Instant::now() + self.shared.cfg.shutdown_grace;
+        while !self.backlog.is_empty() && tokio::time::Instant::now() < deadline {
+            let delay = APPEND_RETRY.delay(self.append_failures.min(16), rand::random::<f64>());
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + delay)).await;
+            self.flush_backlog().await;
+        }
+        let lost: usize = self
+            .backlog
+            .drain(..)
+            .flat_map(|p| p.batches.into_iter())
+            .map(|b| b.len())
+            .sum();
+        if lost > 0 {
+            tracing::error!(
+                events = lost,
+                "stopping with log events the spool could not take (disk full); counted as dropped"
+            );
+            self.shared
+                .dropped(&self.shared.stats.spool_errors, reason::SPOOL_WRITE, lost);
+        }
+        self.shared.held.store(0, Ordering::Relaxed);
+        // Let the shippers make a last attempt.
         self.ship_cancel.cancel();
         while self.shippers.join_next().await.is_some() {}
     }
@@ -453,7 +637,11 @@ impl Ingest {
             lines,
             audits,
             entries,
+            bytes,
         } = round;
+        // From here the events' own sizes are what is held (`queue` adds them back).
+        let held = &self.shared.held;
+        held.fetch_sub(bytes.min(held.load(Ordering::Relaxed)), Ordering::Relaxed);
         let cfg = &self.shared.cfg;
         let mut out: Vec<(Target, Vec<LogEvent>)> = Vec::new();
         let mut push =
@@ -475,92 +663,152 @@ impl Ingest {
                 LogEvent::new(l.timestamp_ms as i64, l.line),
             );
         }
+        let mut unencodable = 0;
         for r in audits {
-            if let Some(e) = audit_event(&r) {
-                push(cfg.api_group.clone(), e);
+            match audit_event(&r) {
+                Some(e) => push(cfg.api_group.clone(), e),
+                None => unencodable += 1,
             }
         }
         for e in entries {
             push(e.group, e.event);
         }
         LogsStats::add(&self.shared.stats.events_received, n);
+        self.shared.dropped(
+            &self.shared.stats.events_invalid,
+            reason::CORRUPT,
+            unencodable,
+        );
         out
     }
 
-    async fn spool(&mut self, events: Vec<(Target, Vec<LogEvent>)>) {
-        let mut work = Vec::with_capacity(events.len());
+    /// Splits each group's events into spool records and queues them behind anything the
+    /// spool refused earlier (so per-group order holds).
+    fn queue(&mut self, events: Vec<(Target, Vec<LogEvent>)>) {
+        // A record must fit the spool's segments (an eighth of its bound).
+        let record_cap = (self.shared.cfg.max_spool_bytes_per_group / 8) as usize;
         for (target, evs) in events {
             let n = evs.len();
-            match self.group(target) {
-                Ok(g) => work.push((g, evs)),
+            let g = match self.group(target) {
+                Ok(g) => g,
                 Err(e) => {
-                    LogsStats::add(&self.shared.stats.spool_errors, n);
                     tracing::error!(error = %e, events = n, "cannot open log spool; events lost");
+                    self.shared
+                        .dropped(&self.shared.stats.spool_errors, reason::SPOOL_WRITE, n);
+                    continue;
                 }
-            }
-        }
-        let shared = self.shared.clone();
-        // A record must fit the spool's segments (an eighth of its bound).
-        let record_cap = (shared.cfg.max_spool_bytes_per_group / 8) as usize;
-        // fsync is blocking I/O: keep it off the async workers.
-        let done = tokio::task::spawn_blocking(move || {
-            let stats = &shared.stats;
-            for (g, evs) in work {
-                let n = evs.len();
-                let truncated = evs
-                    .iter()
-                    .filter(|e| e.size() > request::MAX_EVENT_BYTES)
-                    .count();
-                LogsStats::add(&stats.events_truncated, truncated);
-                match g.append(request::split_within(evs, record_cap)) {
-                    Ok(dropped) => {
-                        LogsStats::add(&stats.events_spooled, n);
-                        if dropped > 0 {
-                            LogsStats::add(&stats.events_dropped, dropped);
-                            tracing::warn!(group = %g.target.group, events = dropped,
-                                total = stats.events_dropped.load(Ordering::Relaxed),
-                                "log spool full: dropped the oldest events (LogEventsDropped)");
-                            if let Some(store) = &shared.store {
-                                store.add_counter(
-                                    "LogEventsDropped",
-                                    &[],
-                                    dropped as f64,
-                                    SystemTime::now(),
-                                );
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        LogsStats::add(&stats.spool_errors, n);
-                        tracing::error!(group = %g.target.group, error = %e, events = n,
-                            "cannot spool log events; lost");
-                    }
-                }
-                if g.full_batch_waiting() {
-                    g.wake.notify_one();
-                }
-            }
-        })
-        .await;
-        if let Err(e) = done {
-            tracing::error!(error = %e, "log spool task failed");
+            };
+            let truncated = evs
+                .iter()
+                .filter(|e| e.size() > request::MAX_EVENT_BYTES)
+                .count();
+            LogsStats::add(&self.shared.stats.events_truncated, truncated);
+            let batches: VecDeque<Vec<LogEvent>> =
+                request::split_within(evs, record_cap).into_iter().collect();
+            let bytes = batches.iter().map(|b| batch_bytes(b)).sum();
+            self.shared.held.fetch_add(bytes, Ordering::Relaxed);
+            self.backlog.push_back(Pending {
+                group: g,
+                batches,
+                bytes,
+            });
         }
     }
+
+    /// Appends the backlog, oldest first, until done or the spool refuses (then the rest stays
+    /// in memory for the next try).
+    async fn flush_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let mut backlog = std::mem::take(&mut self.backlog);
+        // fsync is blocking I/O: keep it off the async workers.
+        let done = tokio::task::spawn_blocking(move || {
+            let failure = append_backlog(&shared, &mut backlog);
+            (backlog, failure)
+        })
+        .await;
+        match done {
+            Ok((rest, None)) => {
+                self.backlog = rest;
+                if self.append_failures > 0 {
+                    tracing::info!(
+                        "log spool writable again; the events kept in memory are spooled"
+                    );
+                }
+                self.append_failures = 0;
+            }
+            Ok((rest, Some(e))) => {
+                self.backlog = rest;
+                if self.append_failures == 0 {
+                    tracing::error!(error = %e,
+                        held_bytes = self.shared.held.load(Ordering::Relaxed),
+                        "cannot spool log events (disk full?); kept in memory and retried");
+                }
+                self.append_failures += 1;
+            }
+            Err(e) => tracing::error!(error = %e, "log spool task failed"),
+        }
+    }
+}
+
+/// Bytes a batch counts for in `Shared::held` while waiting for the spool.
+fn batch_bytes(batch: &[LogEvent]) -> u64 {
+    batch.iter().map(|e| e.size() as u64).sum()
+}
+
+/// Appends queued batches in order; stops at the first refusal and returns it.
+fn append_backlog(shared: &Shared, backlog: &mut VecDeque<Pending>) -> Option<SpoolError> {
+    let stats = &shared.stats;
+    while let Some(p) = backlog.front_mut() {
+        while let Some(batch) = p.batches.front() {
+            match p.group.append_one(batch) {
+                Ok(dropped) => {
+                    let bytes = batch_bytes(batch);
+                    LogsStats::add(&stats.events_spooled, batch.len());
+                    p.bytes -= bytes.min(p.bytes);
+                    shared.held.fetch_sub(
+                        bytes.min(shared.held.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                    p.batches.pop_front();
+                    if dropped > 0 {
+                        shared.dropped(&stats.events_dropped, reason::SPOOL_FULL, dropped);
+                        tracing::warn!(group = %p.group.target.group, events = dropped,
+                            total = stats.events_dropped.load(Ordering::Relaxed),
+                            "log spool full: dropped the oldest events (LogEventsDropped)");
+                        if let Some(store) = &shared.store {
+                            store.add_counter(
+                                "LogEventsDropped",
+                                &[],
+                                dropped as f64,
+                                SystemTime::now(),
+                            );
+                        }
+                    }
+                }
+                Err(e) => return Some(e),
+            }
+        }
+        if p.group.full_batch_waiting() {
+            p.group.wake.notify_one();
+        }
+        backlog.pop_front();
+    }
+    None
 }
 
 /// Ships one group's spool, oldest first, one call at a time (per-stream order).
 struct Shipper {
     shared: Arc<Shared>,
     group: Arc<GroupSpool>,
-    /// Group and stream known to exist.
-    ready: bool,
 }
 
 impl Shipper {
-    async fn run(mut self, cancel: CancellationToken) {
+    async fn run(mut self, first: tokio::time::Instant, cancel: CancellationToken) {
         let interval = self.shared.cfg.flush_interval;
-        // Replay what a previous run left straight away.
-        let mut next = tokio::time::Instant::now();
+        let mut next = first;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -578,10 +826,15 @@ impl Shipper {
 
     async fn peek(&self) -> Result<Vec<SpoolRecord>, String> {
         let g = self.group.clone();
-        tokio::task::spawn_blocking(move || g.spool.peek(PEEK_RECORDS))
+        let records = tokio::task::spawn_blocking(move || g.spool.peek(PEEK_RECORDS))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        // Records damaged on disk are skipped by the spool; count them (events unknown).
+        let corrupt = self.group.spool.take_corrupt() as usize;
+        self.shared
+            .dropped(&self.shared.stats.events_invalid, reason::CORRUPT, corrupt);
+        records
     }
 
     async fn ack(&self, seq: u64) -> bool {
@@ -600,15 +853,16 @@ impl Shipper {
     }
 
     /// Waits before retry `n`; false when cancelled (or when there is no cancel: last attempt).
-    async fn backoff(&self, n: u32, cancel: Option<&CancellationToken>) -> bool {
+    async fn backoff(
+        &self,
+        schedule: &Backoff,
+        n: u32,
+        cancel: Option<&CancellationToken>,
+    ) -> bool {
         let Some(cancel) = cancel else {
             return false;
         };
-        let delay = self
-            .shared
-            .cfg
-            .backoff
-            .delay(n.min(16), rand::random::<f64>());
+        let delay = schedule.delay(n.min(16), rand::random::<f64>());
         tokio::select! {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
@@ -644,7 +898,7 @@ impl Shipper {
                         // Only readable chunks before it may be sent first; ack it alone later.
                         if chunks.is_empty() {
                             tracing::error!(seq = rec.seq, "unreadable log spool record; dropped");
-                            LogsStats::add(&stats.events_invalid, 1);
+                            shared.dropped(&stats.events_invalid, reason::CORRUPT, 1);
                             if !self.ack(rec.seq).await {
                                 return;
                             }
@@ -661,44 +915,59 @@ impl Shipper {
                     break;
                 };
                 if batch.too_old + batch.too_new > 0 {
-                    LogsStats::add(&stats.events_too_old, batch.too_old);
-                    LogsStats::add(&stats.events_too_new, batch.too_new);
+                    shared.dropped(&stats.events_too_old, reason::TOO_OLD, batch.too_old);
+                    shared.dropped(&stats.events_too_new, reason::TOO_NEW, batch.too_new);
                     tracing::warn!(group = %g.target.group, too_old = batch.too_old,
                         too_new = batch.too_new,
                         "log events outside CloudWatch's accepted window (14 days back, 2 h ahead); not sent");
                 }
                 let result = if batch.events.is_empty() {
                     Ok(request::Rejected::default())
+                } else if let Some(c) = cancel {
+                    // A hanging AWS must not hold the shutdown: stop waiting on cancel (the
+                    // batch is not acknowledged, so the last attempt or next run sends it).
+                    tokio::select! {
+                        _ = c.cancelled() => return,
+                        r = self.send(&batch.events) => r,
+                    }
                 } else {
                     self.send(&batch.events).await
                 };
                 match result {
                     Ok(rejected) => {
                         failures = 0;
+                        shared.access.ok();
                         let sent = batch.events.len() - rejected.total().min(batch.events.len());
                         LogsStats::add(&stats.events_sent, sent);
                         if rejected.total() > 0 {
-                            LogsStats::add(&stats.events_rejected, rejected.total());
+                            shared.dropped(
+                                &stats.events_rejected,
+                                reason::REJECTED,
+                                rejected.total(),
+                            );
                             tracing::warn!(group = %g.target.group, too_old = rejected.too_old,
                                 too_new = rejected.too_new, expired = rejected.expired,
                                 "CloudWatch Logs rejected events (rejectedLogEventsInfo)");
                         }
                     }
-                    Err(e) if e.outcome == Outcome::Drop => {
-                        LogsStats::add(&stats.events_invalid, batch.events.len());
+                    Err(e) if e.class == ErrorClass::Invalid => {
+                        shared.dropped(&stats.events_invalid, reason::REJECTED, batch.events.len());
                         tracing::error!(group = %g.target.group, error = %e,
                             events = batch.events.len(), "log batch refused as invalid; dropped");
                     }
                     Err(e) => {
-                        if e.outcome == Outcome::Recreate {
-                            self.ready = false;
-                        }
+                        let schedule = if e.class == ErrorClass::Auth {
+                            shared.access.denied(e.call, &e.permission(), &e.message);
+                            AUTH_BACKOFF
+                        } else {
+                            cfg.backoff
+                        };
                         if failures == 0 {
                             tracing::warn!(group = %g.target.group, error = %e,
                                 "CloudWatch Logs unavailable; events stay spooled and are retried");
                         }
                         failures += 1;
-                        if !self.backoff(failures - 1, cancel).await {
+                        if !self.backoff(&schedule, failures - 1, cancel).await {
                             return;
                         }
                         // Read the spool again: while we waited, a full spool may have dropped
@@ -714,17 +983,29 @@ impl Shipper {
         }
     }
 
-    /// Creates the group/stream when needed, then puts the batch.
+    /// Puts the batch; only when CloudWatch says the stream (or group) is missing, creates it
+    /// and puts again. Least privilege: with pre-created groups and streams only
+    /// logs:PutLogEvents is ever called.
     async fn send(&mut self, events: &[LogEvent]) -> Result<request::Rejected, service::CallError> {
         let cfg = &self.shared.cfg;
         let target = &self.group.target;
-        if !self.ready {
-            self.shared
-                .service
+        let service = &self.shared.service;
+        let mut result = self.put(events).await;
+        if let Err(e) = &result
+            && e.class == ErrorClass::NotFound
+        {
+            tracing::info!(group = %target.group, stream = %target.stream,
+                "log stream missing; creating it");
+            service
                 .ensure(&target.group, &target.stream, cfg.retention_days)
                 .await?;
-            self.ready = true;
+            result = self.put(events).await;
         }
+        result
+    }
+
+    async fn put(&self, events: &[LogEvent]) -> Result<request::Rejected, service::CallError> {
+        let target = &self.group.target;
         LogsStats::add(&self.shared.stats.put_calls, 1);
         let result = self
             .shared

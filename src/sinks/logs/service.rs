@@ -1,8 +1,9 @@
-//! The CloudWatch Logs calls: create group/stream and set retention (tolerating "already
-//! exists"), and PutLogEvents with its `rejectedLogEventsInfo` reduced to counts.
+//! The CloudWatch Logs calls: PutLogEvents with its `rejectedLogEventsInfo` reduced to
+//! counts, and — only when a put found the stream missing — create stream/group and set
+//! retention (tolerating "already exists"; a refused retention call is only a warning).
 
 use super::request::{LogEvent, Rejected};
-use super::retry::{Failure, Outcome, classify};
+use super::retry::{ErrorClass, Failure, classify};
 use aws_config::SdkConfig;
 use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
 use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
@@ -10,11 +11,18 @@ use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 
 /// A failed call: what to do about it, and what to log.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{call} failed ({outcome:?}): {message}")]
+#[error("{call} failed ({class:?}): {message}")]
 pub struct CallError {
     pub call: &'static str,
-    pub outcome: Outcome,
+    pub class: ErrorClass,
     pub message: String,
+}
+
+impl CallError {
+    /// The IAM permission the call needs (named in the access-denied alert).
+    pub fn permission(&self) -> String {
+        format!("logs:{}", self.call)
+    }
 }
 
 fn call_error<E>(call: &'static str, e: SdkError<E, HttpResponse>) -> CallError
@@ -24,7 +32,7 @@ where
     let failure = Failure::from_sdk(&e);
     CallError {
         call,
-        outcome: classify(failure),
+        class: classify(failure),
         message: format!("{}", aws_sdk_cloudwatchlogs::error::DisplayErrorContext(&e)),
     }
 }
@@ -45,13 +53,19 @@ impl LogsService {
         }
     }
 
-    /// Creates the group (with retention) and the stream when missing; idempotent.
+    /// Makes `stream` exist after a put found it missing: the stream first (the group is
+    /// usually made by infrastructure as code and the role may not create groups); only if
+    /// the group is missing too, the group (then its retention, best effort) and the stream.
     pub async fn ensure(
         &self,
         group: &str,
         stream: &str,
         retention_days: u32,
     ) -> Result<(), CallError> {
+        match self.create_stream(group, stream).await {
+            Err(e) if e.class == ErrorClass::NotFound => {}
+            other => return other,
+        }
         match self
             .client
             .create_log_group()
@@ -59,18 +73,14 @@ impl LogsService {
             .send()
             .await
         {
-            Ok(_) => {}
+            Ok(_) => self.set_retention(group, retention_days).await,
             Err(e) if already_exists(&e) => {}
             Err(e) => return Err(call_error("CreateLogGroup", e)),
         }
-        // Set every time: a group created by hand or by an older agent gets the platform's value.
-        self.client
-            .put_retention_policy()
-            .log_group_name(group)
-            .retention_in_days(retention_days as i32)
-            .send()
-            .await
-            .map_err(|e| call_error("PutRetentionPolicy", e))?;
+        self.create_stream(group, stream).await
+    }
+
+    async fn create_stream(&self, group: &str, stream: &str) -> Result<(), CallError> {
         match self
             .client
             .create_log_stream()
@@ -82,6 +92,23 @@ impl LogsService {
             Ok(_) => Ok(()),
             Err(e) if already_exists(&e) => Ok(()),
             Err(e) => Err(call_error("CreateLogStream", e)),
+        }
+    }
+
+    /// Retention on a group the agent created; a refusal (no logs:PutRetentionPolicy) only
+    /// warns: it must never keep events from being delivered.
+    async fn set_retention(&self, group: &str, retention_days: u32) {
+        if let Err(e) = self
+            .client
+            .put_retention_policy()
+            .log_group_name(group)
+            .retention_in_days(retention_days as i32)
+            .send()
+            .await
+        {
+            let e = call_error("PutRetentionPolicy", e);
+            tracing::warn!(group, error = %e, permission = %e.permission(),
+                "cannot set the log group's retention; events are delivered anyway");
         }
     }
 
