@@ -11,7 +11,7 @@ TORCH_VERSION=2.13.0            # tch 0.26.0 needs exactly this libtorch
 CUDART_VERSION=13.0.96          # libtorch_cpu links libcudart/libcupti even on CPU
 CUPTI_VERSION=13.0.85
 MOTO_VERSION=5.2.5
-SCHEMATHESIS_VERSION=4.32.5   # OpenAPI-driven fuzzing of the API (tests/api_fuzz.rs)
+SCHEMATHESIS_VERSION=4.32.5   # OpenAPI-driven fuzzing of the API (tests/integration/api_fuzz.rs)
 mkdir -p "$DEPS" "$CACHE/wheels"
 
 say() { printf 'setup: %s\n' "$*"; }

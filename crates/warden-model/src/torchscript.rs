@@ -113,7 +113,7 @@ impl Model for TorchScriptModel {
 }
 
 /// Traces `y = relu(x·Wᵀ + b)` with the given weights into a TorchScript file: the committed
-/// test fixture `tests/fixtures/tiny_linear.pt` was made by this (see tests/serving.rs).
+/// test fixture `tests/fixtures/tiny_linear.pt` was made by this (see tests/integration/serving.rs).
 #[cfg(test)]
 pub fn write_linear_relu_module(
     path: &Path,
@@ -135,7 +135,7 @@ pub fn write_linear_relu_module(
 #[cfg(test)]
 mod fixture {
     /// Regenerates tests/fixtures/tiny_linear.pt (`cargo test -p warden-model -- --ignored`).
-    /// tests/serving.rs checks the committed file against these same weights.
+    /// tests/integration/serving.rs checks the committed file against these same weights.
     #[test]
     #[ignore]
     fn regenerate_torchscript_fixture() {

@@ -2,10 +2,12 @@
 //! and Slack (local receiver), in process with a manual clock where timing matters, and
 //! through `warden run --config` with fake NVML and fake models.
 
-mod support;
+use crate::support::fake_model;
 
-use support::fake_model;
-
+use crate::support::moto::Moto;
+use crate::support::net::{free_port, wait_until, wait_until_async};
+use crate::support::nvml::{FakeGpu, FakeNvml, FakeState};
+use crate::support::slack::SlackReceiver;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,10 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::moto::Moto;
-use support::net::{free_port, wait_until, wait_until_async};
-use support::nvml::{FakeGpu, FakeNvml, FakeState};
-use support::slack::SlackReceiver;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use warden::alerts::notify::{Channel, MessageContext, slack::SlackChannel, sns::SnsChannel};
@@ -699,7 +697,7 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let child = Command::new(support::warden_bin())
+        let child = Command::new(crate::support::warden_bin())
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -1001,7 +999,7 @@ fn check_config_points_into_the_rule_file() {
     .unwrap();
     let config = dir.path().join("warden.toml");
     std::fs::write(&config, "[alerts]\nrules = [\"rules.toml\"]\n").unwrap();
-    let out = Command::new(support::warden_bin())
+    let out = Command::new(crate::support::warden_bin())
         .arg("check-config")
         .arg(&config)
         .output()
@@ -1014,9 +1012,9 @@ fn check_config_points_into_the_rule_file() {
     );
     assert!(err.starts_with(&want), "{err}");
     // The shipped production config and its rules pass.
-    let ok = Command::new(support::warden_bin())
+    let ok = Command::new(crate::support::warden_bin())
         .arg("check-config")
-        .arg(support::repo_root().join("config/warden.toml"))
+        .arg(crate::support::repo_root().join("config/warden.toml"))
         .output()
         .unwrap();
     assert!(
@@ -1027,9 +1025,9 @@ fn check_config_points_into_the_rule_file() {
 }
 
 fn render_cli(extra: &[&str]) -> String {
-    let out = Command::new(support::warden_bin())
+    let out = Command::new(crate::support::warden_bin())
         .args(["alarms", "render", "--config"])
-        .arg(support::repo_root().join("config/warden.toml"))
+        .arg(crate::support::repo_root().join("config/warden.toml"))
         .args(["--host", "gpu-host-1", "--gpus", "2"])
         .args(extra)
         .output()
@@ -1048,7 +1046,7 @@ fn alarms_render_is_deterministic_and_matches_the_committed_file() {
     let b = render_cli(&[]);
     assert_eq!(a, b);
     let committed =
-        std::fs::read_to_string(support::repo_root().join("alerts/alarms.json")).unwrap();
+        std::fs::read_to_string(crate::support::repo_root().join("alerts/alarms.json")).unwrap();
     assert_eq!(
         a, committed,
         "alerts/alarms.json is stale: warden alarms render --config config/warden.toml --host gpu-host-1 --gpus 2 > alerts/alarms.json"
@@ -1081,7 +1079,7 @@ async fn alarms_push_round_trips_through_describe_alarms() {
     )
     .unwrap();
     let run = |cmd: &str| {
-        Command::new(support::warden_bin())
+        Command::new(crate::support::warden_bin())
             .args(["alarms", cmd, "--config"])
             .arg(&config)
             .args(["--host", "h1", "--gpus", "1"])

@@ -2,12 +2,10 @@
 //! waits, moto, the fake NVML, the Slack receiver) is the `warden-testkit` crate, re-exported
 //! here; what only tests need (the `TestAgent` builder, the fault proxy) lives beside it.
 //! Every peer listens on 127.0.0.1 only.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod agent;
 pub mod fault;
 pub mod proxy;
-#[allow(unused_imports)] // as above
 pub use warden_testkit::{moto, net, nvml, slack};
 
 use std::path::PathBuf;
@@ -26,7 +24,7 @@ pub fn warden_bin() -> PathBuf {
 /// `warden serve-model`) through the `command` override, with short health checks; `keys` are
 /// extra `[[models]]` lines.
 pub fn fake_model(name: &str, port: u16, extra_args: &[&str], keys: &str) -> String {
-    let script = repo_root().join("tests/support/fake_model.py");
+    let script = repo_root().join("tests/integration/support/fake_model.py");
     let mut argv = vec![
         "python3".to_string(),
         script.display().to_string(),

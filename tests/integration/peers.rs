@@ -1,10 +1,8 @@
 //! The real local peers the suite relies on, each proven against its real client:
 //! moto (AWS SDK) and the Slack receiver (reqwest); libtorch's is in crates/warden-model/tests.
 
-mod support;
-
+use crate::support::{moto::Moto, slack::SlackReceiver};
 use std::time::Duration;
-use support::{moto::Moto, slack::SlackReceiver};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_accepts_and_returns_a_cloudwatch_datum() {

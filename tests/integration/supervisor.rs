@@ -1,10 +1,9 @@
 //! `warden run` as a real process supervising fake models (tests/support/fake_model.py),
 //! driven and observed through the control socket, signals and /proc.
 
-mod support;
+use crate::support::fake_model;
 
-use support::fake_model;
-
+use crate::support::net::{free_port, wait_until, wait_until_async};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -12,7 +11,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::net::{free_port, wait_until, wait_until_async};
 use warden::control::ControlClient;
 use warden::supervisor::{EventKind, ExitInfo, ModelState, ModelStatus, SupervisorEvent};
 
@@ -40,7 +38,7 @@ impl Agent {
         let config = dir.path().join("warden.toml");
         std::fs::write(&config, format!("{header}{models}")).unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(support::warden_bin())
+        let child = Command::new(crate::support::warden_bin())
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -187,7 +185,7 @@ async fn control_socket_is_owner_only_and_serves_status_and_logs() {
     assert!(err.to_string().contains("unknown_model"), "{err}");
 
     // A second agent on the same socket refuses to start and leaves the first alone.
-    let second = Command::new(support::warden_bin())
+    let second = Command::new(crate::support::warden_bin())
         .args(["run", "--config"])
         .arg(&agent.config)
         .output()
@@ -522,7 +520,7 @@ async fn huge_lines_and_binary_garbage_do_not_hurt_the_agent() {
 async fn run_without_config_supervises_the_five_default_models() {
     let state = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
-    let mut child = Command::new(support::warden_bin())
+    let mut child = Command::new(crate::support::warden_bin())
         .arg("run")
         .env("WARDEN_STATE_DIR", state.path())
         .stdin(Stdio::null())

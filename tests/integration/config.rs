@@ -1,12 +1,10 @@
 //! `warden check-config`: valid files pass, invalid ones print `file:line:col: message`, exit 2.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
 fn check(path: &Path) -> (i32, String) {
-    let out = Command::new(support::warden_bin())
+    let out = Command::new(crate::support::warden_bin())
         .arg("check-config")
         .arg(path)
         .env_remove("WARDEN_SLACK_WEBHOOK_URL")
@@ -158,7 +156,7 @@ fn invalid_configs_are_located_and_exit_2() {
 
 #[test]
 fn shipped_and_example_configs_pass() {
-    let root = support::repo_root();
+    let root = crate::support::repo_root();
     let (code, out) = check(&root.join("config/warden.toml"));
     assert_eq!(code, 0, "config/warden.toml: {out}");
     let (code, out, _, _dir) = check_text("");

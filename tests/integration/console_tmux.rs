@@ -1,8 +1,8 @@
 //! `warden console` end to end: a real `warden run` (five fake models, fake NVML) and the
 //! console in a detached tmux pane of fixed size, read back with `capture-pane`.
 
-mod support;
-
+use crate::support::net::{free_port, wait_until};
+use crate::support::nvml::{FakeGpu, FakeNvml, FakeState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::net::{free_port, wait_until};
-use support::nvml::{FakeGpu, FakeNvml, FakeState};
 use warden::control::ControlClient;
 use warden::supervisor::{ModelState, ModelStatus};
 
@@ -54,7 +52,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("control.sock");
         let api_port = free_port();
-        let script = support::repo_root().join("tests/support/fake_model.py");
+        let script = crate::support::repo_root().join("tests/integration/support/fake_model.py");
         let mut toml = format!(
             "[agent]\nhost_id = \"tmux-host\"\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\n\
              state_dir = {:?}\nmodels_dir = {:?}\nsample_interval = \"500ms\"\n\n\
@@ -92,7 +90,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let child = Command::new(support::warden_bin())
+        let child = Command::new(crate::support::warden_bin())
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -222,7 +220,7 @@ impl Tmux {
     fn console(socket: &Path, extra: &[&str], width: u16, height: u16) -> Tmux {
         let mut cmd = format!(
             "exec {} console --socket {}",
-            support::warden_bin().display(),
+            crate::support::warden_bin().display(),
             socket.display()
         );
         for e in extra {
@@ -445,7 +443,7 @@ fn quitting_restores_the_terminal_even_with_no_daemon() {
     // The shell reports the exit status and the terminal mode after the console is gone.
     let cmd = format!(
         "{} console --socket {}; echo \"exit=$?\"; stty -a | tr ' ' '\\n' | grep -x -- '-\\{{0,1\\}}icanon'; sleep 60",
-        support::warden_bin().display(),
+        crate::support::warden_bin().display(),
         socket.display()
     );
     let tmux = Tmux::new(&cmd, 100, 30);

@@ -1,14 +1,12 @@
 //! Model serving end to end: `warden models init`, then `warden serve-model` processes on free
 //! ports, driven over HTTP; plus the XGBoost and TorchScript loaders against independent values.
 
-mod support;
-
+use crate::support::net::{free_port, wait_until_async};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-use support::net::{free_port, wait_until_async};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -17,7 +15,7 @@ fn models_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let status = Command::new(support::warden_bin())
+        let status = Command::new(crate::support::warden_bin())
             .args(["models", "init", "--dir"])
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -52,7 +50,7 @@ struct Server {
 impl Server {
     async fn start(name: &str, extra: &[&str]) -> Server {
         let port = free_port();
-        let mut cmd = Command::new(support::warden_bin());
+        let mut cmd = Command::new(crate::support::warden_bin());
         cmd.args([
             "serve-model",
             name,
@@ -565,9 +563,10 @@ async fn sigterm_finishes_queued_requests_and_exits_zero() {
         );
     }
     let mut child = server.child.take().unwrap();
-    let status = support::net::wait_until(Duration::from_secs(30), || child.try_wait().unwrap());
+    let status =
+        crate::support::net::wait_until(Duration::from_secs(30), || child.try_wait().unwrap());
     assert_eq!(status.map(|s| s.code()), Some(Some(0)));
-    assert!(!support::net::port_open(server.port));
+    assert!(!crate::support::net::port_open(server.port));
 }
 
 /// The TorchScript fixture's weights: y = relu(x·Wᵀ + b), x in R³, y in R².
@@ -575,7 +574,7 @@ const TS_WEIGHT: [f32; 6] = [0.5, -1.0, 2.0, 1.5, 0.25, -0.75];
 const TS_BIAS: [f32; 2] = [0.1, -0.2];
 
 fn ts_fixture() -> PathBuf {
-    support::repo_root().join("tests/fixtures/tiny_linear.pt")
+    crate::support::repo_root().join("tests/fixtures/tiny_linear.pt")
 }
 
 fn ts_expected(x: &[f32]) -> Vec<f32> {
@@ -639,7 +638,7 @@ async fn a_torchscript_module_serves_rows_matching_plain_rust() {
 #[test]
 fn models_init_writes_the_same_files_every_time() {
     let other = tempfile::tempdir().unwrap();
-    let out = Command::new(support::warden_bin())
+    let out = Command::new(crate::support::warden_bin())
         .args(["models", "init", "--dir"])
         .arg(other.path())
         .output()
@@ -657,7 +656,7 @@ fn models_init_writes_the_same_files_every_time() {
 #[test]
 fn missing_weights_fail_to_start_with_a_clear_error() {
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(support::warden_bin())
+    let out = Command::new(crate::support::warden_bin())
         .args([
             "serve-model",
             "risk-analyzer",
@@ -692,7 +691,7 @@ fn only_the_model_binary_links_libtorch() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let agent = support::warden_bin();
+    let agent = crate::support::warden_bin();
     assert!(!needed(&agent).contains("libtorch"), "{}", needed(&agent));
     assert!(needed(&agent.with_file_name("warden-model")).contains("libtorch_cpu"));
 }

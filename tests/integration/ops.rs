@@ -2,10 +2,9 @@
 //! `warden run` over a unix datagram socket, dashboards (committed = rendered, push round trip
 //! via moto), install.sh into a temp root, and runbook anchors for every default rule.
 
-mod support;
+use crate::support::fake_model;
 
-use support::fake_model;
-
+use crate::support::net::{free_port, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::net::{free_port, wait_until};
 use warden::control::ControlClient;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -43,12 +41,12 @@ fn systemd_version() -> u32 {
 
 /// The unit with ExecStart pointed at the binary this test run built (verify wants it to exist).
 fn unit_for_built_binary(dir: &Path) -> PathBuf {
-    let unit =
-        std::fs::read_to_string(support::repo_root().join("systemd/warden.service")).unwrap();
+    let unit = std::fs::read_to_string(crate::support::repo_root().join("systemd/warden.service"))
+        .unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/warden run --config /etc/warden/warden.toml"));
     let local = unit.replace(
         "ExecStart=/usr/local/bin/warden",
-        &format!("ExecStart={}", support::warden_bin().display()),
+        &format!("ExecStart={}", crate::support::warden_bin().display()),
     );
     let path = dir.join("warden.service");
     std::fs::write(&path, local).unwrap();
@@ -83,8 +81,8 @@ fn unit_passes_systemd_analyze_verify() {
 
 #[test]
 fn unit_has_the_required_settings_and_exposure_at_most_2() {
-    let unit =
-        std::fs::read_to_string(support::repo_root().join("systemd/warden.service")).unwrap();
+    let unit = std::fs::read_to_string(crate::support::repo_root().join("systemd/warden.service"))
+        .unwrap();
     for line in [
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
@@ -216,7 +214,7 @@ impl NotifiedAgent {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(support::warden_bin())
+        let child = Command::new(crate::support::warden_bin())
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -422,8 +420,8 @@ fn sd_notify_ready_after_bounded_wait_and_reload_brackets() {
 const COMMITTED_ARGS: &[&str] = &["--config", "config/warden.toml", "--host", "gpu-host-1"];
 
 fn render(args: &[&str]) -> String {
-    let out = run(Command::new(support::warden_bin())
-        .current_dir(support::repo_root())
+    let out = run(Command::new(crate::support::warden_bin())
+        .current_dir(crate::support::repo_root())
         .args(["dashboards", "render"])
         .args(args));
     assert!(out.status.success(), "render: {}", text(&out.stderr));
@@ -433,7 +431,8 @@ fn render(args: &[&str]) -> String {
 #[test]
 fn committed_dashboard_equals_the_render() {
     let committed =
-        std::fs::read_to_string(support::repo_root().join("dashboards/warden.json")).unwrap();
+        std::fs::read_to_string(crate::support::repo_root().join("dashboards/warden.json"))
+            .unwrap();
     let rendered = render(COMMITTED_ARGS);
     assert!(
         committed == rendered,
@@ -469,7 +468,7 @@ fn committed_dashboard_equals_the_render() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_push_round_trips_through_moto() {
-    let moto = support::moto::Moto::start();
+    let moto = crate::support::moto::Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("warden.toml");
     std::fs::write(
@@ -490,7 +489,7 @@ async fn dashboard_push_round_trips_through_moto() {
         "--name",
         "warden-test",
     ];
-    let out = run(Command::new(support::warden_bin())
+    let out = run(Command::new(crate::support::warden_bin())
         .args(["dashboards", "push"])
         .args(args)
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -526,7 +525,7 @@ async fn dashboard_push_round_trips_through_moto() {
 
     // With AWS gone the push fails with a message, not a hang or a panic.
     drop(moto);
-    let out = run(Command::new(support::warden_bin())
+    let out = run(Command::new(crate::support::warden_bin())
         .args(["dashboards", "push"])
         .args(args));
     assert!(!out.status.success());
@@ -542,10 +541,10 @@ async fn dashboard_push_round_trips_through_moto() {
 
 fn install(args: &[&str]) -> Output {
     run(Command::new("bash")
-        .arg(support::repo_root().join("scripts/install.sh"))
+        .arg(crate::support::repo_root().join("scripts/install.sh"))
         .args(args)
         .arg("--binary")
-        .arg(support::warden_bin()))
+        .arg(crate::support::warden_bin()))
 }
 
 fn mode(path: &Path) -> u32 {
@@ -568,16 +567,18 @@ fn install_into_a_temp_root_produces_the_tree() {
     assert_eq!(mode(&bin), 0o755);
     assert_eq!(
         std::fs::metadata(&bin).unwrap().len(),
-        std::fs::metadata(support::warden_bin()).unwrap().len()
+        std::fs::metadata(crate::support::warden_bin())
+            .unwrap()
+            .len()
     );
     // The libtorch half (serve-model, models init) sits next to it.
     let model_bin = r.join("usr/local/bin/warden-model");
     assert_eq!(mode(&model_bin), 0o755);
     assert_eq!(
         std::fs::read(&model_bin).unwrap(),
-        std::fs::read(support::warden_bin().with_file_name("warden-model")).unwrap()
+        std::fs::read(crate::support::warden_bin().with_file_name("warden-model")).unwrap()
     );
-    let repo = support::repo_root();
+    let repo = crate::support::repo_root();
     let same = |installed: &str, source: &str| {
         assert_eq!(
             std::fs::read(r.join(installed)).unwrap(),
@@ -671,10 +672,11 @@ fn install_dry_run_changes_nothing() {
 #[test]
 fn runbook_has_a_section_per_default_rule() {
     let rules: toml::Table = toml::from_str(
-        &std::fs::read_to_string(support::repo_root().join("alerts/default.toml")).unwrap(),
+        &std::fs::read_to_string(crate::support::repo_root().join("alerts/default.toml")).unwrap(),
     )
     .unwrap();
-    let runbook = std::fs::read_to_string(support::repo_root().join("docs/runbook.md")).unwrap();
+    let runbook =
+        std::fs::read_to_string(crate::support::repo_root().join("docs/runbook.md")).unwrap();
     let names: Vec<&str> = rules["rule"]
         .as_array()
         .unwrap()

@@ -2,8 +2,8 @@
 //! order and exactly once, batches keep every PutLogEvents limit, and an outage (a fault proxy
 //! answering 503 in front of moto) or an agent restart during it loses nothing.
 
-mod support;
-
+use crate::support::moto::Moto;
+use crate::support::net::{free_port, wait_until_async};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use support::moto::Moto;
-use support::net::{free_port, wait_until_async};
 use tokio::sync::mpsc;
 use warden::api::audit::AuditRecord;
 use warden::sinks::logs::config::LogsSinkConfig;
@@ -120,7 +118,8 @@ impl FaultProxy {
                     .unwrap_or("")
                     .to_string();
                 let resp =
-                    support::proxy::forward(&client, &upstream, &parts, bytes.to_vec()).await;
+                    crate::support::proxy::forward(&client, &upstream, &parts, bytes.to_vec())
+                        .await;
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let body = resp.bytes().await.unwrap();
@@ -664,7 +663,7 @@ impl Agent {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(support::warden_bin())
+        let child = Command::new(crate::support::warden_bin())
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -688,7 +687,7 @@ impl Agent {
         if let Some(mut child) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let exited = support::net::wait_until(LONG, || child.try_wait().ok().flatten());
+            let exited = crate::support::net::wait_until(LONG, || child.try_wait().ok().flatten());
             assert!(exited.is_some(), "agent did not stop\n{}", self.log());
         }
     }
@@ -706,7 +705,7 @@ impl Drop for Agent {
 /// A model that prints `count` numbered lines (every 100th one JSON) tagged with its pid,
 /// then serves as the fake model.
 fn printing_model(dir: &Path, name: &str, port: u16, count: usize) -> String {
-    let fake = support::repo_root().join("tests/support/fake_model.py");
+    let fake = crate::support::repo_root().join("tests/integration/support/fake_model.py");
     let printer = dir.join("printer.py");
     std::fs::write(
         &printer,

@@ -5,11 +5,9 @@
 //! By hand: `.deps/venv/bin/st run http://127.0.0.1:8000/openapi.json --checks all`
 //! against `./scripts/run.sh`.
 
-mod support;
-
+use crate::support::net::{free_port, wait_until};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::net::{free_port, wait_until};
 
 #[test]
 fn schemathesis_finds_no_server_errors() {
@@ -30,7 +28,7 @@ fn schemathesis_finds_no_server_errors() {
     let config = dir.path().join("warden.toml");
     std::fs::write(&config, toml).unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let mut agent = Command::new(support::warden_bin())
+    let mut agent = Command::new(crate::support::warden_bin())
         .args(["run", "--config"])
         .arg(&config)
         .stdout(log.try_clone().unwrap())
@@ -49,7 +47,7 @@ fn schemathesis_finds_no_server_errors() {
     });
     assert!(ready.is_some(), "agent not ready\n{}", agent_log());
 
-    let st = support::repo_root().join(".deps/venv/bin/st");
+    let st = crate::support::repo_root().join(".deps/venv/bin/st");
     // CPython 3.11's ast module can crash inside hypothesis ("AST constructor recursion depth
     // mismatch") while it describes a strategy: a tool fault, not a finding. Such runs are
     // retried with another seed; any real failure (ST1xx) fails at once.

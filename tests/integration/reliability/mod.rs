@@ -2,9 +2,6 @@
 //! fake NVML, the Slack receiver, signals, wrk) against a real `warden run`. Each scenario is a
 //! row of `docs/reliability.md`.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod alert_truth;
 mod aws_faults;
 mod disk_full;

@@ -22,7 +22,8 @@ pub struct TestAgentBuilder {
 
 /// A running agent; killed (SIGKILL) when dropped if still running.
 pub struct TestAgent {
-    pub dir: tempfile::TempDir,
+    /// Holds the config, log and default state dir until the agent is dropped.
+    _dir: tempfile::TempDir,
     pub listen: u16,
     pub config: PathBuf,
     pub state_dir: PathBuf,
@@ -67,11 +68,6 @@ impl TestAgentBuilder {
     /// The state dir (default: `state/` in the agent's temp dir), e.g. on a small tmpfs.
     pub fn state_dir(mut self, dir: &Path) -> Self {
         self.state_dir = Some(dir.to_path_buf());
-        self
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -124,7 +120,7 @@ impl TestAgentBuilder {
             log: self.dir.path().join("agent.log"),
             env: self.env,
             child: None,
-            dir: self.dir,
+            _dir: self.dir,
         };
         agent.spawn();
         agent

@@ -1,16 +1,14 @@
 //! Telemetry end to end: fake NVML → samplers → store → CloudWatch (moto) and Prometheus.
 
-mod support;
-
+use crate::support::moto::Moto;
+use crate::support::net::wait_until_async;
+use crate::support::nvml::{FakeGpu, FakeNvml, FakeState};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use support::moto::Moto;
-use support::net::wait_until_async;
-use support::nvml::{FakeGpu, FakeNvml, FakeState};
 use tokio::sync::broadcast;
 use warden::sinks::cloudwatch::CloudWatchSink;
 use warden::sinks::cloudwatch::config::CloudWatchSinkConfig;
@@ -87,7 +85,8 @@ impl Recorder {
                     .unwrap()
                     .push(String::from_utf8_lossy(&bytes).to_string());
                 let resp =
-                    support::proxy::forward(&client, &upstream, &parts, bytes.to_vec()).await;
+                    crate::support::proxy::forward(&client, &upstream, &parts, bytes.to_vec())
+                        .await;
                 let status = resp.status();
                 let ct = resp.headers().get("content-type").cloned();
                 let body = resp.bytes().await.unwrap();
@@ -729,7 +728,7 @@ async fn a_full_disk_during_an_outage_keeps_batches_in_memory() {
 /// announces the denial once with the permission, and the restoration after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_denied_keeps_batches_and_announces_the_permission() {
-    use support::fault::{Fault, FaultProxy};
+    use crate::support::fault::{Fault, FaultProxy};
     let moto = Moto::start();
     let proxy = FaultProxy::start(&moto.endpoint());
     let dir = tempfile::tempdir().unwrap();

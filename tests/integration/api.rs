@@ -1,8 +1,6 @@
 //! The inference API gateway over real HTTP on 127.0.0.1: model routes proxied to model
 //! servers, errors, auth matrix, rate limits, audit trail, OpenAPI.
 
-mod support;
-
 use axum::{Json, Router, http::HeaderMap, routing::get, routing::post};
 use base64::Engine;
 use serde_json::{Value, json};
@@ -91,7 +89,7 @@ async fn start_gateway(extra_toml: &str, auth: bool) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let alpha = start_model("alpha", Duration::ZERO).await;
     let slow = start_model("slow", Duration::from_millis(300)).await;
-    let gone_port = support::net::free_port();
+    let gone_port = crate::support::net::free_port();
     let mut toml = String::new();
     if auth {
         make_keys(dir.path());
@@ -538,7 +536,7 @@ async fn auth_matrix_accepts_only_valid_tokens_with_the_right_role() {
 }
 
 fn warden(args: &[&str]) -> String {
-    let out = std::process::Command::new(support::warden_bin())
+    let out = std::process::Command::new(crate::support::warden_bin())
         .args(args)
         .output()
         .unwrap();
@@ -739,7 +737,7 @@ async fn every_request_leaves_exactly_one_audit_record() {
         let r = req.header("x-request-id", &id).send().await.unwrap();
         sent.push((id, r.status().as_u16()));
     }
-    let records = support::net::wait_until_async(Duration::from_secs(10), || async {
+    let records = crate::support::net::wait_until_async(Duration::from_secs(10), || async {
         let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
         let lines: Vec<Value> = text
             .lines()
@@ -950,7 +948,7 @@ async fn a_full_audit_trail_refuses_with_503_before_calling_the_model() {
     std::fs::remove_file(&audit_path).unwrap();
     std::fs::write(&audit_path, b"").unwrap();
     audit.reopen();
-    let drained = support::net::wait_until_async(Duration::from_secs(10), || async {
+    let drained = crate::support::net::wait_until_async(Duration::from_secs(10), || async {
         (audit.pending_bytes() == 0).then_some(())
     })
     .await;

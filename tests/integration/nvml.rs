@@ -1,7 +1,6 @@
 //! The fake NVML library read through nvml-wrapper: values, a live state change, and each fault.
 
-mod support;
-
+use crate::support::nvml::{FakeGpu, FakeNvml, FakeState};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
@@ -9,7 +8,6 @@ use nvml_wrapper::enum_wrappers::device::{
 };
 use nvml_wrapper::error::NvmlError;
 use std::time::{Duration, Instant};
-use support::nvml::{FakeGpu, FakeNvml, FakeState};
 
 fn two_gpus() -> FakeState {
     FakeState::with_gpus(vec![
