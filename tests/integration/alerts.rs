@@ -1323,8 +1323,17 @@ impl Tmpfs {
 
     /// Writes a filler file until the filesystem refuses (ENOSPC).
     fn fill(&self) {
+        self.fill_with("filler")
+    }
+
+    /// Takes whatever a background write (the state file's temp + rename) freed since `fill`.
+    fn top_up(&self) {
+        self.fill_with("filler-top")
+    }
+
+    fn fill_with(&self, name: &str) {
         use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
         let chunk = vec![0u8; 4096];
         for _ in 0..100_000 {
             if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
@@ -1390,6 +1399,7 @@ async fn a_notification_the_full_disk_refused_is_retried_not_marked_sent() {
     assert_eq!(e.gpu("2", 99.0, 1000).await.len(), 1);
     assert_eq!(e.handle.unsent(), 1);
     e.clock.fetch_add(25 * 3600 * 1000, Ordering::SeqCst);
+    disk.top_up();
     e.handle.evaluate_now().await;
     assert_eq!(e.handle.unsent(), 0);
     assert_eq!(
