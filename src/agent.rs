@@ -308,7 +308,7 @@ pub struct Agent {
 impl Agent {
     pub async fn start(config: Config) -> Result<Agent, AgentError> {
         let exe = std::env::current_exe().map_err(io_err("locating the warden binary"))?;
-        let state_dir = config.resolve(&config.agent.state_dir);
+        let state_dir = config.state_dir();
         std::fs::create_dir_all(&state_dir).map_err(io_err(format!(
             "creating state dir {}",
             state_dir.display()

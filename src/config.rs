@@ -584,6 +584,12 @@ impl Config {
     }
 
     /// Resolves a path from the file against the file's directory.
+    /// `agent.state_dir` resolved against the config file's directory: the one place every
+    /// spool, the audit trail, alert state and the disk-space sampler agree on.
+    pub fn state_dir(&self) -> PathBuf {
+        self.resolve(&self.agent.state_dir)
+    }
+
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             return path.to_path_buf();

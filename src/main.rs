@@ -169,7 +169,7 @@ fn main() -> ExitCode {
                 socket: socket.unwrap_or_else(warden::console::default_socket),
                 read_only,
             };
-            warden::console::run(options).map_err(|e| anyhow!("{e}"))
+            warden::console::run(options).context("console")
         }
         Command::Alarms(cmd) => alarms(cmd),
     };
@@ -197,7 +197,7 @@ fn check_config(file: &Path) -> ExitCode {
 
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
-        Some(p) => Config::load(&p).map_err(|e| anyhow!("{e}")),
+        Some(p) => Config::load(&p).with_context(|| format!("loading {}", p.display())),
         None => Ok(Config::embedded()),
     }
 }
@@ -275,7 +275,7 @@ fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
         AlarmsCommand::Push(a) => (a, true),
     };
     let config = load_config(args.config)?;
-    let rules = rules::load_for(&config).map_err(|e| anyhow!("{e}"))?;
+    let rules = rules::load_for(&config).context("loading the alert rules")?;
     let target = alarms::AlarmTarget {
         host: args.host.unwrap_or_else(|| config.agent.host_id()),
         gpus: args.gpus,

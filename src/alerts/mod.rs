@@ -547,7 +547,7 @@ impl AlertsHandle {
         cancel: CancellationToken,
     ) -> Result<(AlertsHandle, Vec<tokio::task::JoinHandle<()>>), AlertsError> {
         let settings = AlertsSettings::from_config(config)?;
-        let state_dir = config.resolve(&config.agent.state_dir).join("alerts");
+        let state_dir = config.state_dir().join("alerts");
         let mut channels = Vec::new();
         if let Some(sns) = &config.notify.sns
             && (sns.info_topic_arn.is_some()

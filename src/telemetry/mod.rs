@@ -66,7 +66,7 @@ impl SamplerConfig {
                 init_timeout: cfg.gpu.init_timeout,
                 init_retry: Duration::from_secs(60),
             },
-            state_dir: cfg.agent.state_dir.clone(),
+            state_dir: cfg.state_dir(),
         }
     }
 }

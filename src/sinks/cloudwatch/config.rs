@@ -31,7 +31,7 @@ impl CloudWatchSinkConfig {
             flush_interval: cfg.cloudwatch.flush_interval,
             jitter: 0.1,
             high_resolution: cfg.cloudwatch.high_resolution,
-            spool_dir: cfg.agent.state_dir.join("spool").join("cloudwatch-metrics"),
+            spool_dir: cfg.state_dir().join("spool").join("cloudwatch-metrics"),
             max_spool_bytes: cfg.cloudwatch.max_spool_bytes,
             backoff: Backoff::default(),
             max_age: MAX_DATUM_AGE,

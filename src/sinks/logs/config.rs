@@ -40,7 +40,7 @@ impl LogsSinkConfig {
             stream: cfg.agent.host_id(),
             retention_days: cfg.logs.retention_days,
             flush_interval: cfg.logs.flush_interval,
-            spool_dir: cfg.resolve(&cfg.agent.state_dir).join("spool").join("logs"),
+            spool_dir: cfg.state_dir().join("spool").join("logs"),
             max_spool_bytes_per_group: (cfg.logs.max_spool_bytes / groups.max(1)).max(64 << 10),
             backoff: Backoff {
                 base: Duration::from_millis(200),
