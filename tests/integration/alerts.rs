@@ -1305,64 +1305,14 @@ async fn reloading_rules_keeps_alert_state() {
 
 // ---------------------------------------------------------------- outbox on a full disk
 
-/// A small tmpfs, unmounted on drop: a real filesystem that fills up.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs at {} (needs root)", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Writes a filler file until the filesystem refuses (ENOSPC).
-    fn fill(&self) {
-        self.fill_with("filler")
-    }
-
-    /// Takes whatever a background write (the state file's temp + rename) freed since `fill`.
-    fn top_up(&self) {
-        self.fill_with("filler-top")
-    }
-
-    fn fill_with(&self, name: &str) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
-        let chunk = vec![0u8; 4096];
-        for _ in 0..100_000 {
-            if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
-                return;
-            }
-        }
-        panic!("tmpfs never filled up");
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.0.join("filler")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_the_full_disk_refused_is_retried_not_marked_sent() {
     let slack = SlackReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
-    let disk = Tmpfs::mount(&dir.path().join("state"), "512k");
+    let disk = crate::support::tmpfs::Tmpfs::mount("512k").expect("mount a tmpfs (needs root)");
     let chans = channels(None, &(String::new(), String::new()), &slack).await;
     let e = Engine::start(
         GPU_RULES,
-        &disk.0.join("alerts"),
+        &disk.path().join("alerts"),
         chans,
         Duration::from_secs(3600),
         now_ms(),

@@ -936,59 +936,22 @@ async fn with_logs_disabled_nothing_talks_to_aws_and_lines_stay_in_the_rings() {
     agent.stop();
 }
 
-/// A real tiny tmpfs (root only; `None` with a printed reason otherwise), unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipped: mount -t tmpfs failed");
-            return None;
-        }
-        Some(Tmpfs(dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 /// The spool's disk is full: events are kept in memory (bounded in bytes) and appended once
 /// space is back; none is lost or counted as a spool error, and each arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_keeps_events_in_memory_until_the_spool_can_take_them() {
-    let Some(fs) = Tmpfs::mount("512k") else {
+    let Some(fs) = crate::support::tmpfs::Tmpfs::mount("512k") else {
         return;
     };
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.endpoint()).await;
-    let run = Running::start(sink_config(&fs.0.path().join("spool")), &proxy.url).await;
+    let run = Running::start(sink_config(&fs.path().join("spool")), &proxy.url).await;
     // Warm up so the group's spool directory exists, then fill the disk to the last byte.
     run.audits.send(audit(0)).await.unwrap();
     let read = moto.sdk_config().await;
     let api_group = "/aws/apigateway/structural-design-api";
     wait_for_events(&read, api_group, 1, LONG).await;
-    let ballast = fs.0.path().join("ballast");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&ballast).unwrap();
-        while f.write_all(&[0u8; 4096]).is_ok() {}
-        let _ = f.sync_all();
-    }
+    fs.fill();
     for i in 1..=400 {
         run.audits.send(audit(i)).await.unwrap();
     }
@@ -1001,7 +964,7 @@ async fn a_full_disk_keeps_events_in_memory_until_the_spool_can_take_them() {
         0,
         "kept, not lost"
     );
-    std::fs::remove_file(&ballast).unwrap();
+    fs.free();
     let got = wait_for_events(&read, api_group, 401, LONG).await;
     let mut ids: Vec<String> = got
         .iter()

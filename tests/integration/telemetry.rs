@@ -642,42 +642,11 @@ async fn outage_is_spooled_then_delivered_once_also_across_a_sink_restart() {
     );
 }
 
-/// A real tiny tmpfs (root only; `None` with a printed reason otherwise), unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipped: mount -t tmpfs failed");
-            return None;
-        }
-        Some(Tmpfs(dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 /// AWS down and the spool's disk full: the batch waits in memory (not dropped), is spooled
 /// once space is back, and delivered once CloudWatch is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_during_an_outage_keeps_batches_in_memory() {
-    let Some(fs) = Tmpfs::mount("256k") else {
+    let Some(fs) = crate::support::tmpfs::Tmpfs::mount("256k") else {
         return;
     };
     let mut moto = Moto::start();
@@ -686,14 +655,8 @@ async fn a_full_disk_during_an_outage_keeps_batches_in_memory() {
     let gpu = [(Dim::Gpu, "3")];
     let put = |v: f64| store.set_gauge("GPUUtilization", &gpu, v, SystemTime::now());
     let sink =
-        CloudWatchSink::new(sink_config(&fs.0.path().join("spool")), &sdk, store.clone()).unwrap();
-    let ballast = fs.0.path().join("ballast");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&ballast).unwrap();
-        while f.write_all(&[0u8; 4096]).is_ok() {}
-        let _ = f.sync_all();
-    }
+        CloudWatchSink::new(sink_config(&fs.path().join("spool")), &sdk, store.clone()).unwrap();
+    fs.fill();
     moto.stop();
     put(10.0);
     let r = sink.flush_once().await;
@@ -705,7 +668,7 @@ async fn a_full_disk_during_an_outage_keeps_batches_in_memory() {
     put(20.0);
     let r = sink.flush_once().await;
     assert_eq!((r.spooled_batches, r.dropped_batches), (0, 0), "{r:?}");
-    std::fs::remove_file(&ballast).unwrap();
+    fs.free();
     put(30.0);
     let r = sink.flush_once().await;
     assert_eq!((r.spooled_batches, r.dropped_batches), (3, 0), "{r:?}");

@@ -6,54 +6,16 @@
 use crate::support::agent::{TestAgent, nginx_model};
 use crate::support::moto::Moto;
 use crate::support::net::{free_port, wait_until_async};
+use crate::support::tmpfs::Tmpfs;
 use serde_json::Value;
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const AUDIT_GROUP: &str = "/aws/apigateway/structural-design-api";
 const CLIENTS: usize = 4;
 const FULL_FOR: Duration = Duration::from_secs(20);
-
-/// A tmpfs of `size` mounted on a fresh dir; unmounted when dropped.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().ok()?;
-        let path = dir.path().join("state");
-        std::fs::create_dir_all(&path).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs { _dir: dir, path })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-/// Fills the file system holding `dir` with one file until the first ENOSPC.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    // The last bytes too: byte by byte until nothing more fits.
-    while f.write_all(&[0u8]).is_ok() {}
-    path
-}
 
 #[derive(Default)]
 struct Outcomes {
@@ -143,7 +105,7 @@ async fn a_full_state_dir_never_serves_an_unaudited_request() {
         .model(nginx_model(&dir, "alpha", free_port(), 0.0))
         .aws(&moto.endpoint())
         .logs(true)
-        .state_dir(&tmpfs.path)
+        .state_dir(tmpfs.path())
         // A small memory buffer, so 20 s of full disk exhausts it and refusals are exercised.
         .section("[api]\naudit_buffer_bytes = 262144\n")
         .start();
@@ -190,9 +152,9 @@ async fn a_full_state_dir_never_serves_an_unaudited_request() {
     }
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let filler = tokio::task::spawn_blocking({
-        let dir = tmpfs.path.clone();
-        move || fill(&dir)
+    let tmpfs = tokio::task::spawn_blocking(move || {
+        tmpfs.fill();
+        tmpfs
     })
     .await
     .unwrap();
@@ -203,7 +165,7 @@ async fn a_full_state_dir_never_serves_an_unaudited_request() {
         let o = outcomes.lock().unwrap();
         (o.ok.len() - ok_before_full, o.audit_refused.len())
     };
-    std::fs::remove_file(&filler).unwrap();
+    tmpfs.free();
     eprintln!("disk full for {:?}", full_from.elapsed());
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.cancel();
@@ -243,7 +205,7 @@ async fn a_full_state_dir_never_serves_an_unaudited_request() {
     );
 
     // Local file: every 2xx request, once the held records are written out.
-    let state_dir = tmpfs.path.clone();
+    let state_dir = tmpfs.path().to_path_buf();
     let wanted: HashSet<String> = o.ok.iter().cloned().collect();
     let local = wait_until_async(Duration::from_secs(30), || async {
         let have = local_audit_ids(&state_dir);

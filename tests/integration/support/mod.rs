@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod fault;
 pub mod proxy;
+pub mod tmpfs;
 pub use warden_testkit::{moto, net, nvml, slack};
 
 use std::path::PathBuf;
