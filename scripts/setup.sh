@@ -18,9 +18,10 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # --- apt packages -----------------------------------------------------------
 # prometheus: promtool checks /metrics; wrk: the load generator of the fault suite; nginx-light:
-# a fast fake model (fixed error fraction) and the reverse proxy the gateway is compared with.
+# a fast fake model (fixed error fraction) and the reverse proxy the gateway is compared with;
+# chromium: renders /docs and /redoc headless to prove they work offline.
 APT_PACKAGES=(build-essential pkg-config unzip curl openssl tmux procps systemd python3-venv
-  prometheus wrk nginx-light)
+  prometheus wrk nginx-light chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

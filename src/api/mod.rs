@@ -3,9 +3,11 @@
 
 pub mod audit;
 pub mod auth;
+mod docs;
 pub mod error;
 pub mod metrics;
 mod middleware;
+pub mod model_meta;
 pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
@@ -84,6 +86,8 @@ pub struct AppState {
     pub auth: Option<Auth>,
     pub metrics: metrics::ApiMetrics,
     pub audit: AuditSink,
+    /// The models' last good `/metadata`, for `/openapi.json`.
+    pub model_metadata: model_meta::ModelMetadata,
     pub observer: Option<Arc<dyn RequestObserver>>,
     pub extra_metrics: Option<Arc<dyn MetricsText>>,
     pub request_timeout: Duration,
@@ -158,6 +162,7 @@ impl AppState {
             auth,
             metrics: metrics::ApiMetrics::new()?,
             audit: peers.audit,
+            model_metadata: model_meta::ModelMetadata::default(),
             observer: peers.observer,
             extra_metrics: peers.extra_metrics,
             request_timeout: config.api.request_timeout,
@@ -178,7 +183,11 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/openapi.json", get(routes::openapi_json))
-        .route("/docs", get(routes::docs))
+        .route("/docs", get(docs::swagger_page))
+        .route("/docs/", get(docs::swagger_page))
+        .route("/docs/{file}", get(docs::swagger_asset))
+        .route("/redoc", get(docs::redoc_page))
+        .route("/redoc/redoc.standalone.js", get(docs::redoc_js))
         .route("/auth/token", post(routes::token))
         .route("/auth/refresh", post(routes::refresh));
     let viewer = Router::new()

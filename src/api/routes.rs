@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -102,26 +102,18 @@ pub struct ModelInfo {
         (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody, description = "overloaded, or the audit log cannot record the request (code audit_unavailable, see Retry-After)")))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Vec<ModelInfo>> {
     let models = state.directory.models();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, m) in models.iter().enumerate() {
-        let http = state.http.clone();
-        let port = m.port;
-        tasks.spawn(async move { (i, proxy::metadata(&http, port).await) });
-    }
-    let mut metadata = vec![None; models.len()];
-    while let Some(Ok((i, meta))) = tasks.join_next().await {
-        metadata[i] = meta;
-    }
+    let described = state.model_metadata.describe(&state.http, &models).await;
     Json(
         models
             .into_iter()
-            .zip(metadata)
-            .map(|(m, metadata)| ModelInfo {
+            .zip(described)
+            .map(|(m, d)| ModelInfo {
                 name: m.name,
                 port: m.port,
                 state: m.state,
                 ready: m.ready,
-                metadata,
+                // What the model answers now; a model that does not answer shows null here.
+                metadata: d.fresh.then(|| d.metadata.map(|v| (*v).clone())).flatten(),
             })
             .collect(),
     )
@@ -481,21 +473,20 @@ pub async fn refresh(
 
 #[utoipa::path(get, path = "/openapi.json", tag = "agent", responses((status = 200, description = "this document")))]
 pub async fn openapi_json(State(state): State<Arc<AppState>>) -> Response {
-    let models: Vec<String> = state
-        .directory
-        .models()
-        .into_iter()
-        .map(|m| m.name)
+    let models = state.directory.models();
+    let described = state.model_metadata.describe(&state.http, &models).await;
+    let docs: Vec<super::openapi::ModelDoc<'_>> = models
+        .iter()
+        .zip(&described)
+        .map(|(m, d)| super::openapi::ModelDoc {
+            name: &m.name,
+            metadata: d.metadata.as_deref(),
+        })
         .collect();
-    match super::openapi::document_json(&models) {
+    match super::openapi::document(&docs).and_then(|doc| serde_json::to_string_pretty(&doc)) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => ApiError::Internal(e).into_response(),
+        Err(e) => ApiError::Internal(format!("openapi document: {e}")).into_response(),
     }
-}
-
-#[utoipa::path(get, path = "/docs", tag = "agent", responses((status = 200, description = "API reference page", content_type = "text/html")))]
-pub async fn docs() -> Html<&'static str> {
-    Html(super::openapi::DOCS_PAGE)
 }
 
 pub async fn not_found() -> ApiError {

@@ -361,8 +361,11 @@ async fn models_metrics_and_openapi() {
         "{}",
         doc["openapi"]
     );
+    // One path per configured model, not a `{model}` template.
+    assert!(doc["paths"].get("/api/v1/{model}").is_none());
     for path in [
-        "/api/v1/{model}",
+        "/api/v1/alpha",
+        "/api/v1/gone",
         "/api/v1/batch-analysis",
         "/api/v1/models",
         "/auth/token",
@@ -372,6 +375,7 @@ async fn models_metrics_and_openapi() {
         "/metrics",
         "/openapi.json",
         "/docs",
+        "/redoc",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),
