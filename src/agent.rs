@@ -89,11 +89,20 @@ impl crate::api::RequestObserver for StoreObserver {
     fn observe(&self, model: &str, status: u16, latency: Duration) {
         // Client mistakes (4xx) are not the model's errors; 5xx and timeouts are.
         let ok = status < 500;
+        let now = std::time::SystemTime::now();
         self.0.record_request(
             model,
             latency.as_secs_f64() * 1000.0,
             ok,
-            std::time::SystemTime::now(),
+            now,
+        );
+        // Counted from the first request (0 included) so a burst rule sees a baseline.
+        let client_error = f64::from(u8::from((400..500).contains(&status)));
+        self.0.add_counter(
+            "ModelClientErrors",
+            &[(telemetry::Dim::Model, model)],
+            client_error,
+            now,
         );
     }
 }
@@ -131,6 +140,7 @@ struct ApiParts {
 const AUDIT_FLUSH_BOUND: Duration = Duration::from_secs(5);
 
 /// Binds `agent.listen` and serves the inference API until `cancel`.
+#[allow(clippy::too_many_arguments)]
 async fn start_api(
     config: &Config,
     supervisor: &SupervisorHandle,
@@ -138,6 +148,7 @@ async fn start_api(
     alerts: &crate::alerts::AlertsHandle,
     state_dir: &Path,
     audit_forward: Option<tokio::sync::mpsc::Sender<api_audit::AuditRecord>>,
+    readiness: Arc<dyn crate::api::HostReadiness>,
     cancel: CancellationToken,
 ) -> Result<ApiParts, AgentError> {
     use crate::api;
@@ -162,7 +173,9 @@ async fn start_api(
             Arc::new(alerts.clone()),
         ]))),
     };
-    let state = std::sync::Arc::new(api::AppState::new(config, peers)?);
+    let mut state = api::AppState::new(config, peers)?;
+    state.readiness = Some(readiness);
+    let state = std::sync::Arc::new(state);
     let listener = api::bind(config.agent.listen).await?;
     match config.auth_enabled() {
         Some(_) => {
@@ -375,6 +388,13 @@ impl Agent {
         .await?;
         tasks.extend(alert_tasks);
         alerts.register(&mut dispatcher);
+        // Subscribed before the samplers start, so the first NVML event reaches `/ready`.
+        let (readiness, readiness_task) = crate::ops::readiness::ReadinessTracker::spawn(
+            config.gpu.expected_count,
+            telemetry_events.subscribe(),
+            cancel.child_token(),
+        );
+        tasks.push(readiness_task);
         tasks.push(telemetry::spawn_samplers(
             telemetry::SamplerConfig::from_config(&config),
             store.clone(),
@@ -430,9 +450,21 @@ impl Agent {
             &alerts,
             &state_dir,
             audit_forward,
+            Arc::new(readiness),
             api_cancel.clone(),
         )
         .await?;
+        if config.healing.enabled() {
+            tracing::info!(healing = ?config.healing, "self-healing on");
+            tasks.push(tokio::spawn(crate::supervisor::healing::run(
+                config.healing.clone(),
+                config.agent.sample_interval,
+                supervisor.clone(),
+                store.clone(),
+                api.audit.clone(),
+                cancel.child_token(),
+            )));
+        }
 
         Ok(Agent {
             supervisor,
@@ -627,6 +659,7 @@ impl ReloadPlan {
             ),
             ("auth", differs(&old.auth, &new.auth)),
             ("api", differs(&old.api, &new.api)),
+            ("healing", differs(&old.healing, &new.healing)),
         ] {
             if changed {
                 plan.restart.push(name.into());
