@@ -405,8 +405,11 @@ impl Agent {
         let mut sink_stats = SinkStatsSource::Disabled;
         if config.cloudwatch.enabled {
             let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
+            let mut sink_config = CloudWatchSinkConfig::from_config(&config);
+            // Resolved here, not into `config`: a SIGHUP must not see the agent section change.
+            sink_config.autoscaling_group = autoscaling_group(&config).await;
             let sink = CloudWatchSink::new(
-                CloudWatchSinkConfig::from_config(&config),
+                sink_config,
                 &sdk,
                 store.clone(),
             )?
@@ -554,6 +557,29 @@ impl Agent {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// `agent.autoscaling_group`, else (with `agent.autoscaling_group_from_imds`) the instance's
+/// group tag from IMDS; a failed look-up is a warning, not a failed start.
+async fn autoscaling_group(config: &Config) -> Option<String> {
+    if let Some(g) = &config.agent.autoscaling_group {
+        tracing::info!(group = %g, "publishing the scaling metrics under AutoScalingGroupName");
+        return Some(g.clone());
+    }
+    if !config.agent.autoscaling_group_from_imds {
+        return None;
+    }
+    match crate::sinks::aws::autoscaling_group_from_imds(config.agent.imds_timeout).await {
+        Ok(g) => {
+            tracing::info!(group = %g, "Auto Scaling group from the instance tag (IMDS)");
+            Some(g)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "no Auto Scaling group from IMDS: fleet metrics not published");
+            None
         }
     }
 }
