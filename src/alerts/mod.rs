@@ -402,7 +402,7 @@ impl Core {
     fn announce_action(&mut self, model: &str, reason: &str, at_ms: u64) {
         let notification = Notification {
             kind: evaluator::NotificationKind::Firing,
-            dedupe_key: format!("warden/self-healing/{model}/{at_ms}"),
+            dedupe_key: format!("self-healing/{model}/{at_ms}"),
             alert_id: format!("self-healing/{model}/{at_ms}"),
             rule: "self-healing".into(),
             severity: rules::Severity::Info,
