@@ -10,6 +10,7 @@ mod api_fuzz;
 mod config;
 mod console;
 mod console_tmux;
+mod fleet;
 mod logs;
 mod nvml;
 mod ops;
