@@ -330,12 +330,37 @@ pub async fn push(
             );
         }
         let out = req.send().await.map_err(aws_err("PutScalingPolicy"))?;
-        let arn = out.policy_arn().ok_or_else(|| ScalingError::Aws {
-            operation: "PutScalingPolicy".into(),
-            message: format!("no PolicyArn returned for {}", p.policy_name),
-        })?;
-        arns.insert(p.policy_name.clone(), arn.to_string());
+        // Some emulators answer without the ARN; DescribePolicies below fills it in.
+        if let Some(arn) = out.policy_arn() {
+            arns.insert(p.policy_name.clone(), arn.to_string());
+        }
         outcome.policies_written += 1;
+    }
+    let missing: Vec<String> = plan
+        .policies
+        .iter()
+        .map(|p| p.policy_name.clone())
+        .filter(|n| !arns.contains_key(n))
+        .collect();
+    if !missing.is_empty() {
+        let described = asg
+            .describe_policies()
+            .auto_scaling_group_name(&plan.group)
+            .set_policy_names(Some(missing.clone()))
+            .send()
+            .await
+            .map_err(aws_err("DescribePolicies"))?;
+        for p in described.scaling_policies() {
+            if let (Some(name), Some(arn)) = (p.policy_name(), p.policy_arn()) {
+                arns.insert(name.to_string(), arn.to_string());
+            }
+        }
+        if let Some(name) = missing.iter().find(|n| !arns.contains_key(*n)) {
+            return Err(ScalingError::Aws {
+                operation: "PutScalingPolicy".into(),
+                message: format!("policy {name} has no ARN after it was written"),
+            });
+        }
     }
 
     let names: Vec<String> = plan.alarms.iter().map(|a| a.alarm_name.clone()).collect();
