@@ -787,3 +787,40 @@ async fn scaling_metrics_are_published_under_the_group_read_from_imds() {
     let avg = stats.datapoints()[0].average().unwrap();
     assert!((avg - 80.0).abs() < 1e-6, "group average {avg}");
 }
+
+#[test]
+fn a_crash_looping_model_drains_ready_while_health_stays_live() {
+    let builder = TestAgent::builder();
+    let good = nginx_model(builder.dir(), "clash-detector", free_port(), 0.0);
+    let agent = builder
+        .model(good)
+        .model(format!(
+            "[[models]]\nname = \"risk-analyzer\"\nport = {}\ncommand = [\"/bin/false\"]\n\
+             restart_initial_backoff = \"50ms\"\nrestart_max_backoff = \"200ms\"\n\
+             crash_loop_exits = 3\ncrash_loop_window = \"5m\"\n",
+            free_port()
+        ))
+        .start();
+    let body = wait_until(LONG, || {
+        let (s, b) = plain_http::fetch(&agent.url("/ready"))?;
+        let b: Value = serde_json::from_str(&b).ok()?;
+        (s == 503 && codes(&b).iter().any(|c| c == "model-crash-loop")).then_some(b)
+    })
+    .unwrap_or_else(|| panic!("no crash-loop reason\n{}", agent.log()));
+    let reason = body["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == "model-crash-loop")
+        .unwrap();
+    assert_eq!(reason["model"], "risk-analyzer");
+    // Only the failing model is named; the healthy one serves.
+    assert!(
+        body["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["model"] != "clash-detector")
+    );
+    assert_eq!(plain_http::status(&agent.url("/health")), Some(200));
+}
