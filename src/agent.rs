@@ -90,12 +90,8 @@ impl crate::api::RequestObserver for StoreObserver {
         // Client mistakes (4xx) are not the model's errors; 5xx and timeouts are.
         let ok = status < 500;
         let now = std::time::SystemTime::now();
-        self.0.record_request(
-            model,
-            latency.as_secs_f64() * 1000.0,
-            ok,
-            now,
-        );
+        self.0
+            .record_request(model, latency.as_secs_f64() * 1000.0, ok, now);
         // Counted from the first request (0 included) so a burst rule sees a baseline.
         let client_error = f64::from(u8::from((400..500).contains(&status)));
         self.0.add_counter(
@@ -408,12 +404,8 @@ impl Agent {
             let mut sink_config = CloudWatchSinkConfig::from_config(&config);
             // Resolved here, not into `config`: a SIGHUP must not see the agent section change.
             sink_config.autoscaling_group = autoscaling_group(&config).await;
-            let sink = CloudWatchSink::new(
-                sink_config,
-                &sdk,
-                store.clone(),
-            )?
-            .with_events(telemetry_events.clone());
+            let sink = CloudWatchSink::new(sink_config, &sdk, store.clone())?
+                .with_events(telemetry_events.clone());
             sink_stats = SinkStatsSource::CloudWatch(sink.stats());
             tasks.push(tokio::spawn(sink.run(cancel.child_token())));
         } else {

@@ -293,9 +293,7 @@ pub async fn push(
             .log_groups()
             .iter()
             .any(|g| g.log_group_name() == Some(group));
-        if !exists
-            && let Err(e) = client.create_log_group().log_group_name(group).send().await
-        {
+        if !exists && let Err(e) = client.create_log_group().log_group_name(group).send().await {
             // Another agent may have created it meanwhile.
             let already = e
                 .as_service_error()

@@ -2,7 +2,7 @@
 //! policies and log metric filters as code, and the host's load-balancer readiness.
 
 pub mod dashboards;
-pub mod notify;
 pub mod metric_filters;
+pub mod notify;
 pub mod readiness;
 pub mod scaling;

@@ -151,10 +151,7 @@ pub fn model_reasons<'a>(models: impl IntoIterator<Item = (&'a str, &'a str)>) -
         any = true;
         let (code, message) = match state {
             "ready" => continue,
-            "crash-loop" => (
-                "model-crash-loop",
-                format!("model {name} is crash-looping"),
-            ),
+            "crash-loop" => ("model-crash-loop", format!("model {name} is crash-looping")),
             other => ("model-not-ready", format!("model {name} is {other}")),
         };
         out.push(Reason {
@@ -196,10 +193,7 @@ impl ReadinessTracker {
                     Ok(e) => t.apply(&e),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // The sampler re-reports lost GPUs only on change; say so loudly.
-                        tracing::warn!(
-                            missed = n,
-                            "readiness fell behind the telemetry events"
-                        );
+                        tracing::warn!(missed = n, "readiness fell behind the telemetry events");
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }

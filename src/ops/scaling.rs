@@ -34,10 +34,7 @@ pub enum ScalingError {
     #[error("metric {0} is not in the catalogue")]
     Catalogue(&'static str),
     #[error("{operation}: {message}")]
-    Aws {
-        operation: String,
-        message: String,
-    },
+    Aws { operation: String, message: String },
 }
 
 /// One step of a step-scaling policy, bounds relative to the alarm's threshold.
@@ -262,11 +259,12 @@ fn alarm_matches(have: &aws_sdk_cloudwatch::types::MetricAlarm, want: &AlarmDefi
         && have.statistic().map(|s| s.as_str()) == want.statistic.as_deref()
         && have.period() == want.period
         && have.evaluation_periods() == Some(want.evaluation_periods)
-        && have.datapoints_to_alarm().unwrap_or(want.evaluation_periods)
+        && have
+            .datapoints_to_alarm()
+            .unwrap_or(want.evaluation_periods)
             == want.datapoints_to_alarm
         && have.threshold() == Some(want.threshold)
-        && have.comparison_operator().map(|c| c.as_str())
-            == Some(want.comparison_operator.as_str())
+        && have.comparison_operator().map(|c| c.as_str()) == Some(want.comparison_operator.as_str())
         && have.treat_missing_data().unwrap_or("missing") == want.treat_missing_data
         && have.alarm_actions() == want.alarm_actions.as_slice()
 }

@@ -31,8 +31,15 @@ pub struct ModelReading {
 /// Which bound a model passed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    GpuMemory { bytes: f64, max: u64 },
-    LatencyP95 { ms: f64, max_ms: f64, for_: Duration },
+    GpuMemory {
+        bytes: f64,
+        max: u64,
+    },
+    LatencyP95 {
+        ms: f64,
+        max_ms: f64,
+        for_: Duration,
+    },
 }
 
 impl Trigger {
@@ -160,11 +167,7 @@ fn now_ms() -> u64 {
 }
 
 /// This round's readings from the supervisor's status and the store.
-fn readings(
-    status: &[ModelStatus],
-    store: &MetricStore,
-    window: Duration,
-) -> Vec<ModelReading> {
+fn readings(status: &[ModelStatus], store: &MetricStore, window: Duration) -> Vec<ModelReading> {
     use crate::alerts::evaluator::reduce_latency;
     use crate::alerts::rules::Reducer;
     let now = SystemTime::now();
@@ -302,7 +305,10 @@ mod tests {
         let models = [m("a", true, 2000.0, 10.0), m("b", true, 3000.0, 10.0)];
         let first = h.decide(&models, 0).unwrap().unwrap();
         assert_eq!(first.model, "a");
-        assert!(matches!(first.trigger, Trigger::GpuMemory { max: 1000, .. }));
+        assert!(matches!(
+            first.trigger,
+            Trigger::GpuMemory { max: 1000, .. }
+        ));
         // One at a time: b waits out the cool-down even though it is over the bound too.
         assert_eq!(
             h.decide(&models, 30_000),

@@ -90,15 +90,21 @@ async fn describe(sdk: &aws_config::SdkConfig, group: &str) -> (String, String) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scaling_push_wires_two_policies_to_alarms_at_70_80_30_and_a_second_push_changes_nothing()
-{
+async fn scaling_push_wires_two_policies_to_alarms_at_70_80_30_and_a_second_push_changes_nothing() {
     let moto = Moto::start();
     let sdk = moto.sdk_config().await;
     create_group(&sdk, "gpu-fleet").await;
     let dir = tempfile::tempdir().unwrap();
     let config = aws_config_file(dir.path(), &moto, "");
 
-    let out = warden(&["scaling", "push", "--config", &config, "--group", "gpu-fleet"]);
+    let out = warden(&[
+        "scaling",
+        "push",
+        "--config",
+        &config,
+        "--group",
+        "gpu-fleet",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("2 policies and 3 alarms written, 0 unchanged"),
@@ -135,7 +141,10 @@ async fn scaling_push_wires_two_policies_to_alarms_at_70_80_30_and_a_second_push
             .step_adjustments()[0]
             .scaling_adjustment()
     };
-    assert_eq!((adjustment(&out_arn), adjustment(&in_arn)), (Some(1), Some(-1)));
+    assert_eq!(
+        (adjustment(&out_arn), adjustment(&in_arn)),
+        (Some(1), Some(-1))
+    );
 
     let cw = aws_sdk_cloudwatch::Client::new(&sdk);
     let alarms = cw
@@ -187,7 +196,14 @@ async fn scaling_push_wires_two_policies_to_alarms_at_70_80_30_and_a_second_push
 
     // Idempotent: nothing written, and what the services hold is unchanged to the timestamp.
     let before = describe(&sdk, "gpu-fleet").await;
-    let again = warden(&["scaling", "push", "--config", &config, "--group", "gpu-fleet"]);
+    let again = warden(&[
+        "scaling",
+        "push",
+        "--config",
+        &config,
+        "--group",
+        "gpu-fleet",
+    ]);
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert!(
         text(&again.stdout).contains("0 policies and 0 alarms written, 5 unchanged"),
@@ -213,7 +229,14 @@ async fn scaling_push_wires_two_policies_to_alarms_at_70_80_30_and_a_second_push
         .send()
         .await
         .unwrap();
-    let repair = warden(&["scaling", "push", "--config", &config, "--group", "gpu-fleet"]);
+    let repair = warden(&[
+        "scaling",
+        "push",
+        "--config",
+        &config,
+        "--group",
+        "gpu-fleet",
+    ]);
     assert!(
         text(&repair.stdout).contains("1 policies and 0 alarms written, 4 unchanged"),
         "{}",
@@ -222,7 +245,14 @@ async fn scaling_push_wires_two_policies_to_alarms_at_70_80_30_and_a_second_push
     assert_eq!(describe(&sdk, "gpu-fleet").await.0, before.0);
 
     // A group that does not exist is a clear error, and nothing is written for it.
-    let bad = warden(&["scaling", "push", "--config", &config, "--group", "no-such-group"]);
+    let bad = warden(&[
+        "scaling",
+        "push",
+        "--config",
+        &config,
+        "--group",
+        "no-such-group",
+    ]);
     assert!(!bad.status.success());
     assert!(
         text(&bad.stderr).contains("\"no-such-group\" does not exist"),
@@ -363,7 +393,13 @@ fn gpu_lost_and_fatal_xid_drain_ready_with_reasons_and_recovery_restores_it() {
         let (s, b) = ready(&agent);
         (s == 200 && codes(&b).is_empty()).then_some(())
     })
-    .unwrap_or_else(|| panic!("not ready after the reset: {:?}\n{}", ready(&agent), agent.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "not ready after the reset: {:?}\n{}",
+            ready(&agent),
+            agent.log()
+        )
+    });
     assert!(
         agent.log().contains("NVML handle lost"),
         "the reload was seen as NVML going away"
@@ -452,7 +488,11 @@ async fn a_gpu_memory_leak_gets_one_audited_rolling_restart_while_the_others_kee
     .await
     .expect("an AutoRestart event");
     assert_eq!(event.0, "leaky");
-    assert!(event.1.contains("GPU memory 2048 MiB > bound 1024 MiB"), "{}", event.1);
+    assert!(
+        event.1.contains("GPU memory 2048 MiB > bound 1024 MiB"),
+        "{}",
+        event.1
+    );
 
     // The leak goes on in the new process: the cool-down holds the next restart back.
     state.gpus[0].procs = vec![(new_pid, 3 << 30)];
@@ -490,7 +530,10 @@ async fn a_gpu_memory_leak_gets_one_audited_rolling_restart_while_the_others_kee
     assert_eq!(auto[0]["status"], 200);
     assert!(auto[0]["detail"].as_str().unwrap().contains("GPU memory"));
     let posts = slack.wait_for_posts(1, LONG);
-    let healing: Vec<&String> = posts.iter().filter(|p| p.contains("self-healing")).collect();
+    let healing: Vec<&String> = posts
+        .iter()
+        .filter(|p| p.contains("self-healing"))
+        .collect();
     assert_eq!(healing.len(), 1, "{posts:?}");
     assert!(healing[0].contains("leaky"));
 }
@@ -517,7 +560,11 @@ fn sns_messages(moto: &Moto, topic: &str) -> Vec<String> {
         if t["name"] != topic {
             continue;
         }
-        for n in t["sent_notifications"].as_array().cloned().unwrap_or_default() {
+        for n in t["sent_notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             out.push(n.to_string());
         }
     }
@@ -683,9 +730,16 @@ fn fake_imds(group: &'static str) -> u16 {
             let n = s.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]).to_string();
             let (status, headers, body) = if req.starts_with("PUT /latest/api/token") {
-                ("200 OK", "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", "fake-token")
-            } else if req.starts_with("GET /latest/meta-data/tags/instance/aws:autoscaling:groupName")
-                && req.to_ascii_lowercase().contains("x-aws-ec2-metadata-token: fake-token")
+                (
+                    "200 OK",
+                    "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n",
+                    "fake-token",
+                )
+            } else if req
+                .starts_with("GET /latest/meta-data/tags/instance/aws:autoscaling:groupName")
+                && req
+                    .to_ascii_lowercase()
+                    .contains("x-aws-ec2-metadata-token: fake-token")
             {
                 ("200 OK", "", group)
             } else {
@@ -761,7 +815,11 @@ async fn scaling_metrics_are_published_under_the_group_read_from_imds() {
     .await
     .unwrap_or_else(|| panic!("no fleet metrics\n{}", agent.log()));
     assert_eq!(names, vec!["GPUUtilization", "HostCPUUtilization"]);
-    assert!(agent.log().contains("Auto Scaling group from the instance tag"));
+    assert!(
+        agent
+            .log()
+            .contains("Auto Scaling group from the instance tag")
+    );
 
     // The group's GPU datum is the host's two GPUs merged: average 80.
     let now = aws_sdk_cloudwatch::primitives::DateTime::from(std::time::SystemTime::now());

@@ -419,11 +419,8 @@ impl CloudWatchSink {
     fn datums(&self, window: &crate::telemetry::store::FlushWindow, now: SystemTime) -> Vec<Datum> {
         let mut datums = datums_from_window(window, now, self.cfg.high_resolution);
         if let Some(group) = &self.cfg.autoscaling_group {
-            let fleet = request::aggregate_by_group(
-                &datums,
-                group,
-                &crate::ops::scaling::SCALING_METRICS,
-            );
+            let fleet =
+                request::aggregate_by_group(&datums, group, &crate::ops::scaling::SCALING_METRICS);
             datums.extend(fleet);
         }
         datums

@@ -324,7 +324,10 @@ mod tests {
                 count: 4.0
             }
         );
-        assert_eq!((fleet[0].timestamp_ms, fleet[0].unit.as_str()), (5, "Percent"));
+        assert_eq!(
+            (fleet[0].timestamp_ms, fleet[0].unit.as_str()),
+            (5, "Percent")
+        );
     }
 
     #[test]
