@@ -1197,6 +1197,23 @@ mod tests {
     }
 
     #[test]
+    fn fleet_and_healing_keys_are_validated() {
+        let text = "[agent]\nautoscaling_group = \"\"\nimds_timeout = \"1m\"\n[gpu]\nexpected_count = 0\n[healing]\ngpu_memory_max_bytes = 0\ncooldown = \"0s\"\n";
+        let e = parse(text).unwrap_err();
+        let at: Vec<(usize, usize)> = e.0.iter().map(|e| (e.line, e.col)).collect();
+        assert_eq!(at, vec![(2, 21), (3, 16), (5, 18), (7, 24), (8, 12)], "{e}");
+        assert!(parse("[healing]\nlatency_p95_max = \"soon\"\n").is_err());
+        let ok = parse(
+            "[agent]\nautoscaling_group = \"gpu-fleet\"\n[healing]\nlatency_p95_max = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.agent.autoscaling_group.as_deref(), Some("gpu-fleet"));
+        assert!(ok.healing.enabled() && !Config::default().healing.enabled());
+        assert_eq!(ok.healing.cooldown, Duration::from_secs(600));
+        assert!(!ok.agent.autoscaling_group_from_imds);
+    }
+
+    #[test]
     fn restart_timings_are_validated() {
         let text = "[[models]]\nname = \"a\"\nport = 9001\ncommand = [\"x\"]\nrestart_initial_backoff = \"2s\"\nrestart_max_backoff = \"1s\"\nrestart_jitter = 1.5\n";
         let e = parse(text).unwrap_err();

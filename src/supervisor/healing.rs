@@ -167,7 +167,12 @@ fn now_ms() -> u64 {
 }
 
 /// This round's readings from the supervisor's status and the store.
-fn readings(status: &[ModelStatus], store: &MetricStore, window: Duration) -> Vec<ModelReading> {
+fn readings(
+    status: &[ModelStatus],
+    store: &MetricStore,
+    window: Duration,
+    interval: Duration,
+) -> Vec<ModelReading> {
     use crate::alerts::evaluator::reduce_latency;
     use crate::alerts::rules::Reducer;
     let now = SystemTime::now();
@@ -179,10 +184,11 @@ fn readings(status: &[ModelStatus], store: &MetricStore, window: Duration) -> Ve
             ModelReading {
                 name: s.name.clone(),
                 ready: s.state == ModelState::Ready,
-                // Only a running process's reading: a stale one from before a restart is not it.
-                gpu_memory: s
-                    .pid
-                    .and_then(|_| store.latest("ModelGPUMemoryUsed", &dims)),
+                // Only a process that has been sampled twice: the store's latest value may
+                // still be its predecessor's for a round after a restart.
+                gpu_memory: (s.pid.is_some() && s.uptime_secs >= 2.0 * interval.as_secs_f64())
+                    .then(|| store.latest("ModelGPUMemoryUsed", &dims))
+                    .flatten(),
                 p95_ms: store
                     .latency_window(&key, now, window)
                     .and_then(|w| reduce_latency(Reducer::P95, &w)),
@@ -239,7 +245,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let status = supervisor.status();
-        let models = readings(&status, &store, window);
+        let models = readings(&status, &store, window, interval);
         let action = match healer.decide(&models, now_ms()) {
             Ok(Some(a)) => a,
             Ok(None) => {

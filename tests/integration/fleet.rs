@@ -380,7 +380,9 @@ fn gpu_lost_and_fatal_xid_drain_ready_with_reasons_and_recovery_restores_it() {
     );
 
     // A driver reload (the reset): NVML is gone on a GPU host for a moment, then the GPUs are
-    // re-read and the host is ready again.
+    // re-read and the host is ready again. The reset GPU reports no XID any more (the fake
+    // would otherwise deliver its list again to the new handle).
+    state.gpus[0].xids.clear();
     state.driver_generation += 1;
     nvml.set(&state);
     let (body, _) = wait_ready_status(&agent, 503, LONG);
