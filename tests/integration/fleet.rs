@@ -884,3 +884,65 @@ fn a_crash_looping_model_drains_ready_while_health_stays_live() {
     );
     assert_eq!(plain_http::status(&agent.url("/health")), Some(200));
 }
+
+#[test]
+fn a_model_whose_p95_stays_past_the_bound_is_restarted_once_then_held_by_the_cool_down() {
+    let builder = TestAgent::builder().section(
+        "[healing]\nlatency_p95_max = \"100ms\"\nlatency_window = \"2s\"\nlatency_for = \"1s\"\ncooldown = \"1h\"\n",
+    );
+    let steady = nginx_model(builder.dir(), "steady", free_port(), 0.0);
+    let agent = builder
+        .model(crate::support::fake_model(
+            "slow",
+            free_port(),
+            &["--infer-delay", "0.3"],
+            "",
+        ))
+        .model(steady)
+        .start();
+    agent.wait_ready(LONG);
+    let audit_path = agent.state_dir.join("audit/api.jsonl");
+    let auto_records = || -> Vec<Value> {
+        std::fs::read_to_string(&audit_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["method"] == "AUTO")
+            .collect()
+    };
+    // Every call to `slow` takes 300 ms: its p95 stays above 100 ms.
+    let port = agent.listen;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let body = "{\"inputs\":[[1]]}";
+                let _ = write!(
+                    s,
+                    "POST /api/v1/slow HTTP/1.0\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        })
+    };
+    let first = wait_until(LONG, || auto_records().into_iter().next())
+        .unwrap_or_else(|| panic!("no self-healing restart\n{}", agent.log()));
+    assert_eq!(first["model"], "slow");
+    let detail = first["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("latency p95") && detail.contains("> bound 100 ms"),
+        "{detail}"
+    );
+    // Still slow after the restart: the cool-down holds the next one back.
+    wait_until(LONG, || agent.log().contains("deferred").then_some(()))
+        .unwrap_or_else(|| panic!("the healer never looked again\n{}", agent.log()));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    client.join().unwrap();
+    assert_eq!(auto_records().len(), 1);
+}
