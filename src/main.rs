@@ -307,7 +307,12 @@ fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
         print!("{}", alarms::render_json(&set));
         return Ok(());
     }
-    let filters = warden::ops::metric_filters::render(&config);
+    // Without the logs sink nothing reaches the audit group: no filters to keep there.
+    let filters = if config.logs.enabled {
+        warden::ops::metric_filters::render(&config)
+    } else {
+        Vec::new()
+    };
     let (n, pushed) = runtime()?.block_on(async {
         let sdk = warden::sinks::aws::sdk_config(&config.aws).await;
         let n = alarms::push(&sdk, &set).await?;
@@ -315,10 +320,14 @@ fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
         anyhow::Ok((n, pushed))
     })?;
     println!("{n} alarms written");
-    println!(
-        "{} metric filters written, {} unchanged (log group {})",
-        pushed.written, pushed.unchanged, config.logs.api_group
-    );
+    if config.logs.enabled {
+        println!(
+            "{} metric filters written, {} unchanged (log group {})",
+            pushed.written, pushed.unchanged, config.logs.api_group
+        );
+    } else {
+        println!("logs.enabled = false: no audit metric filters put");
+    }
     for (rule, why) in &set.skipped {
         eprintln!("skipped {rule}: {why}");
     }

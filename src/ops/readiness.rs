@@ -282,6 +282,26 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_document_describes_the_reasons() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&crate::api::openapi::document_json(&[]).unwrap()).unwrap();
+        let reason = &doc["components"]["schemas"]["Reason"];
+        assert_eq!(reason["type"], "object", "{reason}");
+        for field in ["code", "message"] {
+            assert!(
+                reason["required"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == field),
+                "{reason}"
+            );
+        }
+        let readiness = &doc["components"]["schemas"]["Readiness"]["properties"]["reasons"];
+        assert!(readiness.to_string().contains("Reason"), "{readiness}");
+    }
+
+    #[test]
     fn model_states_give_model_reasons() {
         let r = model_reasons([("a", "ready"), ("b", "crash-loop"), ("c", "backoff")]);
         let got: Vec<(&str, Option<&str>)> =
