@@ -407,7 +407,8 @@ impl Core {
             rule: "self-healing".into(),
             severity: rules::Severity::Info,
             labels: model_labels(model),
-            value: 0.0,
+            // One action, shown like an event rule's value.
+            value: 1.0,
             op: String::new(),
             threshold: 0.0,
             since_ms: at_ms,
