@@ -3,7 +3,7 @@
 //! keep serving, the audit metric filters `warden alarms push` leaves, 4XX bursts paging, and
 //! the scaling metrics published under `AutoScalingGroupName` (group read from a fake IMDS).
 
-use crate::support::agent::{TestAgent, nginx_model, wrk_post};
+use crate::support::agent::{TestAgent, nginx_model};
 use crate::support::moto::{Moto, plain_http};
 use crate::support::net::{free_port, wait_until, wait_until_async};
 use crate::support::nvml::{FakeGpu, FakeNvml, FakeState};
@@ -446,16 +446,12 @@ async fn a_gpu_memory_leak_gets_one_audited_rolling_restart_while_the_others_kee
     let mut events = ControlClient::connect(&agent.socket).await.unwrap();
     events.subscribe().await.unwrap();
 
-    // Clients on the other two models for the whole episode.
+    // A client on each of the other two models for the whole episode (started before the
+    // leak, stopped after the restart and the cool-down check).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load: Vec<_> = ["steady-one", "steady-two"]
         .into_iter()
-        .map(|n| {
-            let url = agent.url(&format!("/api/v1/{n}"));
-            std::thread::spawn(move || {
-                let r = wrk_post(&url, "{\"inputs\":[[1]]}", 4, Duration::from_secs(8));
-                (r, Instant::now())
-            })
-        })
+        .map(|n| client_loop(agent.listen, n, stop.clone()))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // leaky's process now holds 2 GiB of GPU memory (bound: 1 GiB); the others a little.
@@ -502,16 +498,23 @@ async fn a_gpu_memory_leak_gets_one_audited_rolling_restart_while_the_others_kee
     wait_until(LONG, || agent.log().contains("deferred").then_some(()))
         .unwrap_or_else(|| panic!("the healer never looked again\n{}", agent.log()));
 
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for handle in load {
-        let (report, finished) = handle.join().unwrap();
-        println!("during the restart: {report:?}");
-        assert!(report.requests > 0);
+        let (statuses, first, last) = handle.join().unwrap();
+        let ok = statuses.get(&200).copied().unwrap_or(0);
+        let total: usize = statuses.values().sum();
+        println!("another model's client during the restart: {ok} of {total} answered 200");
+        assert!(ok > 20, "{statuses:?}");
         assert_eq!(
-            (report.non_2xx, report.transport_errors),
-            (0, 0),
-            "a client of another model saw errors"
+            ok,
+            total,
+            "a client of another model saw errors: {statuses:?}\n{}",
+            agent.log()
         );
-        assert!(restarted_at < finished, "the restart happened under load");
+        assert!(
+            first < restarted_at && restarted_at < last,
+            "the client ran across the restart"
+        );
     }
 
     // Exactly one restart, of leaky only, audited once, announced once on Slack.
@@ -538,6 +541,51 @@ async fn a_gpu_memory_leak_gets_one_audited_rolling_restart_while_the_others_kee
         .collect();
     assert_eq!(healing.len(), 1, "{posts:?}");
     assert!(healing[0].contains("leaky"));
+}
+
+/// One POST to the agent (HTTP/1.0, a new connection each): the status, 0 for a transport error.
+fn post_status(port: u16, model: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let body = "{\"inputs\":[[1]]}";
+    if write!(
+        s,
+        "POST /api/v1/{model} HTTP/1.0\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .is_err()
+    {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client calling `model` every 5 ms until `stop`: (status counts, first and last call).
+fn client_loop(
+    port: u16,
+    model: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(std::collections::BTreeMap<u16, usize>, Instant, Instant)> {
+    std::thread::spawn(move || {
+        let mut statuses = std::collections::BTreeMap::new();
+        let first = Instant::now();
+        let mut last = first;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            *statuses.entry(post_status(port, model)).or_insert(0) += 1;
+            last = Instant::now();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (statuses, first, last)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,26 +959,8 @@ fn a_model_whose_p95_stays_past_the_bound_is_restarted_once_then_held_by_the_coo
             .collect()
     };
     // Every call to `slow` takes 300 ms: its p95 stays above 100 ms.
-    let port = agent.listen;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-                    continue;
-                };
-                let body = "{\"inputs\":[[1]]}";
-                let _ = write!(
-                    s,
-                    "POST /api/v1/slow HTTP/1.0\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.read_to_end(&mut Vec::new());
-            }
-        })
-    };
+    let client = client_loop(agent.listen, "slow", stop.clone());
     let first = wait_until(LONG, || auto_records().into_iter().next())
         .unwrap_or_else(|| panic!("no self-healing restart\n{}", agent.log()));
     assert_eq!(first["model"], "slow");
