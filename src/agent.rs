@@ -89,11 +89,16 @@ impl crate::api::RequestObserver for StoreObserver {
     fn observe(&self, model: &str, status: u16, latency: Duration) {
         // Client mistakes (4xx) are not the model's errors; 5xx and timeouts are.
         let ok = status < 500;
-        self.0.record_request(
-            model,
-            latency.as_secs_f64() * 1000.0,
-            ok,
-            std::time::SystemTime::now(),
+        let now = std::time::SystemTime::now();
+        self.0
+            .record_request(model, latency.as_secs_f64() * 1000.0, ok, now);
+        // Counted from the first request (0 included) so a burst rule sees a baseline.
+        let client_error = f64::from(u8::from((400..500).contains(&status)));
+        self.0.add_counter(
+            "ModelClientErrors",
+            &[(telemetry::Dim::Model, model)],
+            client_error,
+            now,
         );
     }
 }
@@ -131,6 +136,7 @@ struct ApiParts {
 const AUDIT_FLUSH_BOUND: Duration = Duration::from_secs(5);
 
 /// Binds `agent.listen` and serves the inference API until `cancel`.
+#[allow(clippy::too_many_arguments)]
 async fn start_api(
     config: &Config,
     supervisor: &SupervisorHandle,
@@ -138,6 +144,7 @@ async fn start_api(
     alerts: &crate::alerts::AlertsHandle,
     state_dir: &Path,
     audit_forward: Option<tokio::sync::mpsc::Sender<api_audit::AuditRecord>>,
+    readiness: Arc<dyn crate::api::HostReadiness>,
     cancel: CancellationToken,
 ) -> Result<ApiParts, AgentError> {
     use crate::api;
@@ -162,7 +169,9 @@ async fn start_api(
             Arc::new(alerts.clone()),
         ]))),
     };
-    let state = std::sync::Arc::new(api::AppState::new(config, peers)?);
+    let mut state = api::AppState::new(config, peers)?;
+    state.readiness = Some(readiness);
+    let state = std::sync::Arc::new(state);
     let listener = api::bind(config.agent.listen).await?;
     match config.auth_enabled() {
         Some(_) => {
@@ -375,6 +384,13 @@ impl Agent {
         .await?;
         tasks.extend(alert_tasks);
         alerts.register(&mut dispatcher);
+        // Subscribed before the samplers start, so the first NVML event reaches `/ready`.
+        let (readiness, readiness_task) = crate::ops::readiness::ReadinessTracker::spawn(
+            config.gpu.expected_count,
+            telemetry_events.subscribe(),
+            cancel.child_token(),
+        );
+        tasks.push(readiness_task);
         tasks.push(telemetry::spawn_samplers(
             telemetry::SamplerConfig::from_config(&config),
             store.clone(),
@@ -385,12 +401,11 @@ impl Agent {
         let mut sink_stats = SinkStatsSource::Disabled;
         if config.cloudwatch.enabled {
             let sdk = crate::sinks::aws::sdk_config(&config.aws).await;
-            let sink = CloudWatchSink::new(
-                CloudWatchSinkConfig::from_config(&config),
-                &sdk,
-                store.clone(),
-            )?
-            .with_events(telemetry_events.clone());
+            let mut sink_config = CloudWatchSinkConfig::from_config(&config);
+            // Resolved here, not into `config`: a SIGHUP must not see the agent section change.
+            sink_config.autoscaling_group = autoscaling_group(&config).await;
+            let sink = CloudWatchSink::new(sink_config, &sdk, store.clone())?
+                .with_events(telemetry_events.clone());
             sink_stats = SinkStatsSource::CloudWatch(sink.stats());
             tasks.push(tokio::spawn(sink.run(cancel.child_token())));
         } else {
@@ -430,9 +445,21 @@ impl Agent {
             &alerts,
             &state_dir,
             audit_forward,
+            Arc::new(readiness),
             api_cancel.clone(),
         )
         .await?;
+        if config.healing.enabled() {
+            tracing::info!(healing = ?config.healing, "self-healing on");
+            tasks.push(tokio::spawn(crate::supervisor::healing::run(
+                config.healing.clone(),
+                config.agent.sample_interval,
+                supervisor.clone(),
+                store.clone(),
+                api.audit.clone(),
+                cancel.child_token(),
+            )));
+        }
 
         Ok(Agent {
             supervisor,
@@ -522,6 +549,29 @@ impl Agent {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// `agent.autoscaling_group`, else (with `agent.autoscaling_group_from_imds`) the instance's
+/// group tag from IMDS; a failed look-up is a warning, not a failed start.
+async fn autoscaling_group(config: &Config) -> Option<String> {
+    if let Some(g) = &config.agent.autoscaling_group {
+        tracing::info!(group = %g, "publishing the scaling metrics under AutoScalingGroupName");
+        return Some(g.clone());
+    }
+    if !config.agent.autoscaling_group_from_imds {
+        return None;
+    }
+    match crate::sinks::aws::autoscaling_group_from_imds(config.agent.imds_timeout).await {
+        Ok(g) => {
+            tracing::info!(group = %g, "Auto Scaling group from the instance tag (IMDS)");
+            Some(g)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "no Auto Scaling group from IMDS: fleet metrics not published");
+            None
         }
     }
 }
@@ -627,6 +677,7 @@ impl ReloadPlan {
             ),
             ("auth", differs(&old.auth, &new.auth)),
             ("api", differs(&old.api, &new.api)),
+            ("healing", differs(&old.healing, &new.healing)),
         ] {
             if changed {
                 plan.restart.push(name.into());

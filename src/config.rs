@@ -91,6 +91,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub auth: Option<AuthConfig>,
     pub api: ApiConfig,
+    pub healing: HealingConfig,
     /// Where the file was read from; relative paths inside it resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -106,6 +107,15 @@ pub struct AgentConfig {
     pub models_dir: PathBuf,
     #[serde(deserialize_with = "duration")]
     pub sample_interval: Duration,
+    /// The Auto Scaling group this host belongs to: the scaling metrics are also published
+    /// aggregated under `AutoScalingGroupName` (the fleet view).
+    pub autoscaling_group: Option<String>,
+    /// When `autoscaling_group` is unset, read the group from the instance's
+    /// `aws:autoscaling:groupName` tag through IMDS (EC2 only; needs instance metadata tags on).
+    pub autoscaling_group_from_imds: bool,
+    /// Bound on the IMDS look-up at start (off EC2 it must fail fast, not hang the start).
+    #[serde(deserialize_with = "duration")]
+    pub imds_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -117,6 +127,9 @@ impl Default for AgentConfig {
             state_dir: PathBuf::from("/var/lib/warden"),
             models_dir: PathBuf::from("/var/lib/warden/models"),
             sample_interval: Duration::from_secs(1),
+            autoscaling_group: None,
+            autoscaling_group_from_imds: false,
+            imds_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -144,6 +157,9 @@ pub struct GpuConfig {
     /// Loading NVML and attaching to the driver may take this long (far slower than a read).
     #[serde(deserialize_with = "duration")]
     pub init_timeout: Duration,
+    /// GPUs this host is built with. When set, `/ready` is 503 while NVML is unavailable or
+    /// sees fewer GPUs (without it, only a host where NVML once saw a GPU counts as a GPU host).
+    pub expected_count: Option<u32>,
 }
 
 impl Default for GpuConfig {
@@ -152,6 +168,7 @@ impl Default for GpuConfig {
             nvml_library: PathBuf::from("libnvidia-ml.so.1"),
             call_timeout: Duration::from_millis(500),
             init_timeout: crate::telemetry::nvml::DEFAULT_INIT_TIMEOUT,
+            expected_count: None,
         }
     }
 }
@@ -477,6 +494,52 @@ impl Default for ApiConfig {
     }
 }
 
+/// Self-healing: automatic rolling restarts of a model that leaks GPU memory or stays slow.
+/// Off until a bound is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealingConfig {
+    /// Restart a model whose process holds more GPU memory than this (bytes).
+    pub gpu_memory_max_bytes: Option<u64>,
+    /// Restart a model whose latency p95 over `latency_window` stays above this ...
+    #[serde(deserialize_with = "opt_duration")]
+    pub latency_p95_max: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub latency_window: Duration,
+    /// ... for this long.
+    #[serde(deserialize_with = "duration")]
+    pub latency_for: Duration,
+    /// After an automatic restart, no other automatic restart (of any model) for this long.
+    #[serde(deserialize_with = "duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for HealingConfig {
+    fn default() -> Self {
+        HealingConfig {
+            gpu_memory_max_bytes: None,
+            latency_p95_max: None,
+            latency_window: Duration::from_secs(60),
+            latency_for: Duration::from_secs(300),
+            cooldown: Duration::from_secs(600),
+        }
+    }
+}
+
+impl HealingConfig {
+    /// True when some bound is configured.
+    pub fn enabled(&self) -> bool {
+        self.gpu_memory_max_bytes.is_some() || self.latency_p95_max.is_some()
+    }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -749,6 +812,53 @@ impl Config {
                     ),
                 );
             }
+        }
+
+        if let Some(g) = &self.agent.autoscaling_group
+            && (g.is_empty() || g.len() > 255)
+        {
+            push(
+                vec![Key("agent"), Key("autoscaling_group")],
+                "autoscaling_group must be 1 to 255 characters".into(),
+            );
+        }
+        if self.agent.imds_timeout.is_zero() || self.agent.imds_timeout > Duration::from_secs(30) {
+            push(
+                vec![Key("agent"), Key("imds_timeout")],
+                "imds_timeout must be more than 0s and at most 30s".into(),
+            );
+        }
+        if self.gpu.expected_count == Some(0) {
+            push(
+                vec![Key("gpu"), Key("expected_count")],
+                "expected_count must be at least 1 (leave it out on a host without GPUs)".into(),
+            );
+        }
+        let h = &self.healing;
+        if h.gpu_memory_max_bytes == Some(0) {
+            push(
+                vec![Key("healing"), Key("gpu_memory_max_bytes")],
+                "gpu_memory_max_bytes must be more than 0".into(),
+            );
+        }
+        if h.latency_p95_max.is_some_and(|d| d.is_zero()) {
+            push(
+                vec![Key("healing"), Key("latency_p95_max")],
+                "latency_p95_max must be more than 0s".into(),
+            );
+        }
+        if h.latency_window < Duration::from_secs(1) {
+            push(
+                vec![Key("healing"), Key("latency_window")],
+                "latency_window must be at least 1s".into(),
+            );
+        }
+        if h.cooldown < Duration::from_secs(1) {
+            push(
+                vec![Key("healing"), Key("cooldown")],
+                "cooldown must be at least 1s (one restart at a time needs a pause between them)"
+                    .into(),
+            );
         }
 
         if self.gpu.init_timeout < self.gpu.call_timeout {
@@ -1084,6 +1194,23 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} not reported: {text}");
         }
+    }
+
+    #[test]
+    fn fleet_and_healing_keys_are_validated() {
+        let text = "[agent]\nautoscaling_group = \"\"\nimds_timeout = \"1m\"\n[gpu]\nexpected_count = 0\n[healing]\ngpu_memory_max_bytes = 0\ncooldown = \"0s\"\n";
+        let e = parse(text).unwrap_err();
+        let at: Vec<(usize, usize)> = e.0.iter().map(|e| (e.line, e.col)).collect();
+        assert_eq!(at, vec![(2, 21), (3, 16), (5, 18), (7, 24), (8, 12)], "{e}");
+        assert!(parse("[healing]\nlatency_p95_max = \"soon\"\n").is_err());
+        let ok = parse(
+            "[agent]\nautoscaling_group = \"gpu-fleet\"\n[healing]\nlatency_p95_max = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.agent.autoscaling_group.as_deref(), Some("gpu-fleet"));
+        assert!(ok.healing.enabled() && !Config::default().healing.enabled());
+        assert_eq!(ok.healing.cooldown, Duration::from_secs(600));
+        assert!(!ok.agent.autoscaling_group_from_imds);
     }
 
     #[test]

@@ -69,9 +69,13 @@ enum Command {
         #[arg(long)]
         read_only: bool,
     },
-    /// The alert rules as CloudWatch alarms (PutMetricAlarm definitions).
+    /// The alert rules as CloudWatch alarms (PutMetricAlarm definitions); `push` also puts
+    /// the audit log group's metric filters.
     #[command(subcommand)]
     Alarms(AlarmsCommand),
+    /// The fleet's Auto Scaling policies and the CloudWatch alarms that trigger them.
+    #[command(subcommand)]
+    Scaling(ScalingCommand),
 }
 
 #[derive(Subcommand)]
@@ -119,6 +123,23 @@ struct AlarmsArgs {
     /// GPUs on the host (one alarm per GPU for GPU rules).
     #[arg(long, default_value_t = 1)]
     gpus: u32,
+}
+
+#[derive(Subcommand)]
+enum ScalingCommand {
+    /// Print the policies and alarms as JSON (what `alerts/scaling.json` holds).
+    Render(ScalingArgs),
+    /// PutScalingPolicy + PutMetricAlarm what differs (uses `[aws]` from the config).
+    Push(ScalingArgs),
+}
+
+#[derive(clap::Args)]
+struct ScalingArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Auto Scaling group name (default: the config's `agent.autoscaling_group`).
+    #[arg(long)]
+    group: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +193,7 @@ fn main() -> ExitCode {
             warden::console::run(options).context("console")
         }
         Command::Alarms(cmd) => alarms(cmd),
+        Command::Scaling(cmd) => scaling(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -285,14 +307,54 @@ fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
         print!("{}", alarms::render_json(&set));
         return Ok(());
     }
-    let n = runtime()?.block_on(async {
+    // Without the logs sink nothing reaches the audit group: no filters to keep there.
+    let filters = if config.logs.enabled {
+        warden::ops::metric_filters::render(&config)
+    } else {
+        Vec::new()
+    };
+    let (n, pushed) = runtime()?.block_on(async {
         let sdk = warden::sinks::aws::sdk_config(&config.aws).await;
-        alarms::push(&sdk, &set).await
+        let n = alarms::push(&sdk, &set).await?;
+        let pushed = warden::ops::metric_filters::push(&sdk, &filters).await?;
+        anyhow::Ok((n, pushed))
     })?;
     println!("{n} alarms written");
+    if config.logs.enabled {
+        println!(
+            "{} metric filters written, {} unchanged (log group {})",
+            pushed.written, pushed.unchanged, config.logs.api_group
+        );
+    } else {
+        println!("logs.enabled = false: no audit metric filters put");
+    }
     for (rule, why) in &set.skipped {
         eprintln!("skipped {rule}: {why}");
     }
+    Ok(())
+}
+
+fn scaling(cmd: ScalingCommand) -> anyhow::Result<()> {
+    use warden::ops::scaling;
+    let (args, push) = match cmd {
+        ScalingCommand::Render(a) => (a, false),
+        ScalingCommand::Push(a) => (a, true),
+    };
+    let config = load_config(args.config)?;
+    let group = scaling::group_of(&config, args.group)?;
+    let plan = scaling::render(&config, &group)?;
+    if !push {
+        print!("{}", scaling::render_json(&plan));
+        return Ok(());
+    }
+    let out = runtime()?.block_on(async {
+        let sdk = warden::sinks::aws::sdk_config(&config.aws).await;
+        scaling::push(&sdk, &plan).await
+    })?;
+    println!(
+        "group {group}: {} policies and {} alarms written, {} unchanged",
+        out.policies_written, out.alarms_written, out.unchanged
+    );
     Ok(())
 }
 

@@ -397,6 +397,38 @@ impl Core {
         jobs
     }
 
+    /// An automatic action (a self-healing restart) goes out as an info notification on every
+    /// channel: queued like a notification an outbox refused, so the next evaluation spools it.
+    fn announce_action(&mut self, model: &str, reason: &str, at_ms: u64) {
+        let notification = Notification {
+            kind: evaluator::NotificationKind::Firing,
+            dedupe_key: format!("self-healing/{model}/{at_ms}"),
+            alert_id: format!("self-healing/{model}/{at_ms}"),
+            rule: "self-healing".into(),
+            severity: rules::Severity::Info,
+            labels: model_labels(model),
+            // One action, shown like an event rule's value.
+            value: 1.0,
+            op: String::new(),
+            threshold: 0.0,
+            since_ms: at_ms,
+            at_ms,
+            summary: format!("warden restarted {model} automatically: {reason}"),
+            description: format!(
+                "Self-healing rolling restart of {model} ({reason}). The other models kept \
+                 serving; no action needed unless it repeats after the cool-down."
+            ),
+        };
+        for (channel, _) in &self.outboxes {
+            self.state.unsent.push(state::Unsent {
+                channel: channel.to_string(),
+                notification: notification.clone(),
+                attempts: 0,
+                first_failed_ms: at_ms,
+            });
+        }
+    }
+
     /// Keeps what the outboxes could not take, for the next evaluation.
     fn requeue(&mut self, failed: Vec<state::Unsent>, store: &MetricStore) {
         // Anything queued meanwhile (none: evaluations are serialised) would be newer.
@@ -789,6 +821,7 @@ impl AlertsHandle {
                 e.at_ms,
             ),
             EventKind::ModelUp { .. } | EventKind::Removed => core.model_up(&e.model, e.at_ms),
+            EventKind::AutoRestart { reason } => core.announce_action(&e.model, reason, e.at_ms),
             _ => {}
         }
     }

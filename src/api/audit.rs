@@ -39,6 +39,10 @@ pub struct AuditRecord {
     pub bytes_out: u64,
     pub client: String,
     pub user_agent: Option<String>,
+    /// For the agent's own actions (`method` = `AUTO`, e.g. a self-healing restart): what it
+    /// did and why. Absent on API requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Status of a request the client abandoned before it was answered (nginx's convention).
@@ -585,6 +589,7 @@ mod tests {
             bytes_out: 10,
             client: "127.0.0.1:1".into(),
             user_agent: None,
+            detail: None,
         }
     }
 

@@ -151,6 +151,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         bytes_out: 0,
         client,
         user_agent,
+        detail: None,
     };
 
     state.metrics.in_flight.inc();

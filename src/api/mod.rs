@@ -67,6 +67,12 @@ pub trait RequestObserver: Send + Sync + 'static {
     fn observe(&self, model: &str, status: u16, latency: Duration);
 }
 
+/// Host-level reasons to take this host out of the load balancer (GPU lost, fatal XID, NVML
+/// gone), beyond the model states the gateway already sees.
+pub trait HostReadiness: Send + Sync + 'static {
+    fn reasons(&self) -> Vec<crate::ops::readiness::Reason>;
+}
+
 /// Extra Prometheus text appended to `/metrics` (the telemetry store's series).
 pub trait MetricsText: Send + Sync + 'static {
     fn render(&self) -> String;
@@ -96,6 +102,8 @@ pub struct AppState {
     pub max_concurrency: usize,
     /// Cancelled when shutdown begins: `/ready` answers 503 from then on.
     pub draining: CancellationToken,
+    /// GPU/driver reasons for `/ready` (none: models and draining only).
+    pub readiness: Option<Arc<dyn HostReadiness>>,
 }
 
 /// Everything needed to build the gateway besides the config.
@@ -170,6 +178,7 @@ impl AppState {
             capacity: Arc::new(Semaphore::new(config.api.max_concurrency)),
             max_concurrency: config.api.max_concurrency,
             draining: CancellationToken::new(),
+            readiness: None,
         })
     }
 }

@@ -44,19 +44,45 @@ pub struct Readiness {
     pub draining: bool,
     /// Each model's supervisor state.
     pub models: std::collections::BTreeMap<String, String>,
+    /// Why the host should be drained (empty when ready).
+    pub reasons: Vec<crate::ops::readiness::Reason>,
 }
 
 #[utoipa::path(get, path = "/ready", tag = "agent", responses(
-    (status = 200, body = Readiness, description = "every model is ready"),
-    (status = 503, body = Readiness, description = "some model is not ready, or the agent is shutting down")))]
+    (status = 200, body = Readiness, description = "every model is ready and the GPUs are healthy"),
+    (status = 503, body = Readiness, description = "drain this host: a model is not ready or crash-looping, a GPU is lost or has a fatal XID, NVML is gone, or the agent is shutting down; `reasons` says which")))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    use crate::ops::readiness::{Reason, model_reasons};
     let models = state.directory.models();
     let draining = state.draining.is_cancelled();
-    let ready = !draining && !models.is_empty() && models.iter().all(|m| m.ready);
+    let mut reasons = Vec::new();
+    if draining {
+        reasons.push(Reason {
+            code: "draining",
+            message: "the agent is shutting down".into(),
+            gpu: None,
+            model: None,
+        });
+    }
+    reasons.extend(model_reasons(
+        models.iter().map(|m| (m.name.as_str(), m.state.as_str())),
+    ));
+    // A directory that marks a model ready in a state other than `ready` (a static one) wins.
+    reasons.retain(|r| {
+        r.code != "model-not-ready"
+            || !models
+                .iter()
+                .any(|m| m.ready && Some(&m.name) == r.model.as_ref())
+    });
+    if let Some(host) = &state.readiness {
+        reasons.extend(host.reasons());
+    }
+    let ready = reasons.is_empty();
     let body = Readiness {
         ready,
         draining,
         models: models.into_iter().map(|m| (m.name, m.state)).collect(),
+        reasons,
     };
     let status = if ready {
         StatusCode::OK

@@ -12,6 +12,45 @@ fn env_credentials() -> bool {
         && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some()
 }
 
+/// The instance tag the Auto Scaling service puts on every instance of a group.
+pub const GROUP_TAG: &str = "aws:autoscaling:groupName";
+
+/// The instance's Auto Scaling group from its `aws:autoscaling:groupName` tag, read through
+/// IMDSv2 (needs "instance metadata tags" enabled on the launch template). Bounded by
+/// `timeout` overall, one attempt: off EC2 the metadata address does not answer, and the
+/// agent's start must not wait for it. `AWS_EC2_METADATA_SERVICE_ENDPOINT` overrides the
+/// address (tests).
+pub async fn autoscaling_group_from_imds(timeout: Duration) -> Result<String, String> {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let provider = aws_config::provider_config::ProviderConfig::default().with_http_client(http);
+    let client = aws_config::imds::Client::builder()
+        .configure(&provider)
+        .max_attempts(1)
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .build();
+    let path = format!("/latest/meta-data/tags/instance/{GROUP_TAG}");
+    match tokio::time::timeout(timeout, client.get(path)).await {
+        Err(_) => Err(format!("IMDS did not answer within {timeout:?}")),
+        Ok(Err(e)) => Err(format!(
+            "IMDS tag {GROUP_TAG}: {}",
+            aws_sdk_cloudwatch::error::DisplayErrorContext(&e)
+        )),
+        Ok(Ok(v)) => {
+            let group = v.as_ref().trim().to_string();
+            if group.is_empty() {
+                Err(format!("IMDS tag {GROUP_TAG} is empty"))
+            } else {
+                Ok(group)
+            }
+        }
+    }
+}
+
 /// Region, endpoint override, rustls (ring) HTTP client, operation + attempt timeouts (the SDK
 /// has no read timeout of its own), and SDK retries off: each sink retries with its own backoff
 /// and spools what still fails. Static test credentials only when an emulator endpoint is set and

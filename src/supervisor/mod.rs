@@ -5,6 +5,7 @@
 //! this folder touches a process.
 
 pub mod child;
+pub mod healing;
 pub mod health;
 pub mod output;
 pub mod policy;

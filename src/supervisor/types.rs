@@ -117,6 +117,9 @@ pub enum EventKind {
     ModelUp { pid: Option<u32> },
     /// The model was removed from the configuration.
     Removed,
+    /// Self-healing restarted the model on its own (`supervisor::healing`); `reason` says
+    /// which bound it passed.
+    AutoRestart { reason: String },
 }
 
 /// Which pipe a line came from.

@@ -323,6 +323,14 @@ pub const CATALOG: &[MetricDef] = &[
         "Inference requests that failed"
     ),
     def!(
+        "ModelClientErrors",
+        "warden_model_client_errors",
+        Count,
+        Counter,
+        MODEL,
+        "Inference requests refused as the client's mistake (4xx: bad input, auth, rate limit)"
+    ),
+    def!(
         "ModelUp",
         "warden_model_up",
         Count,

@@ -66,7 +66,10 @@ fn openapi_has_one_operation_per_model_with_the_schemas_its_parser_enforces() {
         // The example is a valid request: every one of its fields is in the schema.
         let example = body["example"].as_object().unwrap();
         for field in example.keys() {
-            assert!(properties.contains_key(field), "{name}: {field} undocumented");
+            assert!(
+                properties.contains_key(field),
+                "{name}: {field} undocumented"
+            );
         }
         assert!(
             body.to_string().contains("minimum") || body.to_string().contains("enum"),
@@ -100,7 +103,13 @@ fn openapi_has_one_operation_per_model_with_the_schemas_its_parser_enforces() {
 
 fn post(url: &str, body: &str) -> (u16, String) {
     let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-H", "content-type: application/json"])
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+        ])
         .args(["--data-binary", body, url])
         .output()
         .unwrap();

@@ -246,6 +246,7 @@ fn audit(i: usize) -> AuditRecord {
         bytes_out: 20,
         client: "127.0.0.1".into(),
         user_agent: None,
+        detail: None,
     }
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod console;
 mod console_tmux;
 mod docs;
+mod fleet;
 mod logs;
 mod nvml;
 mod ops;

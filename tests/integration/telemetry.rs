@@ -52,6 +52,7 @@ fn sink_config(spool_dir: &Path) -> CloudWatchSinkConfig {
         },
         max_age: Duration::from_secs(14 * 24 * 3600),
         shutdown_grace: Duration::from_secs(3),
+        autoscaling_group: None,
     }
 }
 

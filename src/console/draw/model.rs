@@ -99,6 +99,7 @@ pub(super) fn model(app: &App, frame: &mut Frame, area: Rect) {
                 EventKind::Exited {
                     expected: false, ..
                 } => Style::new().fg(Color::Yellow),
+                EventKind::AutoRestart { .. } => Style::new().fg(Color::Cyan),
                 _ => Style::new(),
             };
             Line::styled(format!("{}  {}", clock(e.at_ms), event_text(e)), style)

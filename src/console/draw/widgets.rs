@@ -151,5 +151,6 @@ pub(super) fn event_text(e: &SupervisorEvent) -> String {
             None => "up".into(),
         },
         EventKind::Removed => "removed from the configuration".into(),
+        EventKind::AutoRestart { reason } => format!("AUTO-RESTART: {reason}"),
     }
 }

@@ -22,6 +22,8 @@ pub struct CloudWatchSinkConfig {
     /// At shutdown: the one last delivery attempt takes at most this long (the rest stays
     /// spooled for the next run), so the agent exits inside systemd's stop timeout.
     pub shutdown_grace: Duration,
+    /// With a group, the scaling metrics are also sent aggregated under `AutoScalingGroupName`.
+    pub autoscaling_group: Option<String>,
 }
 
 impl CloudWatchSinkConfig {
@@ -36,6 +38,7 @@ impl CloudWatchSinkConfig {
             backoff: Backoff::default(),
             max_age: MAX_DATUM_AGE,
             shutdown_grace: cfg.aws.operation_timeout.min(Duration::from_secs(5)),
+            autoscaling_group: cfg.agent.autoscaling_group.clone(),
         }
     }
 }

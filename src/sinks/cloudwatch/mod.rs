@@ -15,7 +15,7 @@ use crate::sinks::spool::{Spool, SpoolError};
 use crate::telemetry::drops::{self, reason, sink};
 use crate::telemetry::{MetricStore, TelemetryEvent};
 use config::CloudWatchSinkConfig;
-use request::{Batch, batches, datums_from_window, unix_ms};
+use request::{Batch, Datum, batches, datums_from_window, unix_ms};
 use service::PutService;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -415,6 +415,17 @@ impl CloudWatchSink {
 
     /// Ships everything recorded since the last flush; replays the spool first so CloudWatch
     /// sees batches oldest-first, and spools new batches behind any that are still waiting.
+    /// The window's datums, plus the fleet copies of the scaling metrics when in a group.
+    fn datums(&self, window: &crate::telemetry::store::FlushWindow, now: SystemTime) -> Vec<Datum> {
+        let mut datums = datums_from_window(window, now, self.cfg.high_resolution);
+        if let Some(group) = &self.cfg.autoscaling_group {
+            let fleet =
+                request::aggregate_by_group(&datums, group, &crate::ops::scaling::SCALING_METRICS);
+            datums.extend(fleet);
+        }
+        datums
+    }
+
     pub async fn flush_once(&self) -> FlushReport {
         self.flush(None).await
     }
@@ -425,7 +436,7 @@ impl CloudWatchSink {
         let now = SystemTime::now();
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         let window = self.store.drain_window();
-        let datums = datums_from_window(&window, now, self.cfg.high_resolution);
+        let datums = self.datums(&window, now);
         let mut report = FlushReport {
             datums: datums.len(),
             ..FlushReport::default()
@@ -464,7 +475,7 @@ impl CloudWatchSink {
     async fn final_flush(&self) {
         let now = SystemTime::now();
         let window = self.store.drain_window();
-        let datums = datums_from_window(&window, now, self.cfg.high_resolution);
+        let datums = self.datums(&window, now);
         let mut report = FlushReport::default();
         for batch in &batches(datums, now) {
             self.spool_batch(batch, &mut report).await;

@@ -119,6 +119,52 @@ pub fn datums_from_window(
     out
 }
 
+/// The fleet copies of `metrics`: every datum of one metric (all GPUs of the host) merged into
+/// one StatisticSet whose only dimension is `AutoScalingGroupName` — what the CloudWatch
+/// agent's `aggregation_dimensions = [["AutoScalingGroupName"]]` publishes. CloudWatch then
+/// merges the hosts' sets, so the group's Average is over every host (and GPU) of the group.
+pub fn aggregate_by_group(datums: &[Datum], group: &str, metrics: &[&str]) -> Vec<Datum> {
+    let mut out = Vec::new();
+    for metric in metrics {
+        let mut merged: Option<Datum> = None;
+        for d in datums.iter().filter(|d| d.name == *metric) {
+            let DatumValue::Stats {
+                min,
+                max,
+                sum,
+                count,
+            } = d.value
+            else {
+                continue;
+            };
+            match &mut merged {
+                None => {
+                    merged = Some(Datum {
+                        dims: vec![("AutoScalingGroupName".to_string(), group.to_string())],
+                        ..d.clone()
+                    })
+                }
+                Some(m) => {
+                    if let DatumValue::Stats {
+                        min: mmin,
+                        max: mmax,
+                        sum: msum,
+                        count: mcount,
+                    } = &mut m.value
+                    {
+                        *mmin = mmin.min(min);
+                        *mmax = mmax.max(max);
+                        *msum += sum;
+                        *mcount += count;
+                    }
+                }
+            }
+        }
+        out.extend(merged);
+    }
+    out
+}
+
 /// Upper bound of a datum's size in the awsQuery form body (`MetricData.member.N.…=…&`).
 pub fn encoded_size(d: &Datum) -> usize {
     // Longest key prefix "MetricData.member.1000.Dimensions.member.30.Value=" is < 56 bytes.
@@ -245,6 +291,43 @@ mod tests {
             },
             high_resolution: false,
         }
+    }
+
+    #[test]
+    fn scaling_metrics_merge_into_one_group_datum() {
+        let gpu = |g: &str, v: f64| Datum {
+            name: "GPUUtilization".into(),
+            unit: "Percent".into(),
+            dims: vec![("Host".into(), "h".into()), ("GPU".into(), g.into())],
+            timestamp_ms: 5,
+            value: DatumValue::Stats {
+                min: v,
+                max: v + 10.0,
+                sum: v * 2.0 + 10.0,
+                count: 2.0,
+            },
+            high_resolution: false,
+        };
+        let datums = vec![gpu("0", 50.0), gpu("1", 90.0), stat("Other", 0)];
+        let fleet = aggregate_by_group(&datums, "g", &["GPUUtilization", "HostCPUUtilization"]);
+        assert_eq!(fleet.len(), 1, "no CPU datum, no CPU copy");
+        assert_eq!(
+            fleet[0].dims,
+            vec![("AutoScalingGroupName".to_string(), "g".to_string())]
+        );
+        assert_eq!(
+            fleet[0].value,
+            DatumValue::Stats {
+                min: 50.0,
+                max: 100.0,
+                sum: 110.0 + 190.0,
+                count: 4.0
+            }
+        );
+        assert_eq!(
+            (fleet[0].timestamp_ms, fleet[0].unit.as_str()),
+            (5, "Percent")
+        );
     }
 
     #[test]

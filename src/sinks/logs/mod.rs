@@ -300,6 +300,7 @@ mod tests {
             bytes_out: 2,
             client: "127.0.0.1".into(),
             user_agent: None,
+            detail: None,
         };
         let e = audit_event(&r).unwrap();
         assert_eq!(e.timestamp_ms, 1_795_255_200_250);

@@ -18,6 +18,8 @@ pub struct TestAgentBuilder {
     cloudwatch: bool,
     logs: bool,
     env: Vec<(String, String)>,
+    sample_interval: String,
+    agent_keys: Vec<String>,
 }
 
 /// A running agent; killed (SIGKILL) when dropped if still running.
@@ -65,6 +67,24 @@ impl TestAgentBuilder {
         self
     }
 
+    /// An environment variable for the agent process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// `agent.sample_interval` (default 200ms).
+    pub fn sample_interval(mut self, interval: &str) -> Self {
+        self.sample_interval = interval.to_string();
+        self
+    }
+
+    /// An extra `key = value` line in `[agent]` (e.g. `autoscaling_group = "g"`).
+    pub fn agent_key(mut self, line: &str) -> Self {
+        self.agent_keys.push(line.to_string());
+        self
+    }
+
     /// The state dir (default: `state/` in the agent's temp dir), e.g. on a small tmpfs.
     pub fn state_dir(mut self, dir: &Path) -> Self {
         self.state_dir = Some(dir.to_path_buf());
@@ -85,11 +105,16 @@ impl TestAgentBuilder {
         let socket = self.dir.path().join("control.sock");
         let mut toml = format!(
             "[agent]\nhost_id = \"test-host\"\nlisten = \"127.0.0.1:{}\"\ncontrol_socket = {:?}\n\
-             state_dir = {:?}\nmodels_dir = {:?}\nsample_interval = \"200ms\"\n\n",
+             state_dir = {:?}\nmodels_dir = {:?}\nsample_interval = {:?}\n{}\n",
             self.listen,
             socket.display().to_string(),
             state_dir.display().to_string(),
             self.dir.path().join("models").display().to_string(),
+            self.sample_interval,
+            self.agent_keys
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
         );
         match &self.aws {
             Some(endpoint) => toml.push_str(&format!(
@@ -139,6 +164,8 @@ impl TestAgent {
             cloudwatch: false,
             logs: false,
             env: Vec::new(),
+            sample_interval: "200ms".to_string(),
+            agent_keys: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 Answers GET /health, GET /ready (after --load-delay), POST /infer (echo), GET /metadata;
 prints lines to stdout and stderr; exits 0 on SIGTERM. --exit-code N exits at once.
 --ignore-term ignores SIGTERM (to exercise the SIGKILL after stop_timeout).
+--infer-delay S makes every POST /infer take S seconds (a slow model).
 """
 import argparse
 import json
@@ -21,6 +22,7 @@ p.add_argument("--load-delay", type=float, default=0.0)
 p.add_argument("--exit-code", type=int, default=None)
 p.add_argument("--ignore-term", action="store_true")
 p.add_argument("--tag", default="")
+p.add_argument("--infer-delay", type=float, default=0.0, help="seconds each POST /infer takes")
 p.add_argument("--spew", action="store_true", help="write a 4 MiB line and binary garbage first")
 args = p.parse_args()
 
@@ -67,6 +69,8 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(n)
         print(f"infer {len(body)} bytes", flush=True)
+        if args.infer_delay > 0:
+            time.sleep(args.infer_delay)
         self.reply(200, {"outputs": json.loads(body or b"{}").get("inputs", [])})
 
 
