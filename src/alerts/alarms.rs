@@ -90,6 +90,9 @@ pub struct AlarmDefinition {
 pub struct AlarmSet {
     pub alarms: Vec<AlarmDefinition>,
     pub skipped: Vec<(String, String)>,
+    /// The SLO tiers' composite alarms (PutCompositeAlarm), over SLO window alarms above.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub composites: Vec<super::slo::alarms::CompositeAlarm>,
 }
 
 /// Whose alarms to render: the host and how many GPUs it has.
@@ -139,7 +142,7 @@ fn instances(
             Dim::Gpu => (0..target.gpus).map(|g| g.to_string()).collect(),
             Dim::Model => models.to_vec(),
             // XID codes, drop sinks and reasons are only known when they happen.
-            Dim::Code | Dim::Sink | Dim::Reason => return None,
+            Dim::Code | Dim::Sink | Dim::Reason | Dim::Slo | Dim::Window => return None,
         };
         let values: Vec<String> = values
             .into_iter()
@@ -239,6 +242,8 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
                     continue;
                 }
             },
+            // The SLO tiers have alarms of their own (`slo::alarms`).
+            Condition::Slo(_) => continue,
         };
         let Some(cmp) = comparison(op) else {
             skipped.push((
@@ -264,7 +269,7 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
         };
         let filter = match &rule.condition {
             Condition::Metric(m) => m.filter.clone(),
-            Condition::Event { .. } => Default::default(),
+            Condition::Event { .. } | Condition::Slo(_) => Default::default(),
         };
         let Some(sets) = instances(&dims, &filter, target, &models) else {
             skipped.push((
@@ -344,7 +349,25 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
             alarms.push(a);
         }
     }
-    AlarmSet { alarms, skipped }
+    AlarmSet {
+        alarms,
+        skipped,
+        composites: Vec::new(),
+    }
+}
+
+/// `set` plus the SLO burn-rate alarms of `objectives` (see `slo::alarms`).
+pub fn with_slos(
+    mut set: AlarmSet,
+    objectives: &[super::slo::Objective],
+    config: &Config,
+    target: &AlarmTarget,
+) -> AlarmSet {
+    let slo = super::slo::alarms::render(objectives, config, target);
+    set.alarms.extend(slo.alarms);
+    set.skipped.extend(slo.skipped);
+    set.composites.extend(slo.composites);
+    set
 }
 
 /// The rendered JSON (pretty, stable field order, trailing newline): what `render` prints
@@ -437,7 +460,11 @@ pub async fn push(sdk: &aws_config::SdkConfig, set: &AlarmSet) -> Result<usize, 
             ))
         })?;
     }
-    Ok(set.alarms.len())
+    // Composites last: their rules name the alarms written above.
+    let composites = super::slo::alarms::push_composites(&client, &set.composites)
+        .await
+        .map_err(AlertsError::Alarms)?;
+    Ok(set.alarms.len() + composites)
 }
 
 #[cfg(test)]
