@@ -90,9 +90,6 @@ pub struct AlarmDefinition {
 pub struct AlarmSet {
     pub alarms: Vec<AlarmDefinition>,
     pub skipped: Vec<(String, String)>,
-    /// The SLO tiers' composite alarms (PutCompositeAlarm), over SLO window alarms above.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub composites: Vec<super::slo::alarms::CompositeAlarm>,
 }
 
 /// Whose alarms to render: the host and how many GPUs it has.
@@ -349,11 +346,7 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
             alarms.push(a);
         }
     }
-    AlarmSet {
-        alarms,
-        skipped,
-        composites: Vec::new(),
-    }
+    AlarmSet { alarms, skipped }
 }
 
 /// `set` plus the SLO burn-rate alarms of `objectives` (see `slo::alarms`).
@@ -363,10 +356,8 @@ pub fn with_slos(
     config: &Config,
     target: &AlarmTarget,
 ) -> AlarmSet {
-    let slo = super::slo::alarms::render(objectives, config, target);
-    set.alarms.extend(slo.alarms);
-    set.skipped.extend(slo.skipped);
-    set.composites.extend(slo.composites);
+    set.alarms
+        .extend(super::slo::alarms::render(objectives, config, target));
     set
 }
 
@@ -460,11 +451,7 @@ pub async fn push(sdk: &aws_config::SdkConfig, set: &AlarmSet) -> Result<usize, 
             ))
         })?;
     }
-    // Composites last: their rules name the alarms written above.
-    let composites = super::slo::alarms::push_composites(&client, &set.composites)
-        .await
-        .map_err(AlertsError::Alarms)?;
-    Ok(set.alarms.len() + composites)
+    Ok(set.alarms.len())
 }
 
 #[cfg(test)]
