@@ -114,6 +114,14 @@ fn default_slos_page_on_a_fast_burn_stay_quiet_inside_the_budget_and_survive_a_r
     let paged_after =
         paged_after.unwrap_or_else(|| panic!("no page for flaky; saw {seen:?}\n{}", agent.log()));
     assert!(paged_after < Duration::from_secs(120), "{paged_after:?}");
+    eprintln!(
+        "slo e2e: page for 20 % errors after {:.1}s of load; wrk flaky {} calls ({} non-2xx), steady {} calls ({} non-2xx)",
+        paged_after.as_secs_f64(),
+        rf.requests,
+        rf.non_2xx,
+        rs.requests,
+        rs.non_2xx
+    );
     assert!(
         !seen
             .iter()
@@ -206,6 +214,10 @@ fn default_slos_page_on_a_fast_burn_stay_quiet_inside_the_budget_and_survive_a_r
         consumed["budget_remaining"].as_f64().unwrap(),
     );
     assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    eprintln!(
+        "slo e2e: flaky availability budget left {b:.3} before and {a:.3} after the restart, {} calls counted both times",
+        after["total"]
+    );
     // Still paging, and not paging anew: the alert state came back too.
     let alerts = wait_until(Duration::from_secs(10), || {
         let a = slo_alerts(&rt, &socket);

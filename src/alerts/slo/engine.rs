@@ -64,12 +64,15 @@ impl RequestCounters {
             return;
         }
         let mut s = self.lock();
-        if s.thresholds.is_empty() {
+        let LatencyState { thresholds, models } = &mut *s;
+        if thresholds.is_empty() {
             return;
         }
-        let thresholds = s.thresholds.clone();
-        let counts = s.models.entry(model.to_string()).or_default();
-        for t in thresholds {
+        let counts = match models.get_mut(model) {
+            Some(c) => c,
+            None => models.entry(model.to_string()).or_default(),
+        };
+        for &t in thresholds.iter() {
             let c = counts.entry(t).or_default();
             if latency_ms <= t as f64 {
                 c.0 += 1;
