@@ -82,16 +82,23 @@ impl telemetry::ModelSource for SupervisedModels {
     }
 }
 
-/// Gateway outcomes feed the store's latency histograms and request/error counters.
-struct StoreObserver(Arc<MetricStore>);
+/// Gateway outcomes feed the store's latency histograms and request/error counters, and the
+/// SLO engine's successful-call latency counters.
+struct StoreObserver(
+    Arc<MetricStore>,
+    Option<Arc<crate::alerts::slo::RequestCounters>>,
+);
 
 impl crate::api::RequestObserver for StoreObserver {
     fn observe(&self, model: &str, status: u16, latency: Duration) {
         // Client mistakes (4xx) are not the model's errors; 5xx and timeouts are.
         let ok = status < 500;
         let now = std::time::SystemTime::now();
-        self.0
-            .record_request(model, latency.as_secs_f64() * 1000.0, ok, now);
+        let ms = latency.as_secs_f64() * 1000.0;
+        self.0.record_request(model, ms, ok, now);
+        if let Some(slo) = &self.1 {
+            slo.record(model, ms, ok);
+        }
         // Counted from the first request (0 included) so a burst rule sees a baseline.
         let client_error = f64::from(u8::from((400..500).contains(&status)));
         self.0.add_counter(
@@ -163,9 +170,12 @@ async fn start_api(
     let peers = api::Peers {
         directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
         audit: audit.clone(),
-        observer: Some(Arc::new(StoreObserver(store.clone()))),
+        observer: Some(Arc::new(StoreObserver(
+            store.clone(),
+            alerts.request_counters(),
+        ))),
         extra_metrics: Some(Arc::new(MetricsChain(vec![
-            Arc::new(StoreObserver(store.clone())),
+            Arc::new(StoreObserver(store.clone(), None)),
             Arc::new(alerts.clone()),
         ]))),
     };
@@ -434,6 +444,8 @@ impl Agent {
         snapshot = snapshot.with_backlog("notify", "notifications", move || {
             notify.undelivered() + notify.unsent() as u64
         });
+        let slos = alerts.clone();
+        snapshot = snapshot.with_slos(move || slos.slo_statuses());
         snapshot.register(&mut dispatcher);
         tasks.push(tokio::spawn(control.run(dispatcher, cancel.child_token())));
 

@@ -615,6 +615,10 @@ impl Config {
                 errors.extend(e.0);
             }
         }
+        // So are the SLOs (`[[slo]]` in rule files, `slos/*.toml`).
+        if let Err(e) = crate::alerts::slo::load_for(&config) {
+            errors.extend(e.0);
+        }
         if errors.is_empty() {
             Ok(config)
         } else {

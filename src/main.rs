@@ -302,7 +302,13 @@ fn alarms(cmd: AlarmsCommand) -> anyhow::Result<()> {
         host: args.host.unwrap_or_else(|| config.agent.host_id()),
         gpus: args.gpus,
     };
-    let set = alarms::render(&rules, &config, &target);
+    let objectives = warden::alerts::slo::load_for(&config).context("loading the SLOs")?;
+    let set = alarms::with_slos(
+        alarms::render(&rules, &config, &target),
+        &objectives,
+        &config,
+        &target,
+    );
     if !push {
         print!("{}", alarms::render_json(&set));
         return Ok(());

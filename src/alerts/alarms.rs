@@ -139,7 +139,7 @@ fn instances(
             Dim::Gpu => (0..target.gpus).map(|g| g.to_string()).collect(),
             Dim::Model => models.to_vec(),
             // XID codes, drop sinks and reasons are only known when they happen.
-            Dim::Code | Dim::Sink | Dim::Reason => return None,
+            Dim::Code | Dim::Sink | Dim::Reason | Dim::Slo | Dim::Window => return None,
         };
         let values: Vec<String> = values
             .into_iter()
@@ -239,6 +239,8 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
                     continue;
                 }
             },
+            // The SLO tiers have alarms of their own (`slo::alarms`).
+            Condition::Slo(_) => continue,
         };
         let Some(cmp) = comparison(op) else {
             skipped.push((
@@ -264,7 +266,7 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
         };
         let filter = match &rule.condition {
             Condition::Metric(m) => m.filter.clone(),
-            Condition::Event { .. } => Default::default(),
+            Condition::Event { .. } | Condition::Slo(_) => Default::default(),
         };
         let Some(sets) = instances(&dims, &filter, target, &models) else {
             skipped.push((
@@ -345,6 +347,18 @@ pub fn render(rules: &[Rule], config: &Config, target: &AlarmTarget) -> AlarmSet
         }
     }
     AlarmSet { alarms, skipped }
+}
+
+/// `set` plus the SLO burn-rate alarms of `objectives` (see `slo::alarms`).
+pub fn with_slos(
+    mut set: AlarmSet,
+    objectives: &[super::slo::Objective],
+    config: &Config,
+    target: &AlarmTarget,
+) -> AlarmSet {
+    set.alarms
+        .extend(super::slo::alarms::render(objectives, config, target));
+    set
 }
 
 /// The rendered JSON (pretty, stable field order, trailing newline): what `render` prints

@@ -196,6 +196,13 @@ pub enum Signal {
     Value(f64),
     /// An event rule's condition (e.g. the model is down).
     Active(bool),
+    /// An SLO tier's verdict: the burn rate it quotes and the message, rendered by the SLO
+    /// engine (it names the SLO, the burn rate and the budget left).
+    Burn {
+        breach: bool,
+        rate: f64,
+        summary: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +308,7 @@ impl Evaluator {
                     *v,
                 ),
                 (Signal::Active(a), _) => (*a, *a, if *a { 1.0 } else { 0.0 }),
+                (Signal::Burn { breach, rate, .. }, _) => (*breach, *breach, *rate),
                 (Signal::Value(v), _) => (*v != 0.0, *v != 0.0, *v),
             };
             let existing = self
@@ -352,7 +360,10 @@ impl Evaluator {
                 }
                 _ => {}
             }
-            inst.summary = render_template(&rule.summary, inst);
+            inst.summary = match &obs.signal {
+                Signal::Burn { summary, .. } => summary.clone(),
+                _ => render_template(&rule.summary, inst),
+            };
             let quiet = silenced(inst, silences, now_ms);
             let kind = match inst.state {
                 AlertState::Resolved => Some(NotificationKind::Resolved),
@@ -383,6 +394,7 @@ impl Evaluator {
                     value: inst.value,
                     op: match &rule.condition {
                         Condition::Metric(m) => m.op.as_str().to_string(),
+                        Condition::Slo(_) => ">=".to_string(),
                         Condition::Event { .. } => String::new(),
                     },
                     threshold: inst.threshold,

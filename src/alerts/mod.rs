@@ -3,13 +3,15 @@
 //!
 //! `rules` (files) → `evaluator` (pure state machine) → `state` (persisted) → `notify`
 //! (durable spool per channel). [`AlertsHandle`] is the running engine: the agent starts it,
-//! registers its control methods (`alerts`, `silence`, `unsilence`, `ack`) and renders its
-//! `warden_alerts` gauge on `/metrics`.
+//! registers its control methods (`alerts`, `silence`, `unsilence`, `ack`, `slos`) and renders
+//! its `warden_alerts` gauge on `/metrics`. SLO burn-rate tiers (`slo`) are two more rules
+//! whose observations come from the SLO engine, evaluated in the same loop and state machine.
 
 pub mod alarms;
 pub mod evaluator;
 pub mod notify;
 pub mod rules;
+pub mod slo;
 pub mod state;
 
 use crate::config::{Config, ConfigErrors};
@@ -204,8 +206,16 @@ impl AlertsSettings {
     }
 }
 
+/// The SLO engine and the tier rules it feeds (absent until [`AlertsHandle::set_slos`]).
+struct SloParts {
+    engine: slo::SloEngine,
+    rules: Vec<Rule>,
+    counters: Arc<slo::RequestCounters>,
+}
+
 struct Core {
     settings: AlertsSettings,
+    slo: Option<SloParts>,
     state: PersistedState,
     /// What was last handed to the writer, to write only on real changes.
     saved_signature: Vec<(String, AlertState, Option<u64>, Option<String>)>,
@@ -284,9 +294,29 @@ impl Core {
     fn evaluate(&mut self, store: &MetricStore, now: u64) -> Vec<Notification> {
         let mut sent = Vec::new();
         self.state.silences.retain(|s| s.active(now));
-        for rule in &self.settings.rules {
+        if let Some(slo) = &mut self.slo {
+            slo.engine.consume(store, now);
+            slo.engine.export(store, now);
+        }
+        let slo_rules = self.slo.as_ref().map_or(&[][..], |s| &s.rules[..]);
+        for rule in self.settings.rules.iter().chain(slo_rules) {
             let observations = match &rule.condition {
                 Condition::Metric(m) => observe_metric(store, m, now),
+                Condition::Slo(tier) => self
+                    .slo
+                    .as_ref()
+                    .map(|s| s.engine.observations(*tier, now))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|o| Observation {
+                        labels: o.labels,
+                        signal: Signal::Burn {
+                            breach: o.verdict.breach,
+                            rate: o.verdict.rate,
+                            summary: o.summary,
+                        },
+                    })
+                    .collect(),
                 Condition::Event {
                     source,
                     resolve_after,
@@ -316,9 +346,16 @@ impl Core {
                 &self.settings.evaluator,
             ));
         }
+        let all_rules: Vec<Rule> = self
+            .settings
+            .rules
+            .iter()
+            .chain(slo_rules)
+            .cloned()
+            .collect();
         self.state
             .evaluator
-            .housekeeping(&self.settings.rules, now, &self.settings.evaluator);
+            .housekeeping(&all_rules, now, &self.settings.evaluator);
         // Forget conditions that are over and whose alerts are gone.
         let ev = &self.state.evaluator;
         self.state.events.retain(|c| {
@@ -607,7 +644,8 @@ impl AlertsHandle {
                 "no [notify.sns] topics or Slack webhook: alerts go to the log and the console only"
             );
         }
-        Self::start_with(
+        let objectives = slo::load_for(config)?;
+        let (handle, tasks) = Self::start_with(
             settings,
             &state_dir,
             channels,
@@ -616,7 +654,22 @@ impl AlertsHandle {
             telemetry_events,
             system_clock(),
             cancel,
-        )
+        )?;
+        let slos = objectives.len();
+        let dir = config.state_dir();
+        let (file, state) = tokio::task::spawn_blocking(move || {
+            let file = slo::persist::SloFile::new(&dir);
+            let state = file.load();
+            (file, state)
+        })
+        .await
+        .map_err(|e| AlertsError::Io {
+            what: "reading the SLO budgets".into(),
+            source: std::io::Error::other(e),
+        })?;
+        handle.set_slos_with(objectives, file, state, slo::engine::process_id());
+        tracing::info!(slos, "SLO error budgets and burn-rate alerts on");
+        Ok((handle, tasks))
     }
 
     /// [`start`](Self::start) with explicit parts (tests and the benchmark); `state_dir` is
@@ -665,6 +718,7 @@ impl AlertsHandle {
         }
         let core = Core {
             settings,
+            slo: None,
             state,
             saved_signature: Vec::new(),
             saved_extra: (usize::MAX, 0, 0),
@@ -721,6 +775,7 @@ impl AlertsHandle {
                     _ = cancel.cancelled() => {
                         let snap = h.lock().snapshot(true);
                         h.save(snap).await;
+                        h.save_slo(true).await;
                         return;
                     }
                     _ = tick.tick() => {}
@@ -778,7 +833,78 @@ impl AlertsHandle {
             core.snapshot(false)
         };
         self.save(snap).await;
+        self.save_slo(false).await;
         sent
+    }
+
+    /// Turns on SLO budgets and burn-rate alerts for `objectives`, with budgets kept under
+    /// `state_dir` (the agent's); `process` names the counters' owner (see
+    /// [`slo::engine::process_id`]). Blocking: reads the budgets file.
+    pub fn set_slos(
+        &self,
+        objectives: Vec<slo::Objective>,
+        state_dir: &std::path::Path,
+        process: String,
+    ) -> Arc<slo::RequestCounters> {
+        let file = slo::persist::SloFile::new(state_dir);
+        let state = file.load();
+        self.set_slos_with(objectives, file, state, process)
+    }
+
+    fn set_slos_with(
+        &self,
+        objectives: Vec<slo::Objective>,
+        file: slo::persist::SloFile,
+        state: slo::persist::SloState,
+        process: String,
+    ) -> Arc<slo::RequestCounters> {
+        let counters = slo::RequestCounters::new();
+        let engine = slo::SloEngine::with_state(objectives, counters.clone(), file, state, process);
+        self.lock().slo = Some(SloParts {
+            engine,
+            rules: slo::alert_rules(),
+            counters: counters.clone(),
+        });
+        counters
+    }
+
+    /// What the gateway counts successful-call latency into (when SLOs are on).
+    pub fn request_counters(&self) -> Option<Arc<slo::RequestCounters>> {
+        self.lock().slo.as_ref().map(|s| s.counters.clone())
+    }
+
+    /// Every objective's budget, burn rates and time to exhaustion at the clock's now.
+    pub fn slo_statuses(&self) -> Vec<slo::SloStatus> {
+        let now = (self.clock)();
+        self.lock()
+            .slo
+            .as_ref()
+            .map(|s| s.engine.statuses(now))
+            .unwrap_or_default()
+    }
+
+    /// Writes the SLO budgets when due (or, with `force`, whenever calls were counted), on a
+    /// blocking thread; a failure is logged and retried at the next evaluation.
+    async fn save_slo(&self, force: bool) {
+        let now = (self.clock)();
+        let job = {
+            let mut core = self.lock();
+            core.slo.as_mut().and_then(|s| {
+                s.engine
+                    .due_for_save(now, force)
+                    .map(|state| (s.engine.file(), state))
+            })
+        };
+        let Some((file, state)) = job else { return };
+        let result = tokio::task::spawn_blocking(move || file.save(&state))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot persist the SLO budgets; retrying");
+            if let Some(s) = self.lock().slo.as_mut() {
+                s.engine.save_failed();
+            }
+        }
     }
 
     /// Writes a snapshot on a blocking thread; a failure is logged and retried next time.
@@ -878,8 +1004,14 @@ impl AlertsHandle {
     /// Swaps in new rules and settings (SIGHUP); alert state of surviving rules is kept.
     pub fn reload(&self, config: &Config) -> Result<usize, ConfigErrors> {
         let settings = AlertsSettings::from_config(config)?;
+        let objectives = slo::load_for(config)?;
         let n = settings.rules.len();
-        self.lock().settings = settings;
+        let mut core = self.lock();
+        core.settings = settings;
+        if let Some(s) = core.slo.as_mut() {
+            s.engine.set_objectives(objectives);
+        }
+        drop(core);
         self.wake.notify_one();
         Ok(n)
     }
@@ -1073,6 +1205,11 @@ impl AlertsHandle {
             }
         });
         let h = self.clone();
+        dispatcher.register("slos", move |_p: Params| {
+            let h = h.clone();
+            async move { Ok(json!({ "slos": h.slo_statuses() })) }
+        });
+        let h = self.clone();
         dispatcher.register("ack", move |p: Params| {
             let h = h.clone();
             async move {
@@ -1131,6 +1268,220 @@ mod tests {
         )
         .unwrap();
         (handle, clock, dir)
+    }
+
+    /// An engine with no rules but the default SLOs for model `m`, on a manual clock.
+    fn slo_engine(
+        dir: &std::path::Path,
+        process: &str,
+    ) -> (AlertsHandle, Arc<AtomicU64>, Arc<slo::RequestCounters>) {
+        let settings = AlertsSettings {
+            rules: Vec::new(),
+            evaluation_interval: Duration::from_secs(3600),
+            evaluator: Settings {
+                repeat_interval: Duration::from_secs(7 * 86_400),
+                resolved_retention: RESOLVED_RETENTION,
+            },
+            context: notify::MessageContext {
+                host: "h".into(),
+                runbook_url: "r".into(),
+            },
+        };
+        let clock = Arc::new(AtomicU64::new(SLO_T0));
+        let c = clock.clone();
+        let (_stx, srx) = broadcast::channel(4);
+        let (_ttx, trx) = broadcast::channel(4);
+        let (handle, _tasks) = AlertsHandle::start_with(
+            settings,
+            &dir.join("alerts"),
+            Vec::new(),
+            Arc::new(MetricStore::new("h", 600)),
+            srx,
+            trx,
+            Arc::new(move || c.load(Ordering::SeqCst)),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let counters = handle.set_slos(slo::defaults(&["m".to_string()]), dir, process.into());
+        (handle, clock, counters)
+    }
+
+    const SLO_T0: u64 = 1_800_000_000_000;
+
+    /// Advances the clock by `step`, makes `calls` calls of which `per_mille`‰ fail
+    /// (spread evenly), evaluates, and returns the SLO notifications as (rule, kind, SLO).
+    async fn slo_step(
+        h: &AlertsHandle,
+        clock: &AtomicU64,
+        counters: &slo::RequestCounters,
+        step: Duration,
+        calls: u64,
+        per_mille: f64,
+    ) -> Vec<(String, String, String, String)> {
+        let now =
+            clock.fetch_add(step.as_millis() as u64, Ordering::SeqCst) + step.as_millis() as u64;
+        let at = UNIX_EPOCH + Duration::from_millis(now);
+        // Failures at an exact rate, carried across steps, so tests are deterministic.
+        let before = h
+            .store
+            .latest("ModelRequests", &[(Dim::Model, "m")])
+            .unwrap_or(0.0);
+        for i in 0..calls {
+            let n = before + i as f64;
+            let ok = ((n + 1.0) * per_mille / 1000.0).floor() == (n * per_mille / 1000.0).floor();
+            h.store.record_request("m", 20.0, ok, at);
+            counters.record("m", 20.0, ok);
+        }
+        h.evaluate_now()
+            .await
+            .into_iter()
+            .map(|n| {
+                (
+                    n.rule.clone(),
+                    n.kind.as_str().to_string(),
+                    n.labels["SLO"].clone(),
+                    n.summary,
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_fast_burn_pages_within_minutes_and_recovery_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, clock, counters) = slo_engine(dir.path(), "p1");
+        let step = Duration::from_secs(10);
+        let mut paged_at = None;
+        // 20 % of calls fail (200× a 99.9 % budget), 10 calls a second.
+        for i in 1..=60 {
+            let sent = slo_step(&h, &clock, &counters, step, 100, 200.0).await;
+            if let Some(n) = sent
+                .iter()
+                .find(|n| n.0 == "slo-burn-rate-page" && n.1 == "firing")
+            {
+                assert_eq!(n.2, "availability");
+                assert!(n.3.contains("SLO availability of m"), "{}", n.3);
+                assert!(n.3.contains("200× over 1h"), "{}", n.3);
+                assert!(n.3.contains("of the budget left"), "{}", n.3);
+                paged_at.get_or_insert(i);
+            }
+            // The latency SLO is met (20 ms calls): never alerts.
+            assert!(sent.iter().all(|n| n.2 == "availability"), "{sent:?}");
+        }
+        let paged_at = paged_at.expect("the fast burn never paged");
+        assert_eq!(
+            paged_at, 1,
+            "pages on the first evaluation with enough calls"
+        );
+        let firing = h.snapshot();
+        let tiers: Vec<&str> = firing["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| a["labels"]["tier"].as_str().unwrap())
+            .collect();
+        assert_eq!(tiers.len(), 2, "page and ticket both fire: {firing}");
+        let status = h.slo_statuses();
+        let avail = status.iter().find(|s| s.slo == "availability").unwrap();
+        assert!(avail.page && avail.budget_remaining < 1.0, "{avail:?}");
+        assert!(avail.exhaustion_secs.is_some());
+        // Recovery: once the 30 m window (the last short window still burning ≥ 6×) clears,
+        // about half an hour later, the page resolves.
+        let mut resolved_after = None;
+        for i in 1..=240 {
+            let sent = slo_step(&h, &clock, &counters, step, 100, 0.0).await;
+            if sent
+                .iter()
+                .any(|n| n.0 == "slo-burn-rate-page" && n.1 == "resolved")
+            {
+                resolved_after = Some(i * 10);
+                break;
+            }
+        }
+        let secs = resolved_after.expect("the page never resolved");
+        assert!(
+            (29 * 60..=32 * 60).contains(&secs),
+            "resolved after {secs}s"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_burn_tickets_and_never_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, clock, counters) = slo_engine(dir.path(), "p1");
+        let mut kinds = Vec::new();
+        // 0.3 % of calls fail: 3× the budget, for three days, 1,000 calls every 10 minutes.
+        for _ in 0..(3 * 24 * 6) {
+            let sent = slo_step(&h, &clock, &counters, Duration::from_secs(600), 1000, 3.0).await;
+            kinds.extend(sent.into_iter().map(|n| (n.0, n.1)));
+        }
+        assert!(
+            kinds.contains(&("slo-burn-rate-ticket".into(), "firing".into())),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.iter().all(|(rule, _)| rule != "slo-burn-rate-page"),
+            "{kinds:?}"
+        );
+        let avail = h
+            .slo_statuses()
+            .into_iter()
+            .find(|s| s.slo == "availability")
+            .unwrap();
+        // The budget is the allowance of the calls made (1 - ratio/budget, as Sloth and the
+        // workbook count it): 3× the allowed ratio is twice the budget overspent.
+        assert!((avail.budget_remaining + 2.0).abs() < 0.02, "{avail:?}");
+        assert!(avail.ticket && !avail.page, "{avail:?}");
+    }
+
+    #[tokio::test]
+    async fn an_error_rate_inside_the_budget_never_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, clock, counters) = slo_engine(dir.path(), "p1");
+        for _ in 0..(24 * 12) {
+            let sent = slo_step(&h, &clock, &counters, Duration::from_secs(300), 2000, 0.5).await;
+            assert!(sent.is_empty(), "{sent:?}");
+        }
+        let avail = h
+            .slo_statuses()
+            .into_iter()
+            .find(|s| s.slo == "availability")
+            .unwrap();
+        // Half the allowed ratio: half the budget left, lasting the whole window.
+        assert!((avail.budget_remaining - 0.5).abs() < 0.01, "{avail:?}");
+        assert_eq!(avail.exhaustion_secs.map(|s| s / 86_400), Some(30));
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_budget_and_does_not_page_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, clock, counters) = slo_engine(dir.path(), "p1");
+        for _ in 0..30 {
+            slo_step(&h, &clock, &counters, Duration::from_secs(10), 100, 50.0).await;
+        }
+        // Shutdown writes the budgets whatever their age.
+        h.save_slo(true).await;
+        let before = h.slo_statuses();
+        let now = clock.load(Ordering::SeqCst);
+        drop(h);
+        // A new process: new store and counters at zero, same state dir.
+        let (h2, clock2, counters2) = slo_engine(dir.path(), "p2");
+        clock2.store(now, Ordering::SeqCst);
+        let sent = slo_step(&h2, &clock2, &counters2, Duration::from_secs(1), 0, 0.0).await;
+        assert!(
+            sent.is_empty(),
+            "the page restored as firing sends nothing new: {sent:?}"
+        );
+        let after = h2.slo_statuses();
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!((b.good, b.total), (a.good, a.total), "{b:?} vs {a:?}");
+            assert!((b.budget_remaining - a.budget_remaining).abs() < 1e-12);
+        }
+        assert_eq!(after[0].total, 3000);
+        // Counting carries on from there, once.
+        slo_step(&h2, &clock2, &counters2, Duration::from_secs(10), 100, 0.0).await;
+        assert_eq!(h2.slo_statuses()[0].total, 3100);
     }
 
     fn denied(sink: &str, operation: &str, permission: &str) -> TelemetryEvent {

@@ -144,6 +144,9 @@ struct RawRule {
 struct RawFile {
     #[serde(default)]
     rule: Vec<RawRule>,
+    /// `[[slo]]` tables: objectives, parsed and validated by `alerts::slo`.
+    #[serde(default, rename = "slo")]
+    _slo: Vec<toml::Table>,
 }
 
 /// What a metric rule measures.
@@ -168,6 +171,8 @@ pub enum Condition {
         source: EventSource,
         resolve_after: Duration,
     },
+    /// A burn-rate tier over every SLO (generated from the objectives, never written).
+    Slo(super::slo::burn::Tier),
 }
 
 /// A validated rule.
@@ -188,6 +193,7 @@ impl Rule {
         match &self.condition {
             Condition::Metric(m) => m.threshold,
             Condition::Event { .. } => 1.0,
+            Condition::Slo(tier) => tier.pairs().first().map_or(1.0, |p| p.factor),
         }
     }
 }

@@ -17,10 +17,18 @@ pub enum View {
     Alerts,
     Logs,
     Model,
+    /// Each SLO's error budget, burn rates and time to exhaustion.
+    Slo,
 }
 
 impl View {
-    pub const ALL: [View; 4] = [View::Overview, View::Alerts, View::Logs, View::Model];
+    pub const ALL: [View; 5] = [
+        View::Overview,
+        View::Alerts,
+        View::Logs,
+        View::Model,
+        View::Slo,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -28,6 +36,7 @@ impl View {
             View::Alerts => "Alerts",
             View::Logs => "Logs",
             View::Model => "Model",
+            View::Slo => "SLOs",
         }
     }
 
@@ -292,9 +301,11 @@ impl App {
         match key.code {
             KeyCode::Char('q') => self.quit = true,
             KeyCode::Char('?') => self.help = true,
-            KeyCode::Tab => return self.switch((self.view.index() + 1) % 4),
-            KeyCode::BackTab => return self.switch((self.view.index() + 3) % 4),
-            KeyCode::Char(c @ '1'..='4') => return self.switch(c as usize - '1' as usize),
+            KeyCode::Tab => return self.switch((self.view.index() + 1) % View::ALL.len()),
+            KeyCode::BackTab => {
+                return self.switch((self.view.index() + View::ALL.len() - 1) % View::ALL.len());
+            }
+            KeyCode::Char(c @ '1'..='5') => return self.switch(c as usize - '1' as usize),
             KeyCode::Char('f') => {
                 self.frozen = !self.frozen;
                 if !self.frozen
@@ -317,7 +328,7 @@ impl App {
     }
 
     fn switch(&mut self, index: usize) -> Vec<Command> {
-        let to = View::ALL[index.min(3)];
+        let to = View::ALL[index.min(View::ALL.len() - 1)];
         let from = std::mem::replace(&mut self.view, to);
         match (from == View::Logs, to == View::Logs) {
             (false, true) => {
@@ -409,6 +420,8 @@ impl App {
                     return vec![Command::WatchLogs(self.logs_model.clone())];
                 }
             }
+            // Read-only: the budgets come with each snapshot.
+            View::Slo => {}
         }
         Vec::new()
     }
@@ -980,6 +993,9 @@ mod tests {
         app.handle(code(KeyCode::Tab));
         assert_eq!(app.view, View::Alerts);
         app.handle(code(KeyCode::BackTab));
+        app.handle(code(KeyCode::BackTab));
+        // The SLO view (5) is the last tab since issue 16; Model is one further back.
+        assert_eq!(app.view, View::Slo);
         app.handle(code(KeyCode::BackTab));
         assert_eq!(app.view, View::Model);
         app.handle(key('?'));

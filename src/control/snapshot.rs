@@ -30,6 +30,9 @@ pub struct Snapshot {
     /// What each sink still has to deliver.
     #[serde(default)]
     pub backlog: Vec<SinkBacklog>,
+    /// Each SLO's error budget and burn rates.
+    #[serde(default)]
+    pub slos: Vec<crate::alerts::slo::SloStatus>,
 }
 
 /// `RecordsDropped{Sink,Reason}`: records this agent gave up on since it started.
@@ -132,6 +135,8 @@ pub struct SnapshotSource {
     pub started: Instant,
     /// Sinks whose backlog the overview shows, in display order.
     pub backlogs: Vec<BacklogSource>,
+    /// The SLO engine's view, when SLOs are on.
+    pub slos: Option<Arc<dyn Fn() -> Vec<crate::alerts::slo::SloStatus> + Send + Sync>>,
 }
 
 impl SnapshotSource {
@@ -146,10 +151,20 @@ impl SnapshotSource {
             cloudwatch,
             started: Instant::now(),
             backlogs: Vec::new(),
+            slos: None,
         }
     }
 
     /// Adds a sink's backlog to the overview.
+    /// Where the snapshot reads the SLOs from.
+    pub fn with_slos(
+        mut self,
+        slos: impl Fn() -> Vec<crate::alerts::slo::SloStatus> + Send + Sync + 'static,
+    ) -> Self {
+        self.slos = Some(Arc::new(slos));
+        self
+    }
+
     pub fn with_backlog(
         mut self,
         sink: &'static str,
@@ -200,6 +215,7 @@ impl SnapshotSource {
                     unit: b.unit.to_string(),
                 })
                 .collect(),
+            slos: self.slos.as_ref().map(|f| f()).unwrap_or_default(),
         }
     }
 

@@ -45,6 +45,8 @@ pub struct DashboardSpec {
     pub alarm_arns: Vec<String>,
     /// Alert thresholds drawn as horizontal lines on the graphs of their metric.
     pub thresholds: Vec<Threshold>,
+    /// The SLOs drawn in the SLO row, as (Model dimension, SLO name).
+    pub slos: Vec<(String, String)>,
 }
 
 /// A metric alert rule's threshold, as a dashboard annotation.
@@ -76,6 +78,14 @@ impl DashboardSpec {
         models.sort();
         let region = config.aws.region.clone();
         let thresholds = metric_rules(config)?;
+        let slos = crate::alerts::slo::load_for(config)
+            .map_err(|e| DashboardError::Rules {
+                path: "SLOs".into(),
+                message: e.to_string(),
+            })?
+            .into_iter()
+            .map(|o| (o.model, o.name))
+            .collect();
         let alarm_arns = match account_of(config) {
             Some(account) => thresholds
                 .iter()
@@ -97,6 +107,7 @@ impl DashboardSpec {
             gpus,
             alarm_arns,
             thresholds,
+            slos,
         })
     }
 }
@@ -329,6 +340,47 @@ fn error_rate(spec: &DashboardSpec) -> Result<Widget, DashboardError> {
     Ok(w)
 }
 
+/// The SLO row: budget left and the 1 h burn rate per SLO, with the tier factors marked.
+fn slo_row(spec: &DashboardSpec) -> Result<Vec<Widget>, DashboardError> {
+    let mut budget = Widget::new("SLO error budget left (1 = untouched)", "Minimum", "None");
+    let mut burn = Widget::new("SLO burn rate over 1h", "Maximum", "None");
+    burn.alert_metric = "SLOBurnRate";
+    for (model, slo) in &spec.slos {
+        let label = format!("{model} {slo}");
+        budget.metrics.push(metric_row(
+            spec,
+            "SLOErrorBudgetRemaining",
+            &[(Dim::Model, model), (Dim::Slo, slo)],
+            json!({ "label": label, "stat": "Minimum" }),
+        )?);
+        burn.metrics.push(metric_row(
+            spec,
+            "SLOBurnRate",
+            &[(Dim::Model, model), (Dim::Slo, slo), (Dim::Window, "1h")],
+            json!({ "label": label, "stat": "Maximum" }),
+        )?);
+    }
+    Ok(vec![budget, burn])
+}
+
+/// The burn-rate tiers as lines on the burn graph: 14.4× and 6× page, 1× tickets.
+fn tier_lines() -> Vec<Threshold> {
+    [
+        ("slo-burn-rate-page 1h", 14.4, "critical"),
+        ("slo-burn-rate-page 6h", 6.0, "critical"),
+        ("slo-burn-rate-ticket 3d", 1.0, "warning"),
+    ]
+    .into_iter()
+    .map(|(rule, value, severity)| Threshold {
+        rule: rule.into(),
+        metric: "SLOBurnRate".into(),
+        reducer: "max".into(),
+        value,
+        severity: severity.into(),
+    })
+    .collect()
+}
+
 /// The dashboard body (what PutDashboard takes as DashboardBody), deterministic for a spec.
 pub fn render(spec: &DashboardSpec) -> Result<Value, DashboardError> {
     let mut host = Widget::new("Host CPU and memory", "Average", "Percent");
@@ -340,7 +392,7 @@ pub fn render(spec: &DashboardSpec) -> Result<Value, DashboardError> {
             json!({ "label": metric, "stat": "Average" }),
         )?);
     }
-    let graphs = vec![
+    let mut graphs = vec![
         per_model(spec, "API latency p50 per model", "ModelLatency", "p50")?,
         per_model(spec, "API latency p95 per model", "ModelLatency", "p95")?,
         per_model(spec, "API latency p99 per model", "ModelLatency", "p99")?,
@@ -359,6 +411,15 @@ pub fn render(spec: &DashboardSpec) -> Result<Value, DashboardError> {
         per_gpu(spec, "GPU power draw", "GPUPowerDraw", "Average")?,
         host,
     ];
+    if !spec.slos.is_empty() {
+        graphs.extend(slo_row(spec)?);
+    }
+    let thresholds: Vec<Threshold> = spec
+        .thresholds
+        .iter()
+        .cloned()
+        .chain(tier_lines())
+        .collect();
     let per_row = GRID_WIDTH / WIDGET_WIDTH;
     let place = |i: u32| ((i % per_row) * WIDGET_WIDTH, (i / per_row) * WIDGET_HEIGHT);
     let mut widgets: Vec<Value> = Vec::new();
@@ -378,7 +439,7 @@ pub fn render(spec: &DashboardSpec) -> Result<Value, DashboardError> {
                 "metrics": g.metrics,
             }
         });
-        let lines = g.annotations(&spec.thresholds);
+        let lines = g.annotations(&thresholds);
         if !lines.is_empty() {
             widget["properties"]["annotations"] = json!({ "horizontal": lines });
         }
@@ -482,6 +543,10 @@ mod tests {
                 threshold("lat-warn", "ModelLatency", "p95", 1500.0, "warning"),
                 threshold("gpu-hot", "GPUUtilization", "avg", 90.0, "critical"),
                 threshold("errors", "ModelErrorRate", "avg", 5.0, "critical"),
+            ],
+            slos: vec![
+                ("clash-detector".into(), "availability".into()),
+                ("clash-detector".into(), "latency".into()),
             ],
         }
     }
@@ -604,6 +669,25 @@ mod tests {
             )
         );
         assert_eq!(spec.models.len(), 5);
+    }
+
+    #[test]
+    fn the_slo_row_draws_budget_and_burn_with_the_tier_lines() {
+        let body = render(&spec()).unwrap();
+        let budget = widget(&body, "SLO error budget left (1 = untouched)");
+        let rows = budget["properties"]["metrics"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1][1], "SLOErrorBudgetRemaining");
+        assert_eq!(rows[1][7], "latency");
+        let burn = widget(&body, "SLO burn rate over 1h");
+        assert_eq!(burn["properties"]["metrics"][0][9], "1h");
+        let lines: Vec<f64> = burn["properties"]["annotations"]["horizontal"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["value"].as_f64().unwrap())
+            .collect();
+        assert_eq!(lines, vec![14.4, 6.0, 1.0]);
     }
 
     #[test]

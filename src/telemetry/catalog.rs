@@ -14,6 +14,10 @@ pub enum Dim {
     Sink,
     /// Why it was dropped (only on `RecordsDropped`).
     Reason,
+    /// A service level objective's name (only on the SLO metrics).
+    Slo,
+    /// A burn-rate window: `5m`, `30m`, `1h`, `6h`, `3d` (only on `SLOBurnRate`).
+    Window,
 }
 
 impl Dim {
@@ -26,6 +30,8 @@ impl Dim {
             Dim::Code => "Code",
             Dim::Sink => "Sink",
             Dim::Reason => "Reason",
+            Dim::Slo => "SLO",
+            Dim::Window => "Window",
         }
     }
 
@@ -38,6 +44,8 @@ impl Dim {
             Dim::Code => "code",
             Dim::Sink => "sink",
             Dim::Reason => "reason",
+            Dim::Slo => "slo",
+            Dim::Window => "window",
         }
     }
 }
@@ -96,6 +104,8 @@ const GPU: &[Dim] = &[Dim::Host, Dim::Gpu];
 const XID: &[Dim] = &[Dim::Host, Dim::Gpu, Dim::Code];
 const MODEL: &[Dim] = &[Dim::Host, Dim::Model];
 const DROPS: &[Dim] = &[Dim::Host, Dim::Sink, Dim::Reason];
+const SLO: &[Dim] = &[Dim::Host, Dim::Model, Dim::Slo];
+const SLO_BURN: &[Dim] = &[Dim::Host, Dim::Model, Dim::Slo, Dim::Window];
 
 macro_rules! def {
     ($name:literal, $prom:literal, $unit:ident, $kind:ident, $dims:ident, $desc:literal) => {
@@ -401,6 +411,22 @@ pub const CATALOG: &[MetricDef] = &[
         Counter,
         DROPS,
         "Records the agent gave up on, by the sink they were headed for and the reason"
+    ),
+    def!(
+        "SLOErrorBudgetRemaining",
+        "warden_slo_error_budget_remaining_ratio",
+        None,
+        Gauge,
+        SLO,
+        "Error budget left over the SLO's window (1 untouched, 0 spent, below 0 overspent); Model=all is the whole API"
+    ),
+    def!(
+        "SLOBurnRate",
+        "warden_slo_burn_rate",
+        None,
+        Gauge,
+        SLO_BURN,
+        "Error budget burn rate over the window (1 spends the budget exactly over the SLO's window)"
     ),
 ];
 

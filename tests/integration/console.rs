@@ -110,6 +110,7 @@ fn snapshot() -> Snapshot {
                 unit: "notifications".into(),
             },
         ],
+        slos: vec![],
     }
 }
 

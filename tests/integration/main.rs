@@ -18,5 +18,6 @@ mod ops;
 mod peers;
 mod reliability;
 mod serving;
+mod slo;
 mod supervisor;
 mod telemetry;

@@ -1,6 +1,6 @@
 //! Drawing: a function of the app state onto a frame, no I/O (TestBackend renders it in tests).
 //!
-//! One file per view (`overview`, `alerts`, `logs`, `model`, `help`); what they share is in
+//! One file per view (`overview`, `alerts`, `logs`, `model`, `slo`, `help`); what they share is in
 //! `widgets`. Drawing only reads the app state.
 
 mod alerts;
@@ -8,6 +8,7 @@ mod help;
 mod logs;
 mod model;
 mod overview;
+mod slo;
 mod widgets;
 
 pub use widgets::{bar, bytes, duration, sparkline};
@@ -36,6 +37,7 @@ pub fn draw(app: &App, frame: &mut Frame) {
         View::Alerts => alerts::alerts(app, frame, body),
         View::Logs => logs::logs(app, frame, body),
         View::Model => model::model(app, frame, body),
+        View::Slo => slo::slo(app, frame, body),
     }
     frame.render_widget(Paragraph::new(footer_line(app)), footer);
     if app.help {
@@ -196,6 +198,7 @@ fn footer_line(app: &App) -> Line<'static> {
         View::Alerts => "j/k select  a ack  s silence  u unsilence  / filter  q quit",
         View::Logs => "h/l model  j/k scroll  G follow  / filter  q quit",
         View::Model => "j/k model  r restart  x stop  S start  q quit",
+        View::Slo => "page: 14.4x 1h+5m or 6x 6h+30m  ticket: 1x 3d+6h  q quit",
     };
     let mut spans = vec![Span::styled(
         format!(" {keys}"),
