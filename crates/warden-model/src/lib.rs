@@ -17,11 +17,17 @@
 //! - `warden_model_ready` — 1 once weights are loaded and a warm-up forward passed
 
 pub mod batcher;
+pub mod card;
+pub mod evaluate;
+pub mod fields;
+pub mod gbdt;
 pub mod metrics;
 pub mod models;
 pub mod schema;
 pub mod server;
+pub mod teachers;
 pub mod torchscript;
+pub mod training;
 pub mod weights;
 pub mod xgboost;
 
@@ -135,9 +141,10 @@ impl ModelKind {
         }
     }
 
-    /// `/metadata`: name, version, schemas and an example body `/infer` accepts.
-    /// `row_shape` is the TorchScript row shape learnt at warm-up.
-    pub fn metadata(&self, name: &str, row_shape: &[i64]) -> Value {
+    /// `/metadata`: name, version, schemas, an example body `/infer` accepts and (built-ins)
+    /// the model card of the weights at `weights`. `row_shape` is the TorchScript row shape
+    /// learnt at warm-up. Reads the weight file (for its hash): call it off the async workers.
+    pub fn metadata(&self, name: &str, row_shape: &[i64], weights: &Path) -> Value {
         let (input, output, example) = match self {
             ModelKind::ConnectionDesigner => (
                 connection_designer::input_schema(),
@@ -175,14 +182,30 @@ impl ModelKind {
                 torchscript::example(row_shape),
             ),
         };
-        json!({
+        let mut doc = json!({
             "name": name,
             "version": MODEL_VERSION,
             "kind": self.name(),
             "input_schema": input,
             "output_schema": output,
             "example": example,
-        })
+        });
+        if *self != ModelKind::TorchScript {
+            doc["model_card"] = card::served(*self, weights);
+        }
+        doc
+    }
+
+    /// The example request body of a built-in model (`Null` for TorchScript without a shape).
+    pub fn example(&self, row_shape: &[i64]) -> Value {
+        match self {
+            ModelKind::ConnectionDesigner => connection_designer::example(),
+            ModelKind::SectionOptimizer => section_optimizer::example(),
+            ModelKind::ClashDetector => clash_detector::example(),
+            ModelKind::ComplianceChecker => compliance_checker::example(),
+            ModelKind::RiskAnalyzer => risk_analyzer::example(),
+            ModelKind::TorchScript => torchscript::example(row_shape),
+        }
     }
 
     /// Loads the model's weights from `path` onto `device`. Runs on the inference thread.
@@ -238,7 +261,7 @@ impl ModelKind {
                     row_shape.to_vec(),
                 )])
             }
-            _ => self.parse(&self.metadata(self.name(), row_shape)["example"]),
+            _ => self.parse(&self.example(row_shape)),
         }
     }
 }

@@ -119,7 +119,7 @@ fn bench_model(
         bare.push((b, rate));
     }
 
-    let example = serde_json::to_vec(&kind.metadata(kind.name(), &[])["example"])
+    let example = serde_json::to_vec(&kind.example(&[]))
         .map_err(|e| ServingError::Options(e.to_string()))?;
     let results = runtime.block_on(http_runs(kind, dir, opts, example))?;
     let _ = writeln!(out, "HTTP server (dynamic batching, keep-alive clients):");
