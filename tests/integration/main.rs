@@ -11,6 +11,7 @@ mod config;
 mod console;
 mod console_tmux;
 mod logs;
+mod models;
 mod nvml;
 mod ops;
 mod peers;

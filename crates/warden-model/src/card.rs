@@ -16,10 +16,16 @@ use std::path::{Path, PathBuf};
 /// The card files shipped with the binary (what `warden models init` installs).
 pub fn shipped(kind: ModelKind) -> Option<&'static str> {
     Some(match kind {
-        ModelKind::ConnectionDesigner => include_str!("../fixtures/weights/connection-designer.card.json"),
-        ModelKind::SectionOptimizer => include_str!("../fixtures/weights/section-optimizer.card.json"),
+        ModelKind::ConnectionDesigner => {
+            include_str!("../fixtures/weights/connection-designer.card.json")
+        }
+        ModelKind::SectionOptimizer => {
+            include_str!("../fixtures/weights/section-optimizer.card.json")
+        }
         ModelKind::ClashDetector => include_str!("../fixtures/weights/clash-detector.card.json"),
-        ModelKind::ComplianceChecker => include_str!("../fixtures/weights/compliance-checker.card.json"),
+        ModelKind::ComplianceChecker => {
+            include_str!("../fixtures/weights/compliance-checker.card.json")
+        }
         ModelKind::RiskAnalyzer => include_str!("../fixtures/weights/risk-analyzer.card.json"),
         ModelKind::TorchScript => return None,
     })

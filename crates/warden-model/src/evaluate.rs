@@ -70,7 +70,11 @@ const AGREE: f64 = 0.98;
 const WITHIN: f64 = 0.95;
 
 fn share(hits: usize, total: usize) -> f64 {
-    if total == 0 { 1.0 } else { hits as f64 / total as f64 }
+    if total == 0 {
+        1.0
+    } else {
+        hits as f64 / total as f64
+    }
 }
 
 fn within(model: f64, teacher: f64, scale: f64) -> bool {
@@ -78,7 +82,11 @@ fn within(model: f64, teacher: f64, scale: f64) -> bool {
 }
 
 /// Runs `bodies` through `kind`'s parser and `model`, in batches.
-fn answers(kind: ModelKind, model: &dyn Model, bodies: &[Value]) -> Result<Vec<Value>, ServingError> {
+fn answers(
+    kind: ModelKind,
+    model: &dyn Model,
+    bodies: &[Value],
+) -> Result<Vec<Value>, ServingError> {
     let mut out = Vec::with_capacity(bodies.len());
     for chunk in bodies.chunks(64) {
         let samples: Vec<Sample> = chunk
@@ -110,10 +118,25 @@ pub fn evaluate(kind: ModelKind, weights: &Path) -> Result<Evaluation, ServingEr
                 class += (o["risk_class"] == risk::CLASSES[risk::class(t)]) as usize;
                 score += within(f(&o["score"]), t, t.abs()) as usize;
             }
-            (n, vec![
-                Metric { output: "risk_class".into(), measure: "agreement", value: share(class, n), goal: AGREE, note: "" },
-                Metric { output: "score".into(), measure: "within_5pct", value: share(score, n), goal: WITHIN, note: "relative to the teacher's score" },
-            ])
+            (
+                n,
+                vec![
+                    Metric {
+                        output: "risk_class".into(),
+                        measure: "agreement",
+                        value: share(class, n),
+                        goal: AGREE,
+                        note: "",
+                    },
+                    Metric {
+                        output: "score".into(),
+                        measure: "within_5pct",
+                        value: share(score, n),
+                        goal: WITHIN,
+                        note: "relative to the teacher's score",
+                    },
+                ],
+            )
         }
         ModelKind::ConnectionDesigner => {
             use teachers::connection;
@@ -128,11 +151,25 @@ pub fn evaluate(kind: ModelKind, weights: &Path) -> Result<Evaluation, ServingEr
                 let r = connection::capacity_ratio(j, t);
                 ratio += within(f(&o["capacity_ratio"]), r, r.abs()) as usize;
             }
-            (n, vec![
-                Metric { output: "connection_type".into(), measure: "agreement", value: share(class, n), goal: AGREE, note: "" },
-                Metric { output: "capacity_ratio".into(), measure: "within_5pct", value: share(ratio, n), goal: WITHIN,
-                         note: "against the teacher's ratio for the teacher's type; the served ratio is the reference check of the network's type, so a wrong type is the only way to miss" },
-            ])
+            (
+                n,
+                vec![
+                    Metric {
+                        output: "connection_type".into(),
+                        measure: "agreement",
+                        value: share(class, n),
+                        goal: AGREE,
+                        note: "",
+                    },
+                    Metric {
+                        output: "capacity_ratio".into(),
+                        measure: "within_5pct",
+                        value: share(ratio, n),
+                        goal: WITHIN,
+                        note: "against the teacher's ratio for the teacher's type; the served ratio is the reference check of the network's type, so a wrong type is the only way to miss",
+                    },
+                ],
+            )
         }
         ModelKind::SectionOptimizer => {
             use teachers::section;
@@ -155,15 +192,39 @@ pub fn evaluate(kind: ModelKind, weights: &Path) -> Result<Evaluation, ServingEr
                 } as usize;
                 overloaded += o["utilisation"].as_f64().is_some_and(|u| u > 1.0 + 1e-6) as usize;
             }
-            (n, vec![
-                Metric { output: "section".into(), measure: "agreement", value: share(chosen, n), goal: AGREE,
-                         note: "after the exact check (which only moves a proposal up)" },
-                Metric { output: "proposed_section".into(), measure: "agreement", value: share(proposed, n), goal: 0.0,
-                         note: "informational (no goal): the monotone trees alone, before the check; they err light, which the check corrects" },
-                Metric { output: "utilisation".into(), measure: "within_5pct", value: share(util, n), goal: WITHIN, note: "" },
-                Metric { output: "never_overloaded".into(), measure: "agreement", value: 1.0 - share(overloaded, n), goal: 1.0,
-                         note: "share of recommendations with utilisation ≤ 1" },
-            ])
+            (
+                n,
+                vec![
+                    Metric {
+                        output: "section".into(),
+                        measure: "agreement",
+                        value: share(chosen, n),
+                        goal: AGREE,
+                        note: "after the exact check (which only moves a proposal up)",
+                    },
+                    Metric {
+                        output: "proposed_section".into(),
+                        measure: "agreement",
+                        value: share(proposed, n),
+                        goal: 0.0,
+                        note: "informational (no goal): the monotone trees alone, before the check; they err light, which the check corrects",
+                    },
+                    Metric {
+                        output: "utilisation".into(),
+                        measure: "within_5pct",
+                        value: share(util, n),
+                        goal: WITHIN,
+                        note: "",
+                    },
+                    Metric {
+                        output: "never_overloaded".into(),
+                        measure: "agreement",
+                        value: 1.0 - share(overloaded, n),
+                        goal: 1.0,
+                        note: "share of recommendations with utilisation ≤ 1",
+                    },
+                ],
+            )
         }
         ModelKind::ClashDetector => {
             use teachers::clash;
@@ -171,8 +232,15 @@ pub fn evaluate(kind: ModelKind, weights: &Path) -> Result<Evaluation, ServingEr
             let mut bodies = Vec::with_capacity(requests);
             let mut verdicts = Vec::new();
             for _ in 0..requests {
-                let steps: Vec<_> = (0..rng.int(1, 4)).map(|_| clash::sample_step(&mut rng)).collect();
-                verdicts.push(steps.iter().map(|(s, v)| clash::judge(s, v)).collect::<Vec<_>>());
+                let steps: Vec<_> = (0..rng.int(1, 4))
+                    .map(|_| clash::sample_step(&mut rng))
+                    .collect();
+                verdicts.push(
+                    steps
+                        .iter()
+                        .map(|(s, v)| clash::judge(s, v))
+                        .collect::<Vec<_>>(),
+                );
                 bodies.push(clash::to_json(&steps));
             }
             let out = answers(kind, model.as_ref(), &bodies)?;
@@ -193,19 +261,34 @@ pub fn evaluate(kind: ModelKind, weights: &Path) -> Result<Evaluation, ServingEr
                     }
                 }
             }
-            (steps, vec![
-                Metric { output: "clash".into(), measure: "agreement", value: share(agree, steps), goal: AGREE,
-                         note: "per step: clash_probability ≥ 0.5 against the reference verdict" },
-                Metric { output: "location".into(), measure: "within_5pct", value: share(located, clashes), goal: WITHIN,
-                         note: "clashing steps; every axis within 5 % of the grid extent (0.35 voxel)" },
-            ])
+            (
+                steps,
+                vec![
+                    Metric {
+                        output: "clash".into(),
+                        measure: "agreement",
+                        value: share(agree, steps),
+                        goal: AGREE,
+                        note: "per step: clash_probability ≥ 0.5 against the reference verdict",
+                    },
+                    Metric {
+                        output: "location".into(),
+                        measure: "within_5pct",
+                        value: share(located, clashes),
+                        goal: WITHIN,
+                        note: "clashing steps; every axis within 5 % of the grid extent (0.35 voxel)",
+                    },
+                ],
+            )
         }
         ModelKind::ComplianceChecker => {
             use teachers::compliance;
             let n = 1000;
             let design = crate::models::compliance_checker::example()["design"].clone();
             let clauses: Vec<_> = (0..n)
-                .map(|_| compliance::sample(&mut rng, crate::models::compliance_checker::MAX_TOKENS))
+                .map(|_| {
+                    compliance::sample(&mut rng, crate::models::compliance_checker::MAX_TOKENS)
+                })
                 .collect();
             let bodies: Vec<Value> = clauses
                 .iter()
@@ -232,10 +315,16 @@ pub fn evaluate(kind: ModelKind, weights: &Path) -> Result<Evaluation, ServingEr
             (n, metrics)
         }
         ModelKind::TorchScript => {
-            return Err(ServingError::Options("a TorchScript model has no reference".into()));
+            return Err(ServingError::Options(
+                "a TorchScript model has no reference".into(),
+            ));
         }
     };
-    Ok(Evaluation { kind, samples, metrics })
+    Ok(Evaluation {
+        kind,
+        samples,
+        metrics,
+    })
 }
 
 /// The evaluation table `warden models evaluate` prints.

@@ -13,14 +13,22 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     /// A finite number in `[min, max]` (an infinite bound is omitted from the schema).
-    Number { min: f64, max: f64 },
+    Number {
+        min: f64,
+        max: f64,
+    },
     /// A whole number in `[min, max]`.
-    Integer { min: i64, max: i64 },
+    Integer {
+        min: i64,
+        max: i64,
+    },
     Boolean,
     /// One string of a fixed list.
     Enum(&'static [&'static str]),
     /// A non-blank string of at most `max_chars` characters.
-    Text { max_chars: usize },
+    Text {
+        max_chars: usize,
+    },
     /// An object with exactly these members (unknown members are errors).
     Object(&'static [Field]),
     /// An array of `min_items..=max_items` elements of one kind.
@@ -60,11 +68,21 @@ impl Field {
         }
     }
 
-    pub const fn number(name: &'static str, min: f64, max: f64, description: &'static str) -> Field {
+    pub const fn number(
+        name: &'static str,
+        min: f64,
+        max: f64,
+        description: &'static str,
+    ) -> Field {
         Field::new(name, Kind::Number { min, max }, description)
     }
 
-    pub const fn integer(name: &'static str, min: i64, max: i64, description: &'static str) -> Field {
+    pub const fn integer(
+        name: &'static str,
+        min: i64,
+        max: i64,
+        description: &'static str,
+    ) -> Field {
         Field::new(name, Kind::Integer { min, max }, description)
     }
 
@@ -88,9 +106,7 @@ impl Field {
         if let Some((lo, hi)) = self.trained
             && (x < lo || x > hi)
         {
-            warnings.push(format!(
-                "{at} {x} is outside the trained range {lo}..{hi}"
-            ));
+            warnings.push(format!("{at} {x} is outside the trained range {lo}..{hi}"));
         }
     }
 
@@ -106,7 +122,12 @@ impl Field {
             _ => return Err(self.misuse(path)),
         };
         let at = join(path, self.name);
-        let x = schema::number(schema::field(map, path, self.name)?, &at, min as f32, max as f32)?;
+        let x = schema::number(
+            schema::field(map, path, self.name)?,
+            &at,
+            min as f32,
+            max as f32,
+        )?;
         self.warn_if_untrained(&at, x as f64, warnings);
         Ok(x)
     }
@@ -185,7 +206,11 @@ impl Field {
         let Kind::Object(fields) = self.kind else {
             return Err(self.misuse(path));
         };
-        object(schema::field(map, path, self.name)?, &join(path, self.name), fields)
+        object(
+            schema::field(map, path, self.name)?,
+            &join(path, self.name),
+            fields,
+        )
     }
 
     /// Flattens this (grid) field into `out`.
@@ -263,7 +288,8 @@ pub fn kind_schema(kind: &Kind) -> Value {
             min_items,
             max_items,
         } => {
-            let mut s = json!({"type": "array", "items": kind_schema(items), "minItems": min_items});
+            let mut s =
+                json!({"type": "array", "items": kind_schema(items), "minItems": min_items});
             if max_items < usize::MAX {
                 s["maxItems"] = json!(max_items);
             }
@@ -350,7 +376,12 @@ pub fn trained_ranges(fields: &[Field]) -> Map<String, Value> {
 /// Checks `value` against a generated schema's own constraints (the subset [`kind_schema`]
 /// emits); returns the path of the first violation. Used by tests to prove examples conform.
 pub fn validate(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
-    let fail = |what: &str| Err(format!("{}: {what}", if path.is_empty() { "body" } else { path }));
+    let fail = |what: &str| {
+        Err(format!(
+            "{}: {what}",
+            if path.is_empty() { "body" } else { path }
+        ))
+    };
     if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
         return if any.iter().any(|s| validate(s, value, path).is_ok()) {
             Ok(())
@@ -371,8 +402,14 @@ pub fn validate(schema: &Value, value: &Value, path: &str) -> Result<(), String>
                 return fail("not one of the enum values");
             }
             let n = s.chars().count() as u64;
-            if schema.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m)
-                || schema.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m)
+            if schema
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| n > m)
+                || schema
+                    .get("minLength")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|m| n < m)
             {
                 return fail("length out of bounds");
             }
@@ -384,8 +421,14 @@ pub fn validate(schema: &Value, value: &Value, path: &str) -> Result<(), String>
             if t == "integer" && x.fract() != 0.0 {
                 return fail("must be an integer");
             }
-            if schema.get("minimum").and_then(Value::as_f64).is_some_and(|m| x < m)
-                || schema.get("maximum").and_then(Value::as_f64).is_some_and(|m| x > m)
+            if schema
+                .get("minimum")
+                .and_then(Value::as_f64)
+                .is_some_and(|m| x < m)
+                || schema
+                    .get("maximum")
+                    .and_then(Value::as_f64)
+                    .is_some_and(|m| x > m)
             {
                 return fail("outside minimum..maximum");
             }
@@ -395,8 +438,14 @@ pub fn validate(schema: &Value, value: &Value, path: &str) -> Result<(), String>
                 return fail("must be an array");
             };
             let n = items.len() as u64;
-            if schema.get("maxItems").and_then(Value::as_u64).is_some_and(|m| n > m)
-                || schema.get("minItems").and_then(Value::as_u64).is_some_and(|m| n < m)
+            if schema
+                .get("maxItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| n > m)
+                || schema
+                    .get("minItems")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|m| n < m)
             {
                 return fail("item count out of bounds");
             }

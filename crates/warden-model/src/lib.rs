@@ -1,10 +1,14 @@
 //! Model serving: one `warden serve-model` process loads a model, batches requests dynamically
 //! on a dedicated inference thread and serves them over HTTP on 127.0.0.1.
 //!
-//! Layout: `schema` (JSON → validated samples, no tch), `models` (the five architectures),
-//! `xgboost` (tree ensembles as tensor ops), `torchscript` (user modules), `batcher` (the
-//! queue and inference thread), `server` (axum routes and Prometheus metrics), `weights`
-//! (`warden models init`), `bench` lives with the binary (`warden bench serving`).
+//! Layout: `fields` (declarative field definitions: the parsers and the JSON Schemas read
+//! them), `schema` (JSON → validated samples, no tch), `models` (the five architectures),
+//! `teachers` (the reference calculations the models learn), `training` (`warden models
+//! train`), `gbdt` (the tree trainer writing XGBoost JSON), `evaluate` (`warden models
+//! evaluate`), `card` (model cards), `xgboost` (tree ensembles as tensor ops), `torchscript`
+//! (user modules), `batcher` (the queue and inference thread), `server` (axum routes and
+//! Prometheus metrics), `weights` (`warden models init`: the shipped weights), `bench` lives
+//! with the binary (`warden bench serving`).
 //!
 //! Metrics on the model process's `GET /metrics` (all carry the constant label `model`):
 //! - `warden_model_requests_total{code}` — /infer responses by HTTP status

@@ -27,7 +27,9 @@ pub fn shipped(kind: ModelKind) -> Option<&'static [u8]> {
             include_bytes!("../fixtures/weights/connection-designer.safetensors")
         }
         ModelKind::SectionOptimizer => include_bytes!("../fixtures/weights/section-optimizer.json"),
-        ModelKind::ClashDetector => include_bytes!("../fixtures/weights/clash-detector.safetensors"),
+        ModelKind::ClashDetector => {
+            include_bytes!("../fixtures/weights/clash-detector.safetensors")
+        }
         ModelKind::ComplianceChecker => {
             include_bytes!("../fixtures/weights/compliance-checker.safetensors")
         }

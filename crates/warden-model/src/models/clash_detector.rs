@@ -68,7 +68,12 @@ const LOCATION: [Field; 3] = [
 ];
 const STEP_OUT: [Field; 4] = [
     Field::integer("step", 0, MAX_STEPS as i64 - 1, "index of the step"),
-    Field::number("clash_probability", 0.0, 1.0, "probability that the step clashes"),
+    Field::number(
+        "clash_probability",
+        0.0,
+        1.0,
+        "probability that the step clashes",
+    ),
     Field::new(
         "location",
         Kind::Object(&LOCATION),
@@ -96,7 +101,12 @@ pub const OUTPUT: [Field; 3] = [
         },
         "one per input step, in order",
     ),
-    Field::number("max_clash_probability", 0.0, 1.0, "the highest step probability"),
+    Field::number(
+        "max_clash_probability",
+        0.0,
+        1.0,
+        "the highest step probability",
+    ),
     Field::new(
         "first_clash_step",
         Kind::Nullable(&FIRST),
@@ -133,7 +143,11 @@ pub fn example() -> Value {
 }
 
 pub fn input_schema() -> Value {
-    fields::document(NAME, "Occupancy grids of structure and services per step.", &FIELDS)
+    fields::document(
+        NAME,
+        "Occupancy grids of structure and services per step.",
+        &FIELDS,
+    )
 }
 
 pub fn output_schema() -> Value {
@@ -152,7 +166,10 @@ pub fn parse(body: &Value) -> Result<Sample, SchemaError> {
         }
     }
     let n = steps.len() as i64;
-    Ok(Sample::dense(values, vec![n, 2, GRID as i64, GRID as i64, GRID as i64]))
+    Ok(Sample::dense(
+        values,
+        vec![n, 2, GRID as i64, GRID as i64, GRID as i64],
+    ))
 }
 
 #[derive(Debug)]
@@ -190,12 +207,18 @@ impl super::Net for ClashNet {
     fn run(&self, batch: &[&Sample], device: Device) -> Result<Vec<Value>, TchError> {
         let lens: Vec<usize> = batch.iter().map(|s| s.values.len() / STEP_VALUES).collect();
         let total: usize = lens.iter().sum();
-        let values: Vec<f32> = batch.iter().flat_map(|s| s.values.iter().copied()).collect();
+        let values: Vec<f32> = batch
+            .iter()
+            .flat_map(|s| s.values.iter().copied())
+            .collect();
         let g = GRID as i64;
         let x = Tensor::from_slice(&values)
             .f_view([total as i64, 2, g, g, g])?
             .f_to_device(device)?;
-        let probs = self.voxel_logits(&x)?.f_sigmoid()?.f_view([total as i64, VOXELS as i64])?;
+        let probs = self
+            .voxel_logits(&x)?
+            .f_sigmoid()?
+            .f_view([total as i64, VOXELS as i64])?;
         let probs = rows(&probs)?;
         let mut offset = 0;
         Ok(lens

@@ -89,15 +89,30 @@ pub fn example() -> Value {
 }
 
 pub const DESIGN: [Field; 5] = [
-    Field::number("utilisation", 0.0, 100.0, "design effect / design resistance"),
+    Field::number(
+        "utilisation",
+        0.0,
+        100.0,
+        "design effect / design resistance",
+    ),
     Field::number(
         "deflection_ratio",
         1.0,
         100000.0,
         "span / calculated deflection (e.g. 410 for span/410)",
     ),
-    Field::number("slenderness", 0.0, 10000.0, "effective length / radius of gyration"),
-    Field::number("fire_resistance_min", 0.0, 600.0, "provided fire resistance, minutes"),
+    Field::number(
+        "slenderness",
+        0.0,
+        10000.0,
+        "effective length / radius of gyration",
+    ),
+    Field::number(
+        "fire_resistance_min",
+        0.0,
+        600.0,
+        "provided fire resistance, minutes",
+    ),
     Field::number(
         "required_fire_resistance_min",
         0.0,
@@ -113,7 +128,11 @@ pub const FIELDS: [Field; 2] = [
         },
         "the code clause, plain text (the first 64 words are read)",
     ),
-    Field::new("design", Kind::Object(&DESIGN), "the design values the rules check"),
+    Field::new(
+        "design",
+        Kind::Object(&DESIGN),
+        "the design values the rules check",
+    ),
 ];
 
 const RULE_NAMES: Kind = Kind::Enum(&RULES);
@@ -126,7 +145,11 @@ const RULE_OUT: [Field; 5] = [
         "the encoder's probability that the clause invokes the rule",
     ),
     Field::new("applies", Kind::Boolean, "applies_probability ≥ 0.5"),
-    Field::new("pass", Kind::Boolean, "the deterministic check of the design values"),
+    Field::new(
+        "pass",
+        Kind::Boolean,
+        "the deterministic check of the design values",
+    ),
     Field::new(
         "reason",
         Kind::Text {
@@ -146,16 +169,28 @@ pub const OUTPUT: [Field; 3] = [
         },
         "one per rule: strength, deflection, slenderness, fire",
     ),
-    Field::new("pass", Kind::Boolean, "every rule the clause invokes passes"),
+    Field::new(
+        "pass",
+        Kind::Boolean,
+        "every rule the clause invokes passes",
+    ),
     Field::integer("tokens", 0, MAX_TOKENS as i64, "words read from the clause"),
 ];
 
 pub fn input_schema() -> Value {
-    fields::document(NAME, "A code clause and the design values to check.", &FIELDS)
+    fields::document(
+        NAME,
+        "A code clause and the design values to check.",
+        &FIELDS,
+    )
 }
 
 pub fn output_schema() -> Value {
-    fields::output_document(NAME, "Which rules the clause invokes and whether they pass.", &OUTPUT)
+    fields::output_document(
+        NAME,
+        "Which rules the clause invokes and whether they pass.",
+        &OUTPUT,
+    )
 }
 
 pub fn parse(body: &Value) -> Result<Sample, SchemaError> {

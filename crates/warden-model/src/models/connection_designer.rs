@@ -38,7 +38,8 @@ pub const MEMBER_FIELDS: [Field; 5] = [
     .trained(0.0, 180.0),
 ];
 pub const LOAD_FIELDS: [Field; 3] = [
-    Field::number("axial_kn", -10000.0, 10000.0, "factored axial force, kN").trained(-1000.0, 1000.0),
+    Field::number("axial_kn", -10000.0, 10000.0, "factored axial force, kN")
+        .trained(-1000.0, 1000.0),
     Field::number("shear_kn", -10000.0, 10000.0, "factored shear, kN").trained(-2000.0, 2000.0),
     Field::number("moment_knm", -5000.0, 5000.0, "factored moment, kNm").trained(-2000.0, 2000.0),
 ];
@@ -51,8 +52,13 @@ pub const GEOMETRY_FIELDS: [Field; 3] = [
     )
     .trained(30.0, 200.0),
     Field::integer("bolt_rows", 1, 20, "rows of M20 bolts").trained(2.0, 10.0),
-    Field::number("plate_thickness_mm", 3.0, 100.0, "connection plate thickness, mm")
-        .trained(8.0, 40.0),
+    Field::number(
+        "plate_thickness_mm",
+        3.0,
+        100.0,
+        "connection plate thickness, mm",
+    )
+    .trained(8.0, 40.0),
 ];
 const MEMBER_KIND: Kind = Kind::Object(&MEMBER_FIELDS);
 pub const FIELDS: [Field; 3] = [
@@ -65,8 +71,16 @@ pub const FIELDS: [Field; 3] = [
         },
         "the members meeting at the joint; the first is the supported beam",
     ),
-    Field::new("loads", Kind::Object(&LOAD_FIELDS), "design loads at the joint"),
-    Field::new("geometry", Kind::Object(&GEOMETRY_FIELDS), "connection geometry"),
+    Field::new(
+        "loads",
+        Kind::Object(&LOAD_FIELDS),
+        "design loads at the joint",
+    ),
+    Field::new(
+        "geometry",
+        Kind::Object(&GEOMETRY_FIELDS),
+        "connection geometry",
+    ),
 ];
 
 const PROBS: [Field; 5] = [
@@ -77,7 +91,11 @@ const PROBS: [Field; 5] = [
     Field::number("welded-moment", 0.0, 1.0, "probability"),
 ];
 pub const OUTPUT: [Field; 5] = [
-    Field::new("connection_type", Kind::Enum(&TYPES), "the network's choice of connection"),
+    Field::new(
+        "connection_type",
+        Kind::Enum(&TYPES),
+        "the network's choice of connection",
+    ),
     Field::new(
         "type_probabilities",
         Kind::Object(&PROBS),
@@ -113,11 +131,19 @@ pub fn example() -> Value {
 }
 
 pub fn input_schema() -> Value {
-    fields::document(NAME, "A steel connection: members, loads and geometry.", &FIELDS)
+    fields::document(
+        NAME,
+        "A steel connection: members, loads and geometry.",
+        &FIELDS,
+    )
 }
 
 pub fn output_schema() -> Value {
-    fields::output_document(NAME, "The connection type and its demand/capacity ratio.", &OUTPUT)
+    fields::output_document(
+        NAME,
+        "The connection type and its demand/capacity ratio.",
+        &OUTPUT,
+    )
 }
 
 /// Reads the request into the teacher's joint.
@@ -160,7 +186,11 @@ pub fn joint(body: &Value, warnings: &mut Vec<String>) -> Result<Joint, SchemaEr
 pub fn features(j: &Joint) -> Vec<f32> {
     let r = teacher::moment_share(j);
     let share = if r.is_infinite() { 1.0 } else { r / (1.0 + r) };
-    let ln_share = if r == 0.0 { -1.0 } else { (r.ln() / 6.0).clamp(-1.0, 1.0) };
+    let ln_share = if r == 0.0 {
+        -1.0
+    } else {
+        (r.ln() / 6.0).clamp(-1.0, 1.0)
+    };
     let shared = [
         share,
         ln_share,

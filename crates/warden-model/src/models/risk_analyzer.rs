@@ -28,17 +28,32 @@ pub const FIELDS: [Field; 8] = [
     Field::number("duration_months", 1.0, 240.0, "planned duration, months").trained(3.0, 120.0),
     Field::integer("storeys", 1, 200, "storeys above ground").trained(1.0, 80.0),
     Field::number("max_span_m", 1.0, 200.0, "longest structural span, m").trained(3.0, 60.0),
-    Field::integer("seismic_zone", 0, 4, "seismic zone, 0 (none) to 4 (highest hazard)")
-        .trained(0.0, 4.0),
+    Field::integer(
+        "seismic_zone",
+        0,
+        4,
+        "seismic zone, 0 (none) to 4 (highest hazard)",
+    )
+    .trained(0.0, 4.0),
     Field::new(
         "soil_class",
         Kind::Enum(&SOIL),
         "site (soil) class: A rock, B, C, D, E soft soil",
     ),
-    Field::integer("design_changes", 0, 10000, "design changes issued so far (count)")
-        .trained(0.0, 500.0),
-    Field::number("team_experience_years", 0.0, 60.0, "design team's median experience, years")
-        .trained(0.0, 30.0),
+    Field::integer(
+        "design_changes",
+        0,
+        10000,
+        "design changes issued so far (count)",
+    )
+    .trained(0.0, 500.0),
+    Field::number(
+        "team_experience_years",
+        0.0,
+        60.0,
+        "design team's median experience, years",
+    )
+    .trained(0.0, 30.0),
 ];
 
 const PROBS: [Field; 3] = [
@@ -50,7 +65,11 @@ const VOTE: [Field; 4] = [
     Field::new("member", Kind::Enum(&MEMBERS), "ensemble member"),
     Field::new("class", Kind::Enum(&CLASSES), "the member's class"),
     Field::number("score", 0.0, 1.0, "the member's risk score"),
-    Field::new("probabilities", Kind::Object(&PROBS), "the member's calibrated probabilities"),
+    Field::new(
+        "probabilities",
+        Kind::Object(&PROBS),
+        "the member's calibrated probabilities",
+    ),
 ];
 const VOTE_KIND: Kind = Kind::Object(&VOTE);
 pub const OUTPUT: [Field; 4] = [
@@ -87,11 +106,7 @@ pub fn example() -> Value {
 }
 
 pub fn input_schema() -> Value {
-    fields::document(
-        NAME,
-        "A building project's eight risk factors.",
-        &FIELDS,
-    )
+    fields::document(NAME, "A building project's eight risk factors.", &FIELDS)
 }
 
 pub fn output_schema() -> Value {
@@ -101,7 +116,16 @@ pub fn output_schema() -> Value {
 /// Reads the request into the teacher's project description.
 pub fn project(body: &Value, warnings: &mut Vec<String>) -> Result<Project, SchemaError> {
     let m = fields::object(body, "", &FIELDS)?;
-    let [budget, duration, storeys, span, zone, soil, changes, experience] = &FIELDS;
+    let [
+        budget,
+        duration,
+        storeys,
+        span,
+        zone,
+        soil,
+        changes,
+        experience,
+    ] = &FIELDS;
     Ok(Project {
         budget_musd: budget.read_number(m, "", warnings)? as f64,
         duration_months: duration.read_number(m, "", warnings)? as f64,
@@ -225,8 +249,10 @@ impl Net for RiskNet {
         let scores = rows(&self.member_scores(&x)?.f_to_kind(TKind::Float)?)?; // [member][item]
         Ok((0..batch.len())
             .map(|i| {
-                let member_scores: Vec<f64> =
-                    scores.iter().map(|m| (m[i] as f64).clamp(0.0, 1.0)).collect();
+                let member_scores: Vec<f64> = scores
+                    .iter()
+                    .map(|m| (m[i] as f64).clamp(0.0, 1.0))
+                    .collect();
                 let votes: Vec<Value> = MEMBERS
                     .iter()
                     .zip(&member_scores)

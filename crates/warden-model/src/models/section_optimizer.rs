@@ -70,7 +70,11 @@ pub const OUTPUT: [Field; 10] = [
         Kind::Nullable(&INDEX),
         "index of the section among the candidates, lightest first",
     ),
-    Field::new("mass_kg_per_m", Kind::Nullable(&NUMBER), "mass of the section, kg/m"),
+    Field::new(
+        "mass_kg_per_m",
+        Kind::Nullable(&NUMBER),
+        "mass of the section, kg/m",
+    ),
     Field::new("design_moment_knm", NUMBER, "wL²/8 + PL/4, kNm"),
     Field::new(
         "utilisation",
@@ -114,7 +118,11 @@ pub fn example() -> Value {
 }
 
 pub fn input_schema() -> Value {
-    fields::document(NAME, "A simply supported steel beam and its loads.", &FIELDS)
+    fields::document(
+        NAME,
+        "A simply supported steel beam and its loads.",
+        &FIELDS,
+    )
 }
 
 pub fn output_schema() -> Value {

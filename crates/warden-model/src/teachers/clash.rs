@@ -38,9 +38,8 @@ pub fn conflicts(structure: &[f32], services: &[f32]) -> Vec<f32> {
                     continue;
                 }
                 let near = |c: usize| c.saturating_sub(1)..=(c + 1).min(GRID - 1);
-                let hit = near(x).any(|i| {
-                    near(y).any(|j| near(z).any(|k| structure[at(i, j, k)] >= OCCUPIED))
-                });
+                let hit = near(x)
+                    .any(|i| near(y).any(|j| near(z).any(|k| structure[at(i, j, k)] >= OCCUPIED)));
                 if hit {
                     out[at(x, y, z)] = 1.0;
                 }
@@ -103,7 +102,13 @@ fn draw_run(grid: &mut [f32], rng: &mut Rng, value: &mut dyn FnMut(&mut Rng) -> 
 pub fn sample_step(rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
     let mut structure = vec![0.0f32; VOXELS];
     let mut services = vec![0.0f32; VOXELS];
-    let mut solid = |rng: &mut Rng| if rng.chance(0.5) { 1.0 } else { rng.uniform(0.6, 1.0) as f32 };
+    let mut solid = |rng: &mut Rng| {
+        if rng.chance(0.5) {
+            1.0
+        } else {
+            rng.uniform(0.6, 1.0) as f32
+        }
+    };
     for _ in 0..rng.int(1, 3) {
         draw_run(&mut structure, rng, &mut solid);
     }

@@ -70,7 +70,9 @@ const DISTRACTORS: [&str; 12] = [
     "Holes shall be drilled or punched full size and free of burrs.",
     "Surfaces in contact shall be clean and free of loose mill scale.",
 ];
-const MEMBERS: [&str; 6] = ["beams", "columns", "members", "girders", "rafters", "joists"];
+const MEMBERS: [&str; 6] = [
+    "beams", "columns", "members", "girders", "rafters", "joists",
+];
 
 fn fill(template: &str, rng: &mut Rng) -> String {
     template.replace("{m}", *rng.pick(&MEMBERS[..]))

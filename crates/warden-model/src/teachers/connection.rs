@@ -169,9 +169,15 @@ pub fn checks(j: &Joint, kind: usize) -> Vec<(&'static str, f64)> {
                 group_moment / PITCH
             } + n / n_rows;
             let resultant = (horizontal.powi(2) + (v / n_rows).powi(2)).sqrt();
-            out.push(("bolt group (elastic)", resultant / bolt_shear_capacity(tp.min(tw))));
+            out.push((
+                "bolt group (elastic)",
+                resultant / bolt_shear_capacity(tp.min(tw)),
+            ));
             out.push(("plate shear yielding", v / (1.0 * 0.6 * FY * tp * h)));
-            out.push(("plate flexure", group_moment / (0.9 * FY * tp * h * h / 4.0)));
+            out.push((
+                "plate flexure",
+                group_moment / (0.9 * FY * tp * h * h / 4.0),
+            ));
             // Two fillet lines of length h: direct shear plus the bending of the weld group.
             let fv = v / (2.0 * h);
             let fm = group_moment / (2.0 * h * h / 6.0);
@@ -182,10 +188,16 @@ pub fn checks(j: &Joint, kind: usize) -> Vec<(&'static str, f64)> {
         END_PLATE => {
             let f = m / (d - tf) + n / 2.0;
             let tension_bolts = 2.0 * n_rows.min(2.0);
-            out.push(("bolt tension", f / tension_bolts / (PHI_BOLT * FNT * BOLT_AB)));
+            out.push((
+                "bolt tension",
+                f / tension_bolts / (PHI_BOLT * FNT * BOLT_AB),
+            ));
             out.push(("bolt shear", v / (2.0 * n_rows) / bolt_shear_capacity(tp)));
             let bp = bf + 25.0;
-            out.push(("end-plate bending", (f * 50.0 / 2.0) / (0.9 * FY * bp * tp * tp / 4.0)));
+            out.push((
+                "end-plate bending",
+                (f * 50.0 / 2.0) / (0.9 * FY * bp * tp * tp / 4.0),
+            ));
             out.push(("flange welds", f / (2.0 * bf * weld_per_mm())));
             out.push(("web welds", v / (2.0 * (d - 2.0 * tf) * weld_per_mm())));
         }
@@ -195,7 +207,10 @@ pub fn checks(j: &Joint, kind: usize) -> Vec<(&'static str, f64)> {
             } else {
                 m / d + n / 2.0
             };
-            out.push(("flange bolts", f / (2.0 * n_rows) / bolt_shear_capacity(tp.min(tf))));
+            out.push((
+                "flange bolts",
+                f / (2.0 * n_rows) / bolt_shear_capacity(tp.min(tf)),
+            ));
             out.push(("flange plate tension", f / (0.9 * FY * bf * tp)));
             let web_bolts = if kind == SPLICE { 2.0 * n_rows } else { n_rows };
             out.push(("web bolts", v / web_bolts / bolt_shear_capacity(tw)));
@@ -226,7 +241,12 @@ pub fn sample(rng: &mut Rng) -> Joint {
             let angle = if i == 0 {
                 0.0
             } else if splice_like {
-                let near = [0.0, 180.0, rng.uniform(0.0, 14.0), rng.uniform(166.0, 180.0)];
+                let near = [
+                    0.0,
+                    180.0,
+                    rng.uniform(0.0, 14.0),
+                    rng.uniform(166.0, 180.0),
+                ];
                 *rng.pick(&near)
             } else {
                 rng.uniform(0.0, 180.0)
@@ -251,7 +271,11 @@ pub fn sample(rng: &mut Rng) -> Joint {
     let moment = round((shear_kn.abs() * d_m * share).min(2000.0), 1);
     Joint {
         members,
-        axial_kn: if rng.chance(0.3) { 0.0 } else { signed(rng, 1.0, 1000.0) },
+        axial_kn: if rng.chance(0.3) {
+            0.0
+        } else {
+            signed(rng, 1.0, 1000.0)
+        },
         shear_kn,
         moment_knm: if rng.chance(0.1) { 0.0 } else { moment },
         eccentricity_mm: round(rng.uniform(30.0, 200.0), 1),
@@ -300,7 +324,13 @@ mod tests {
 
     fn joint(shear: f64, moment: f64) -> Joint {
         Joint {
-            members: vec![beam(), Member { angle_deg: 90.0, ..beam() }],
+            members: vec![
+                beam(),
+                Member {
+                    angle_deg: 90.0,
+                    ..beam()
+                },
+            ],
             axial_kn: 0.0,
             shear_kn: shear,
             moment_knm: moment,
@@ -376,9 +406,18 @@ mod tests {
             for kind in 0..TYPES.len() {
                 let r = capacity_ratio(&j, kind);
                 for bump in [
-                    Joint { axial_kn: j.axial_kn.abs() * 1.5 + 1.0, ..j.clone() },
-                    Joint { shear_kn: j.shear_kn.abs() * 1.5, ..j.clone() },
-                    Joint { moment_knm: j.moment_knm.abs() * 1.5 + 1.0, ..j.clone() },
+                    Joint {
+                        axial_kn: j.axial_kn.abs() * 1.5 + 1.0,
+                        ..j.clone()
+                    },
+                    Joint {
+                        shear_kn: j.shear_kn.abs() * 1.5,
+                        ..j.clone()
+                    },
+                    Joint {
+                        moment_knm: j.moment_knm.abs() * 1.5 + 1.0,
+                        ..j.clone()
+                    },
                 ] {
                     assert!(capacity_ratio(&bump, kind) >= r);
                 }

@@ -185,14 +185,38 @@ mod tests {
         let base = project();
         let s = score(&base);
         let riskier = [
-            Project { budget_musd: 80.0, ..base },
-            Project { duration_months: 40.0, ..base },
-            Project { storeys: 13, ..base },
-            Project { max_span_m: 20.0, ..base },
-            Project { seismic_zone: 3, ..base },
-            Project { soil_class: 3, ..base },
-            Project { design_changes: 19, ..base },
-            Project { team_experience_years: 8.0, ..base },
+            Project {
+                budget_musd: 80.0,
+                ..base
+            },
+            Project {
+                duration_months: 40.0,
+                ..base
+            },
+            Project {
+                storeys: 13,
+                ..base
+            },
+            Project {
+                max_span_m: 20.0,
+                ..base
+            },
+            Project {
+                seismic_zone: 3,
+                ..base
+            },
+            Project {
+                soil_class: 3,
+                ..base
+            },
+            Project {
+                design_changes: 19,
+                ..base
+            },
+            Project {
+                team_experience_years: 8.0,
+                ..base
+            },
         ];
         for r in riskier {
             assert!(score(&r) > s, "{r:?}");

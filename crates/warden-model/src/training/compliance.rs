@@ -18,7 +18,9 @@ pub fn train(seed: u64, out: &Path) -> Result<usize, ServingError> {
     for _ in 0..SAMPLES {
         let c = compliance::sample(&mut rng, MAX_TOKENS);
         let body = serde_json::json!({"clause": c.text, "design": design});
-        samples.push(parse(&body).map_err(|e| ServingError::Options(format!("training clause: {e}")))?);
+        samples.push(
+            parse(&body).map_err(|e| ServingError::Options(format!("training clause: {e}")))?,
+        );
         y.extend(c.invokes.map(|b| if b { 1f32 } else { 0.0 }));
     }
     seeded(seed, || {

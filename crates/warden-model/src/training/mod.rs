@@ -17,8 +17,8 @@ use crate::teachers::Rng;
 use crate::{ModelKind, ServingError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::nn::{self, OptimizerConfig};
 use tch::Tensor;
+use tch::nn::{self, OptimizerConfig};
 
 /// What one training run did (recorded in the model card).
 #[derive(Debug, Clone)]
@@ -125,4 +125,3 @@ fn save(vs: &nn::VarStore, path: &Path) -> Result<(), ServingError> {
 fn matrix(values: &[f32], width: usize) -> Tensor {
     Tensor::from_slice(values).view([(values.len() / width.max(1)) as i64, width as i64])
 }
-

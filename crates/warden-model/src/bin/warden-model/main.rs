@@ -166,12 +166,14 @@ fn models_init(dir: Option<PathBuf>) -> anyhow::Result<()> {
 fn selected(model: Option<String>) -> anyhow::Result<Vec<serving::ModelKind>> {
     match model {
         None => Ok(serving::BUILTIN.to_vec()),
-        Some(name) => serving::ModelKind::builtin(&name).map(|k| vec![k]).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--model {name:?}: built-in models are {}",
-                serving::BUILTIN.map(|k| k.name()).join(", ")
-            )
-        }),
+        Some(name) => serving::ModelKind::builtin(&name)
+            .map(|k| vec![k])
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--model {name:?}: built-in models are {}",
+                    serving::BUILTIN.map(|k| k.name()).join(", ")
+                )
+            }),
     }
 }
 
@@ -185,7 +187,10 @@ fn models_train(model: Option<String>, out: Option<PathBuf>) -> anyhow::Result<(
         let evaluation = serving::evaluate::evaluate(kind, &report.file)?;
         let card = serving::card::record(&report, &evaluation)?;
         let card_path = serving::card::card_path(kind, &dir);
-        std::fs::write(&card_path, format!("{}\n", serde_json::to_string_pretty(&card)?))?;
+        std::fs::write(
+            &card_path,
+            format!("{}\n", serde_json::to_string_pretty(&card)?),
+        )?;
         println!(
             "{}: {} samples in {:.1} s -> {}",
             kind.name(),
@@ -221,7 +226,10 @@ fn models_evaluate(model: Option<String>, dir: Option<PathBuf>) -> anyhow::Resul
     };
     let mut evaluations = Vec::new();
     for kind in kinds {
-        evaluations.push(serving::evaluate::evaluate(kind, &dir.join(kind.weight_file()))?);
+        evaluations.push(serving::evaluate::evaluate(
+            kind,
+            &dir.join(kind.weight_file()),
+        )?);
     }
     print!("{}", serving::evaluate::table(&evaluations));
     anyhow::ensure!(
