@@ -181,15 +181,16 @@ pub fn joint(body: &Value, warnings: &mut Vec<String>) -> Result<Joint, SchemaEr
 
 /// Channel-major `[CHANNELS, MAX_MEMBERS]` features: per member depth, flange width, web and
 /// flange thickness, angle, deviation from the first member's line (in units of the
-/// collinearity tolerance), a presence flag; shared: the moment share r as r/(1+r) and as a
-/// clamped ln r, eccentricity, bolt rows, plate thickness and the member count.
+/// collinearity tolerance), a presence flag; shared: the moment share r as r/(1+r) and as
+/// ln r / 2 clamped to ±3, eccentricity, bolt rows, plate thickness and the member count.
 pub fn features(j: &Joint) -> Vec<f32> {
     let r = teacher::moment_share(j);
     let share = if r.is_infinite() { 1.0 } else { r / (1.0 + r) };
+    // ln r at a scale where the type bands (factors of 5 and 2.5 apart) are well separated.
     let ln_share = if r == 0.0 {
-        -1.0
+        -3.0
     } else {
-        (r.ln() / 6.0).clamp(-1.0, 1.0)
+        (r.ln() / 2.0).clamp(-3.0, 3.0)
     };
     let shared = [
         share,

@@ -25,7 +25,7 @@ pub fn train(seed: u64, out: &Path) -> Result<usize, ServingError> {
         let net = ConnectionNet::build(&vs.root());
         let x = matrix(&x, width).view([SAMPLES as i64, CHANNELS as i64, MAX_MEMBERS as i64]);
         let y = Tensor::from_slice(&y);
-        fit(&vs, &mut rng, SAMPLES, 256, 4000, 4e-3, |idx| {
+        fit(&vs, &mut rng, SAMPLES, 256, 6000, 6e-3, |idx| {
             let logits = net.logits(&x.index_select(0, idx))?;
             Ok(logits.cross_entropy_for_logits(&y.index_select(0, idx)))
         })?;
