@@ -75,7 +75,8 @@ const MEMBERS: [&str; 6] = [
 ];
 
 fn fill(template: &str, rng: &mut Rng) -> String {
-    template.replace("{m}", *rng.pick(&MEMBERS[..]))
+    let member: &&str = rng.pick(&MEMBERS);
+    template.replace("{m}", member)
 }
 
 /// A clause and the rules it invokes (in [`RULES`] order).

@@ -93,7 +93,7 @@ pub struct Joint {
 
 /// True when angle `a` (degrees) is within [`COLLINEAR_DEG`] of 0° or 180°.
 pub fn collinear(a: f64) -> bool {
-    a < COLLINEAR_DEG || a > 180.0 - COLLINEAR_DEG
+    !(COLLINEAR_DEG..=180.0 - COLLINEAR_DEG).contains(&a)
 }
 
 /// The moment share r = |M| / (|V|·d); infinite for a pure moment, 0 when unloaded.

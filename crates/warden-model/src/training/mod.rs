@@ -38,7 +38,7 @@ pub fn seed(kind: ModelKind) -> u64 {
 /// The seed of a model's held-out set (another stream of the generator, so no training
 /// sample repeats in it except by chance).
 pub fn held_out_seed(kind: ModelKind) -> u64 {
-    seed(kind).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x0ff5_e7
+    seed(kind).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x000f_f5e7
 }
 
 /// Trains `kind` and writes its weight file into `dir`; returns what it did.
