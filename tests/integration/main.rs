@@ -13,6 +13,7 @@ mod console_tmux;
 mod docs;
 mod fleet;
 mod logs;
+mod models;
 mod nvml;
 mod ops;
 mod peers;

@@ -1,10 +1,14 @@
 //! Model serving: one `warden serve-model` process loads a model, batches requests dynamically
 //! on a dedicated inference thread and serves them over HTTP on 127.0.0.1.
 //!
-//! Layout: `schema` (JSON → validated samples, no tch), `models` (the five architectures),
-//! `xgboost` (tree ensembles as tensor ops), `torchscript` (user modules), `batcher` (the
-//! queue and inference thread), `server` (axum routes and Prometheus metrics), `weights`
-//! (`warden models init`), `bench` lives with the binary (`warden bench serving`).
+//! Layout: `fields` (declarative field definitions: the parsers and the JSON Schemas read
+//! them), `schema` (JSON → validated samples, no tch), `models` (the five architectures),
+//! `teachers` (the reference calculations the models learn), `training` (`warden models
+//! train`), `gbdt` (the tree trainer writing XGBoost JSON), `evaluate` (`warden models
+//! evaluate`), `card` (model cards), `xgboost` (tree ensembles as tensor ops), `torchscript`
+//! (user modules), `batcher` (the queue and inference thread), `server` (axum routes and
+//! Prometheus metrics), `weights` (`warden models init`: the shipped weights), `bench` lives
+//! with the binary (`warden bench serving`).
 //!
 //! Metrics on the model process's `GET /metrics` (all carry the constant label `model`):
 //! - `warden_model_requests_total{code}` — /infer responses by HTTP status
@@ -17,11 +21,17 @@
 //! - `warden_model_ready` — 1 once weights are loaded and a warm-up forward passed
 
 pub mod batcher;
+pub mod card;
+pub mod evaluate;
+pub mod fields;
+pub mod gbdt;
 pub mod metrics;
 pub mod models;
 pub mod schema;
 pub mod server;
+pub mod teachers;
 pub mod torchscript;
+pub mod training;
 pub mod weights;
 pub mod xgboost;
 
@@ -135,9 +145,10 @@ impl ModelKind {
         }
     }
 
-    /// `/metadata`: name, version, schemas and an example body `/infer` accepts.
-    /// `row_shape` is the TorchScript row shape learnt at warm-up.
-    pub fn metadata(&self, name: &str, row_shape: &[i64]) -> Value {
+    /// `/metadata`: name, version, schemas, an example body `/infer` accepts and (built-ins)
+    /// the model card of the weights at `weights`. `row_shape` is the TorchScript row shape
+    /// learnt at warm-up. Reads the weight file (for its hash): call it off the async workers.
+    pub fn metadata(&self, name: &str, row_shape: &[i64], weights: &Path) -> Value {
         let (input, output, example) = match self {
             ModelKind::ConnectionDesigner => (
                 connection_designer::input_schema(),
@@ -175,14 +186,30 @@ impl ModelKind {
                 torchscript::example(row_shape),
             ),
         };
-        json!({
+        let mut doc = json!({
             "name": name,
             "version": MODEL_VERSION,
             "kind": self.name(),
             "input_schema": input,
             "output_schema": output,
             "example": example,
-        })
+        });
+        if *self != ModelKind::TorchScript {
+            doc["model_card"] = card::served(*self, weights);
+        }
+        doc
+    }
+
+    /// The example request body of a built-in model (`Null` for TorchScript without a shape).
+    pub fn example(&self, row_shape: &[i64]) -> Value {
+        match self {
+            ModelKind::ConnectionDesigner => connection_designer::example(),
+            ModelKind::SectionOptimizer => section_optimizer::example(),
+            ModelKind::ClashDetector => clash_detector::example(),
+            ModelKind::ComplianceChecker => compliance_checker::example(),
+            ModelKind::RiskAnalyzer => risk_analyzer::example(),
+            ModelKind::TorchScript => torchscript::example(row_shape),
+        }
     }
 
     /// Loads the model's weights from `path` onto `device`. Runs on the inference thread.
@@ -238,7 +265,7 @@ impl ModelKind {
                     row_shape.to_vec(),
                 )])
             }
-            _ => self.parse(&self.metadata(self.name(), row_shape)["example"]),
+            _ => self.parse(&self.example(row_shape)),
         }
     }
 }

@@ -14,6 +14,9 @@ pub struct Sample {
     pub shape: Vec<i64>,
     /// Integer inputs (token ids) where a model has them.
     pub tokens: Vec<i64>,
+    /// Inputs inside the hard bounds but outside the ranges the model was trained on; the
+    /// model answers and repeats these in the item's `warnings`.
+    pub warnings: Vec<String>,
 }
 
 impl Sample {
@@ -22,6 +25,7 @@ impl Sample {
             values,
             shape,
             tokens: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }

@@ -189,7 +189,13 @@ pub async fn serve(
     let state = AppState {
         name: Arc::from(opts.name.as_str()),
         kind,
-        metadata: Arc::new(kind.metadata(&opts.name, opts.row_shape.as_deref().unwrap_or(&[]))),
+        metadata: Arc::new(tokio::task::block_in_place(|| {
+            kind.metadata(
+                &opts.name,
+                opts.row_shape.as_deref().unwrap_or(&[]),
+                &weights,
+            )
+        })),
         queue,
         metrics,
         ready,

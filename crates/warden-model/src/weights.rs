@@ -1,17 +1,14 @@
-//! `warden models init`: writes the five models' weight files, deterministically.
+//! `warden models init`: installs the five models' shipped (trained) weight files and their
+//! model cards, byte for byte as `warden models train` wrote them into `fixtures/weights/`.
 //!
-//! The four networks get seeded initial weights (VarStore files); section-optimizer gets the
-//! XGBoost ensemble trained on textbook beam formulas that ships inside the binary. The same
-//! binary always writes the same files. These are not engineering advice.
+//! The files are embedded in the binary, so a host without network or Python gets the same
+//! weights; the embedded default config serves them. Retrain with
+//! `warden models train --out crates/warden-model/fixtures/weights` (deterministic).
 
-use super::models::{
-    VarStoreModel, clash_detector::ClashNet, compliance_checker::ComplianceNet,
-    connection_designer::ConnectionNet, risk_analyzer::RiskNet, section_optimizer,
-};
 use super::{BUILTIN, ModelKind, ServingError};
 use std::path::{Path, PathBuf};
 
-/// The seed each network's weights are drawn with.
+/// The seed each model's training (samples and initial weights) is drawn with.
 pub fn seed(kind: ModelKind) -> i64 {
     match kind {
         ModelKind::ConnectionDesigner => 1001,
@@ -23,7 +20,41 @@ pub fn seed(kind: ModelKind) -> i64 {
     }
 }
 
-/// Writes all five weight files into `dir` (created if missing); returns their paths.
+/// The shipped weight file of a built-in model.
+pub fn shipped(kind: ModelKind) -> Option<&'static [u8]> {
+    Some(match kind {
+        ModelKind::ConnectionDesigner => {
+            include_bytes!("../fixtures/weights/connection-designer.safetensors")
+        }
+        ModelKind::SectionOptimizer => include_bytes!("../fixtures/weights/section-optimizer.json"),
+        ModelKind::ClashDetector => {
+            include_bytes!("../fixtures/weights/clash-detector.safetensors")
+        }
+        ModelKind::ComplianceChecker => {
+            include_bytes!("../fixtures/weights/compliance-checker.safetensors")
+        }
+        ModelKind::RiskAnalyzer => include_bytes!("../fixtures/weights/risk-analyzer.safetensors"),
+        ModelKind::TorchScript => return None,
+    })
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, ServingError> {
+    let path = dir.join(name);
+    // Write beside the target and rename, so a running server never sees half a file.
+    let tmp = dir.join(format!(".tmp-{name}"));
+    std::fs::write(&tmp, bytes).map_err(|source| ServingError::Io {
+        context: format!("writing {}", tmp.display()),
+        source,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|source| ServingError::Io {
+        context: format!("renaming {} to {}", tmp.display(), path.display()),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Writes all five weight files (and their cards) into `dir` (created if missing); returns the
+/// weight files' paths.
 pub fn init(dir: &Path) -> Result<Vec<PathBuf>, ServingError> {
     std::fs::create_dir_all(dir).map_err(|source| ServingError::Io {
         context: format!("creating {}", dir.display()),
@@ -31,30 +62,12 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, ServingError> {
     })?;
     let mut written = Vec::new();
     for kind in BUILTIN {
-        let path = dir.join(kind.weight_file());
-        // Write beside the target and rename, so a running server never sees half a file.
-        // The temporary keeps the extension: VarStore picks the format from it.
-        let tmp = dir.join(format!(".tmp-{}", kind.weight_file()));
-        let s = seed(kind);
-        match kind {
-            ModelKind::ConnectionDesigner => VarStoreModel::<ConnectionNet>::init(&tmp, s)?,
-            ModelKind::ClashDetector => VarStoreModel::<ClashNet>::init(&tmp, s)?,
-            ModelKind::ComplianceChecker => VarStoreModel::<ComplianceNet>::init(&tmp, s)?,
-            ModelKind::RiskAnalyzer => VarStoreModel::<RiskNet>::init(&tmp, s)?,
-            ModelKind::SectionOptimizer | ModelKind::TorchScript => {
-                std::fs::write(&tmp, section_optimizer::BUILTIN_MODEL_JSON).map_err(|source| {
-                    ServingError::Io {
-                        context: format!("writing {}", tmp.display()),
-                        source,
-                    }
-                })?
-            }
-        }
-        std::fs::rename(&tmp, &path).map_err(|source| ServingError::Io {
-            context: format!("renaming {} to {}", tmp.display(), path.display()),
-            source,
-        })?;
-        written.push(path);
+        let (Some(weights), Some(card)) = (shipped(kind), super::card::shipped(kind)) else {
+            continue;
+        };
+        written.push(write_atomically(dir, kind.weight_file(), weights)?);
+        let card_name = format!("{}.card.json", kind.name());
+        write_atomically(dir, &card_name, card.as_bytes())?;
     }
     Ok(written)
 }
@@ -64,22 +77,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn init_is_deterministic_and_loadable() {
+    fn init_installs_the_shipped_files_and_they_load() {
         let base = std::env::temp_dir().join(format!("warden-weights-{}", std::process::id()));
-        let (a, b) = (base.join("a"), base.join("b"));
-        let files_a = init(&a).unwrap();
-        init(&b).unwrap();
-        for f in &files_a {
-            let name = f.file_name().unwrap();
-            assert_eq!(
-                std::fs::read(f).unwrap(),
-                std::fs::read(b.join(name)).unwrap(),
-                "{name:?}"
-            );
-        }
+        let files = init(&base).unwrap();
+        assert_eq!(files.len(), 5);
         for kind in BUILTIN {
-            kind.load(&a.join(kind.weight_file()), tch::Device::Cpu)
-                .unwrap();
+            let path = base.join(kind.weight_file());
+            assert_eq!(std::fs::read(&path).unwrap(), shipped(kind).unwrap());
+            kind.load(&path, tch::Device::Cpu).unwrap();
+            // The shipped card was measured on exactly these bytes.
+            let card = crate::card::served(kind, &path);
+            assert_eq!(card["weights"]["matches_card"], true, "{}", kind.name());
         }
         let _ = std::fs::remove_dir_all(&base);
     }

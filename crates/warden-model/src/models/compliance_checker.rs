@@ -6,10 +6,11 @@
 //! padding is masked out of attention.
 
 use super::{Net, SelfAttention, num, rows};
-use crate::schema::{Sample, SchemaError, field, number_field, object, string_field};
+use crate::fields::{self, Field, Kind};
+use crate::schema::{Sample, SchemaError};
 use serde_json::{Value, json};
 use tch::nn::{self, Module};
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{Device, Kind as TKind, TchError, Tensor};
 
 pub const NAME: &str = "compliance-checker";
 pub const VOCAB: i64 = 4096;
@@ -21,14 +22,6 @@ const CLS: i64 = 1;
 const DIM: i64 = 32;
 const LAYERS: usize = 2;
 
-/// (rule, design field, min, max) — the numbers each rule needs.
-pub const DESIGN_FIELDS: [(&str, f32, f32); 5] = [
-    ("utilisation", 0.0, 100.0),
-    ("deflection_ratio", 1.0, 100000.0),
-    ("slenderness", 0.0, 10000.0),
-    ("fire_resistance_min", 0.0, 600.0),
-    ("required_fire_resistance_min", 0.0, 600.0),
-];
 pub const RULES: [&str; 4] = ["strength", "deflection", "slenderness", "fire"];
 
 /// Checks one rule against the design values; `(pass, reason)`.
@@ -95,46 +88,152 @@ pub fn example() -> Value {
     })
 }
 
+pub const DESIGN: [Field; 5] = [
+    Field::number(
+        "utilisation",
+        0.0,
+        100.0,
+        "design effect / design resistance",
+    ),
+    Field::number(
+        "deflection_ratio",
+        1.0,
+        100000.0,
+        "span / calculated deflection (e.g. 410 for span/410)",
+    ),
+    Field::number(
+        "slenderness",
+        0.0,
+        10000.0,
+        "effective length / radius of gyration",
+    ),
+    Field::number(
+        "fire_resistance_min",
+        0.0,
+        600.0,
+        "provided fire resistance, minutes",
+    ),
+    Field::number(
+        "required_fire_resistance_min",
+        0.0,
+        600.0,
+        "required fire resistance, minutes",
+    ),
+];
+pub const FIELDS: [Field; 2] = [
+    Field::new(
+        "clause",
+        Kind::Text {
+            max_chars: MAX_CLAUSE_CHARS,
+        },
+        "the code clause, plain text (the first 64 words are read)",
+    ),
+    Field::new(
+        "design",
+        Kind::Object(&DESIGN),
+        "the design values the rules check",
+    ),
+];
+
+const RULE_NAMES: Kind = Kind::Enum(&RULES);
+const RULE_OUT: [Field; 5] = [
+    Field::new("rule", RULE_NAMES, "the rule"),
+    Field::number(
+        "applies_probability",
+        0.0,
+        1.0,
+        "the encoder's probability that the clause invokes the rule",
+    ),
+    Field::new("applies", Kind::Boolean, "applies_probability ≥ 0.5"),
+    Field::new(
+        "pass",
+        Kind::Boolean,
+        "the deterministic check of the design values",
+    ),
+    Field::new(
+        "reason",
+        Kind::Text {
+            max_chars: usize::MAX,
+        },
+        "the check with its numbers",
+    ),
+];
+const RULE_KIND: Kind = Kind::Object(&RULE_OUT);
+pub const OUTPUT: [Field; 3] = [
+    Field::new(
+        "rules",
+        Kind::Array {
+            items: &RULE_KIND,
+            min_items: 4,
+            max_items: 4,
+        },
+        "one per rule: strength, deflection, slenderness, fire",
+    ),
+    Field::new(
+        "pass",
+        Kind::Boolean,
+        "every rule the clause invokes passes",
+    ),
+    Field::integer("tokens", 0, MAX_TOKENS as i64, "words read from the clause"),
+];
+
 pub fn input_schema() -> Value {
-    json!({
-        "clause": format!("string, 1..{MAX_CLAUSE_CHARS} characters, at least one word \
-                           (first {MAX_TOKENS} words are read)"),
-        "design": {"utilisation": "number 0..100", "deflection_ratio": "number 1..100000 (span/deflection)",
-                   "slenderness": "number 0..10000", "fire_resistance_min": "number 0..600",
-                   "required_fire_resistance_min": "number 0..600"}
-    })
+    fields::document(
+        NAME,
+        "A code clause and the design values to check.",
+        &FIELDS,
+    )
 }
 
 pub fn output_schema() -> Value {
-    json!({
-        "rules": format!("array, one per rule ({}): {{rule, applies_probability, applies, pass, reason}}",
-                         RULES.join(", ")),
-        "pass": "boolean: every rule the clause invokes passes",
-        "tokens": "integer: words read from the clause"
-    })
+    fields::output_document(
+        NAME,
+        "Which rules the clause invokes and whether they pass.",
+        &OUTPUT,
+    )
 }
 
 pub fn parse(body: &Value) -> Result<Sample, SchemaError> {
-    let root = object(body, "", &["clause", "design"])?;
-    let clause = string_field(root, "", "clause", MAX_CLAUSE_CHARS)?;
-    let names: Vec<&str> = DESIGN_FIELDS.iter().map(|f| f.0).collect();
-    let design = object(field(root, "", "design")?, "design", &names)?;
-    let mut values = Vec::with_capacity(DESIGN_FIELDS.len());
-    for (key, min, max) in DESIGN_FIELDS {
-        values.push(number_field(design, "design", key, min, max)?);
+    let root = fields::object(body, "", &FIELDS)?;
+    let [clause_f, design_f] = &FIELDS;
+    let clause = clause_f.read_text(root, "")?;
+    let design = design_f.read_object(root, "")?;
+    let mut warnings = Vec::new();
+    let mut values = Vec::with_capacity(DESIGN.len());
+    for f in &DESIGN {
+        values.push(f.read_number(design, "design", &mut warnings)?);
     }
     let words = tokenize(clause);
     if words.is_empty() {
         return Err(SchemaError::new("clause", "empty", "contains no words"));
+    }
+    let all_words = crate::teachers::compliance::word_count(clause);
+    if all_words > MAX_TOKENS {
+        warnings.push(format!(
+            "clause has {all_words} words; only the first {MAX_TOKENS} are read"
+        ));
     }
     let mut tokens = vec![0i64; SEQ];
     tokens[0] = CLS;
     tokens[1..=words.len()].copy_from_slice(&words);
     Ok(Sample {
         values,
-        shape: vec![DESIGN_FIELDS.len() as i64],
+        shape: vec![DESIGN.len() as i64],
         tokens,
+        warnings,
     })
+}
+
+/// Token ids `[n, SEQ]` of a batch.
+pub fn token_tensor(batch: &[&Sample], device: Device) -> Result<Tensor, TchError> {
+    let n = batch.len() as i64;
+    let ids: Vec<i64> = batch
+        .iter()
+        .flat_map(|s| s.tokens.iter().copied())
+        .collect();
+    Tensor::from_slice(&ids)
+        .f_view([n, SEQ as i64])?
+        .f_to_device(device)
 }
 
 #[derive(Debug)]
@@ -152,6 +251,23 @@ pub struct ComplianceNet {
     positions: nn::Embedding,
     layers: Vec<EncoderLayer>,
     rule_head: nn::Linear,
+}
+
+impl ComplianceNet {
+    /// Per-rule logits `[n, RULES]` for token ids `[n, SEQ]` (padding is id 0).
+    pub fn logits(&self, ids: &Tensor) -> Result<Tensor, TchError> {
+        let valid = ids.f_ne(0)?;
+        let pos = Tensor::arange(SEQ as i64, (TKind::Int64, ids.device()));
+        let mut h = self.tokens.forward(ids) + self.positions.forward(&pos).f_unsqueeze(0)?;
+        for layer in &self.layers {
+            h = layer
+                .norm1
+                .forward(&(&h + layer.attention.forward(&h, &valid)?));
+            let ff = layer.ff2.forward(&layer.ff1.forward(&h).gelu("none"));
+            h = layer.norm2.forward(&(&h + ff));
+        }
+        Ok(self.rule_head.forward(&h.f_select(1, 0)?))
+    }
 }
 
 impl Net for ComplianceNet {
@@ -177,26 +293,8 @@ impl Net for ComplianceNet {
     }
 
     fn run(&self, batch: &[&Sample], device: Device) -> Result<Vec<Value>, TchError> {
-        let n = batch.len() as i64;
-        let ids: Vec<i64> = batch
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
-        let ids = Tensor::from_slice(&ids)
-            .f_view([n, SEQ as i64])?
-            .f_to_device(device)?;
-        let valid = ids.f_ne(0)?;
-        let pos = Tensor::arange(SEQ as i64, (Kind::Int64, device));
-        let mut h = self.tokens.forward(&ids) + self.positions.forward(&pos).f_unsqueeze(0)?;
-        for layer in &self.layers {
-            h = layer
-                .norm1
-                .forward(&(&h + layer.attention.forward(&h, &valid)?));
-            let ff = layer.ff2.forward(&layer.ff1.forward(&h).gelu("none"));
-            h = layer.norm2.forward(&(&h + ff));
-        }
-        let cls = h.f_select(1, 0)?;
-        let applies = rows(&self.rule_head.forward(&cls).f_sigmoid()?)?;
+        let ids = token_tensor(batch, device)?;
+        let applies = rows(&self.logits(&ids)?.f_sigmoid()?)?;
         Ok(batch
             .iter()
             .zip(applies)

@@ -69,9 +69,7 @@ impl<N: Net> VarStoreModel<N> {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
         let _net = N::build(&vs.root());
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        Tensor::write_safetensors(&named, path)
+        save_sorted(&vs, path)
     }
 }
 
@@ -80,8 +78,30 @@ pub(crate) static SEEDED_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl<N: Net> Model for VarStoreModel<N> {
     fn forward(&self, batch: &[&Sample]) -> Result<Vec<Value>, TchError> {
-        tch::no_grad(|| self.net.run(batch, self.device))
+        let mut outputs = tch::no_grad(|| self.net.run(batch, self.device))?;
+        for (out, sample) in outputs.iter_mut().zip(batch) {
+            attach_warnings(out, sample);
+        }
+        Ok(outputs)
     }
+}
+
+/// Adds the sample's out-of-trained-range warnings to its output object (only when there are
+/// any, so in-range answers are unchanged).
+pub fn attach_warnings(out: &mut Value, sample: &Sample) {
+    if !sample.warnings.is_empty()
+        && let Value::Object(map) = out
+    {
+        map.insert("warnings".into(), json!(sample.warnings));
+    }
+}
+
+/// Writes a VarStore's variables as safetensors sorted by name, so the same weights always
+/// give the same bytes (VarStore::save's order is a HashMap's).
+pub fn save_sorted(vs: &nn::VarStore, path: &std::path::Path) -> Result<(), TchError> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, path)
 }
 
 /// Stacks same-shaped samples into `[batch, ...shape]` on `device`.

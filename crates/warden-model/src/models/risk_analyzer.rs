@@ -1,26 +1,103 @@
-//! risk-analyzer: a soft-voting ensemble of small heads (a linear model and two MLPs) over
-//! project features; the class probabilities are the mean of the members' probabilities.
+//! risk-analyzer: a soft-voting ensemble of three monotone networks (a linear model and two
+//! MLPs) regressing the reference risk score (`teachers::risk`) from the eight factors.
+//!
+//! Every member has non-negative effective weights (softplus of the stored ones) and monotone
+//! activations (tanh), and its inputs are the factors oriented so that larger is riskier; so a
+//! riskier input can never lower any member's score, nor the ensemble's. Each member's class
+//! probabilities are a logistic calibration of its score against the class thresholds
+//! (temperature [`TEMPERATURE`]); the ensemble's are their mean (soft voting), its score the
+//! members' mean, and its class the teacher's thresholds applied to that score.
 
-use super::{Net, argmax, labelled, num, rows, stack};
-use crate::schema::{Sample, SchemaError, field, integer_field, number_field, object};
+use super::{Net, labelled, num, rows, stack};
+use crate::fields::{self, Field, Kind};
+use crate::schema::{Sample, SchemaError};
+use crate::teachers::risk::{self as teacher, CLASSES, Project, SOIL};
 use serde_json::{Value, json};
-use tch::nn::{self, Module};
-use tch::{Device, Kind, TchError, Tensor};
+use tch::nn;
+use tch::{Device, Kind as TKind, TchError, Tensor};
 
 pub const NAME: &str = "risk-analyzer";
-pub const CLASSES: [&str; 3] = ["low", "medium", "high"];
 pub const MEMBERS: [&str; 3] = ["linear", "mlp-narrow", "mlp-wide"];
-const FEATURES: i64 = 8;
-const SOIL: [&str; 5] = ["A", "B", "C", "D", "E"];
-const KEYS: [&str; 8] = [
-    "budget_musd",
-    "duration_months",
-    "storeys",
-    "max_span_m",
-    "seismic_zone",
-    "soil_class",
-    "design_changes",
-    "team_experience_years",
+pub const FEATURES: i64 = 8;
+/// Width of the logistic band that turns a score into class probabilities.
+pub const TEMPERATURE: f64 = 0.02;
+
+pub const FIELDS: [Field; 8] = [
+    Field::number("budget_musd", 0.01, 100000.0, "project budget, million US$")
+        .trained(0.5, 2000.0),
+    Field::number("duration_months", 1.0, 240.0, "planned duration, months").trained(3.0, 120.0),
+    Field::integer("storeys", 1, 200, "storeys above ground").trained(1.0, 80.0),
+    Field::number("max_span_m", 1.0, 200.0, "longest structural span, m").trained(3.0, 60.0),
+    Field::integer(
+        "seismic_zone",
+        0,
+        4,
+        "seismic zone, 0 (none) to 4 (highest hazard)",
+    )
+    .trained(0.0, 4.0),
+    Field::new(
+        "soil_class",
+        Kind::Enum(&SOIL),
+        "site (soil) class: A rock, B, C, D, E soft soil",
+    ),
+    Field::integer(
+        "design_changes",
+        0,
+        10000,
+        "design changes issued so far (count)",
+    )
+    .trained(0.0, 500.0),
+    Field::number(
+        "team_experience_years",
+        0.0,
+        60.0,
+        "design team's median experience, years",
+    )
+    .trained(0.0, 30.0),
+];
+
+const PROBS: [Field; 3] = [
+    Field::number("low", 0.0, 1.0, "probability"),
+    Field::number("medium", 0.0, 1.0, "probability"),
+    Field::number("high", 0.0, 1.0, "probability"),
+];
+const VOTE: [Field; 4] = [
+    Field::new("member", Kind::Enum(&MEMBERS), "ensemble member"),
+    Field::new("class", Kind::Enum(&CLASSES), "the member's class"),
+    Field::number("score", 0.0, 1.0, "the member's risk score"),
+    Field::new(
+        "probabilities",
+        Kind::Object(&PROBS),
+        "the member's calibrated probabilities",
+    ),
+];
+const VOTE_KIND: Kind = Kind::Object(&VOTE);
+pub const OUTPUT: [Field; 4] = [
+    Field::new(
+        "risk_class",
+        Kind::Enum(&CLASSES),
+        "low (score < 0.35), medium (< 0.6) or high",
+    ),
+    Field::new(
+        "probabilities",
+        Kind::Object(&PROBS),
+        "mean of the members' probabilities (soft voting; sums to 1)",
+    ),
+    Field::number(
+        "score",
+        0.0,
+        1.0,
+        "weighted risk score, 0 (least) .. 1 (most): the members' mean",
+    ),
+    Field::new(
+        "votes",
+        Kind::Array {
+            items: &VOTE_KIND,
+            min_items: 3,
+            max_items: 3,
+        },
+        "each ensemble member's score, class and probabilities",
+    ),
 ];
 
 pub fn example() -> Value {
@@ -29,70 +106,139 @@ pub fn example() -> Value {
 }
 
 pub fn input_schema() -> Value {
-    json!({
-        "budget_musd": "number 0.01..100000", "duration_months": "number 1..240",
-        "storeys": "integer 1..200", "max_span_m": "number 1..200", "seismic_zone": "integer 0..4",
-        "soil_class": "string, one of A, B, C, D, E", "design_changes": "integer 0..10000",
-        "team_experience_years": "number 0..60"
-    })
+    fields::document(NAME, "A building project's eight risk factors.", &FIELDS)
 }
 
 pub fn output_schema() -> Value {
-    json!({
-        "risk_class": "low | medium | high",
-        "probabilities": "object: class -> probability (mean of the members; sums to 1)",
-        "score": "number 0..1 (P(medium)/2 + P(high))",
-        "votes": "array: {member, class, probabilities} for each ensemble member"
+    fields::output_document(NAME, "The project's risk class and score.", &OUTPUT)
+}
+
+/// Reads the request into the teacher's project description.
+pub fn project(body: &Value, warnings: &mut Vec<String>) -> Result<Project, SchemaError> {
+    let m = fields::object(body, "", &FIELDS)?;
+    let [
+        budget,
+        duration,
+        storeys,
+        span,
+        zone,
+        soil,
+        changes,
+        experience,
+    ] = &FIELDS;
+    Ok(Project {
+        budget_musd: budget.read_number(m, "", warnings)? as f64,
+        duration_months: duration.read_number(m, "", warnings)? as f64,
+        storeys: storeys.read_integer(m, "", warnings)?,
+        max_span_m: span.read_number(m, "", warnings)? as f64,
+        seismic_zone: zone.read_integer(m, "", warnings)?,
+        soil_class: soil.read_choice(m, "")?,
+        design_changes: changes.read_integer(m, "", warnings)?,
+        team_experience_years: experience.read_number(m, "", warnings)? as f64,
     })
 }
 
+/// The network's input: the teacher's eight normalised factors (larger = riskier).
+pub fn features(p: &Project) -> Vec<f32> {
+    teacher::factors(p).iter().map(|&f| f as f32).collect()
+}
+
 pub fn parse(body: &Value) -> Result<Sample, SchemaError> {
-    let m = object(body, "", &KEYS)?;
-    let soil = field(m, "", "soil_class")?;
-    let soil = soil
-        .as_str()
-        .and_then(|s| SOIL.iter().position(|c| *c == s))
-        .ok_or_else(|| {
-            SchemaError::new(
-                "soil_class",
-                "invalid_value",
-                "must be one of A, B, C, D, E",
-            )
-        })?;
-    // Scaled to roughly unit range; log for the heavy-tailed ones.
-    let values = vec![
-        (1.0 + number_field(m, "", "budget_musd", 0.01, 100000.0)?).ln() / 10.0,
-        number_field(m, "", "duration_months", 1.0, 240.0)? / 60.0,
-        integer_field(m, "", "storeys", 1, 200)? as f32 / 50.0,
-        number_field(m, "", "max_span_m", 1.0, 200.0)? / 30.0,
-        integer_field(m, "", "seismic_zone", 0, 4)? as f32 / 4.0,
-        soil as f32 / 4.0,
-        (1.0 + integer_field(m, "", "design_changes", 0, 10000)? as f32).ln() / 5.0,
-        number_field(m, "", "team_experience_years", 0.0, 60.0)? / 20.0,
-    ];
-    Ok(Sample::dense(values, vec![FEATURES]))
+    let mut warnings = Vec::new();
+    let p = project(body, &mut warnings)?;
+    let mut s = Sample::dense(features(&p), vec![FEATURES]);
+    s.warnings = warnings;
+    Ok(s)
+}
+
+/// A dense layer whose effective weights are softplus(stored) ≥ 0, so it is monotone
+/// non-decreasing in every input.
+#[derive(Debug)]
+struct MonotoneLinear(nn::Linear);
+
+impl MonotoneLinear {
+    fn new(p: nn::Path, inputs: i64, outputs: i64) -> MonotoneLinear {
+        // Start with effective weights near 1/inputs (softplus⁻¹ of it), so the tanh units
+        // begin unsaturated (a default init would give softplus ≈ 0.7 everywhere).
+        let target = 1.0 / inputs as f64;
+        let raw = target.exp_m1().ln();
+        let config = nn::LinearConfig {
+            ws_init: nn::Init::Uniform {
+                lo: raw - 0.5,
+                up: raw + 0.5,
+            },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        MonotoneLinear(nn::linear(p, inputs, outputs, config))
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let w = self.0.ws.softplus();
+        let y = x.matmul(&w.tr());
+        match &self.0.bs {
+            Some(b) => y + b,
+            None => y,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Member(Vec<MonotoneLinear>);
+
+impl Member {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let last = self.0.len() - 1;
+        // Centred factors (a shift keeps monotonicity) so the units start in tanh's linear part.
+        let mut h = x - 0.5;
+        for (i, layer) in self.0.iter().enumerate() {
+            h = layer.forward(&h);
+            if i < last {
+                h = h.tanh();
+            }
+        }
+        h.squeeze_dim(-1)
+    }
 }
 
 #[derive(Debug)]
 pub struct RiskNet {
-    members: Vec<nn::Sequential>,
+    members: Vec<Member>,
+}
+
+impl RiskNet {
+    /// Each member's score, `[members, batch]` (training reads this directly).
+    pub fn member_scores(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let scores: Vec<Tensor> = self.members.iter().map(|m| m.forward(x)).collect();
+        Tensor::f_stack(&scores, 0)
+    }
+}
+
+/// Calibrated class probabilities of a score: P(low) = 1 − σ((s − t₁)/T),
+/// P(high) = σ((s − t₂)/T), P(medium) the rest (non-negative since t₁ < t₂).
+pub fn calibrated(score: f64) -> [f32; 3] {
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let above_low = sig((score - teacher::LOW_BELOW) / TEMPERATURE);
+    let above_medium = sig((score - teacher::HIGH_FROM) / TEMPERATURE);
+    [
+        (1.0 - above_low) as f32,
+        (above_low - above_medium) as f32,
+        above_medium as f32,
+    ]
 }
 
 impl Net for RiskNet {
     fn build(p: &nn::Path) -> Self {
-        let c = Default::default();
-        let k = CLASSES.len() as i64;
-        let linear = nn::seq().add(nn::linear(p / "linear", FEATURES, k, c));
-        let narrow = nn::seq()
-            .add(nn::linear(p / "narrow1", FEATURES, 16, c))
-            .add_fn(|x| x.relu())
-            .add(nn::linear(p / "narrow2", 16, k, c));
-        let wide = nn::seq()
-            .add(nn::linear(p / "wide1", FEATURES, 64, c))
-            .add_fn(|x| x.relu())
-            .add(nn::linear(p / "wide2", 64, 32, c))
-            .add_fn(|x| x.relu())
-            .add(nn::linear(p / "wide3", 32, k, c));
+        let linear = Member(vec![MonotoneLinear::new(p / "linear", FEATURES, 1)]);
+        let narrow = Member(vec![
+            MonotoneLinear::new(p / "narrow1", FEATURES, 16),
+            MonotoneLinear::new(p / "narrow2", 16, 1),
+        ]);
+        let wide = Member(vec![
+            MonotoneLinear::new(p / "wide1", FEATURES, 64),
+            MonotoneLinear::new(p / "wide2", 64, 32),
+            MonotoneLinear::new(p / "wide3", 32, 1),
+        ]);
         RiskNet {
             members: vec![linear, narrow, wide],
         }
@@ -100,31 +246,35 @@ impl Net for RiskNet {
 
     fn run(&self, batch: &[&Sample], device: Device) -> Result<Vec<Value>, TchError> {
         let x = stack(batch, device)?;
-        let votes: Vec<Tensor> = self
-            .members
-            .iter()
-            .map(|m| m.forward(&x).f_softmax(-1, Kind::Float))
-            .collect::<Result<_, _>>()?;
-        let mean = Tensor::f_stack(&votes, 0)?.f_mean_dim(0, false, Kind::Float)?;
-        let mean = rows(&mean)?;
-        let votes: Vec<Vec<Vec<f32>>> = votes.iter().map(rows).collect::<Result<_, _>>()?;
-        Ok(mean
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let member_votes: Vec<Value> = MEMBERS
+        let scores = rows(&self.member_scores(&x)?.f_to_kind(TKind::Float)?)?; // [member][item]
+        Ok((0..batch.len())
+            .map(|i| {
+                let member_scores: Vec<f64> = scores
                     .iter()
-                    .zip(&votes)
-                    .map(|(name, v)| {
-                        json!({"member": name, "class": CLASSES[argmax(&v[i])],
-                               "probabilities": labelled(&CLASSES, &v[i])})
+                    .map(|m| (m[i] as f64).clamp(0.0, 1.0))
+                    .collect();
+                let votes: Vec<Value> = MEMBERS
+                    .iter()
+                    .zip(&member_scores)
+                    .map(|(name, &s)| {
+                        json!({"member": name, "class": CLASSES[teacher::class(s)],
+                               "score": num(s as f32),
+                               "probabilities": labelled(&CLASSES, &calibrated(s))})
                     })
                     .collect();
+                let n = member_scores.len() as f32;
+                let mut mean = [0f32; 3];
+                for s in &member_scores {
+                    for (m, p) in mean.iter_mut().zip(calibrated(*s)) {
+                        *m += p / n;
+                    }
+                }
+                let score = member_scores.iter().sum::<f64>() / member_scores.len() as f64;
                 json!({
-                    "risk_class": CLASSES[argmax(p)],
-                    "probabilities": labelled(&CLASSES, p),
-                    "score": num(p[1] * 0.5 + p[2]),
-                    "votes": member_votes,
+                    "risk_class": CLASSES[teacher::class(score)],
+                    "probabilities": labelled(&CLASSES, &mean),
+                    "score": num(score as f32),
+                    "votes": votes,
                 })
             })
             .collect())

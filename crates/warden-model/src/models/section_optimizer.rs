@@ -1,39 +1,116 @@
-//! section-optimizer: an XGBoost gradient-boosted tree ensemble (evaluated as tensor ops) picks
-//! the lightest adequate UB section; the utilisation of that section follows from the design
-//! moment by the textbook formulas (M = wL²/8 + PL/4, capacity fy·Wpl).
+//! section-optimizer: a gradient-boosted tree ensemble (XGBoost JSON, evaluated as tensor ops)
+//! proposes the lightest adequate UB section; the exact bending and deflection check of the
+//! reference (`teachers::section`) then accepts the proposal or moves it up to the next
+//! section that passes, so a recommended section is never reported overloaded.
 //!
-//! The weight file is a real XGBoost JSON model (`save_model("m.json")`) with six features in
-//! the order of [`FEATURES`] and six classes in the order of [`SECTIONS`].
+//! The ensemble is a monotone regression (reg:squarederror) on two features — ln of the
+//! plastic modulus bending needs and ln of the second moment of area the deflection limit
+//! needs, both computed from the request — whose rounded output is the index of the section in
+//! the candidate list (lightest first; one past the end means none suffices). Both features
+//! grow with every load and the span, and the trees are trained with increasing monotone
+//! constraints on both, so more load can never yield a lighter proposal; the check only moves
+//! up, which keeps that property (see `respond`).
 
-use super::{Model, argmax, num, rows, stack};
-use crate::schema::{Sample, SchemaError, bool_field, number_field, object};
+use super::{Model, num, rows, stack};
+use crate::fields::{self, Field, Kind};
+use crate::schema::{Sample, SchemaError};
+use crate::teachers::section::{self as teacher, Beam, Section};
 use crate::xgboost::{Objective, TensorEnsemble, TreeEnsemble, XgboostError};
 use serde_json::{Value, json};
 use tch::{Device, TchError};
 
 pub const NAME: &str = "section-optimizer";
-pub const FEATURES: [&str; 6] = [
-    "span_m",
-    "udl_kn_per_m",
-    "point_load_kn",
-    "fy_mpa",
-    "deflection_limit",
-    "restrained",
-];
-/// The candidate sections, lightest first, with plastic modulus Wpl in cm³.
-pub const SECTIONS: [(&str, f32); 6] = [
-    ("UB 203x133x25", 258.0),
-    ("UB 254x146x31", 393.0),
-    ("UB 305x165x40", 623.0),
-    ("UB 356x171x51", 896.0),
-    ("UB 406x178x67", 1350.0),
-    ("UB 457x191x82", 1830.0),
-];
-/// Moment capacity factor without lateral restraint (a crude lateral-torsional buckling allowance).
-const UNRESTRAINED_FACTOR: f32 = 0.6;
+/// The ensemble's features, in order.
+pub const FEATURES: [&str; 2] = ["ln_required_wpl_cm3", "ln_required_iy_cm4"];
+/// Values of the check step.
+pub const CHECKED: [&str; 3] = ["accepted", "moved-up", "none-suffices"];
 
-/// The trained ensemble shipped with the binary (made by fixtures/make_xgb.py).
-pub const BUILTIN_MODEL_JSON: &str = include_str!("../../fixtures/section_optimizer_xgb.json");
+pub const FIELDS: [Field; 6] = [
+    Field::number("span_m", 0.5, 30.0, "simply supported span, m").trained(1.0, 20.0),
+    Field::number(
+        "udl_kn_per_m",
+        0.0,
+        500.0,
+        "uniformly distributed load over the span incl. self-weight, kN/m",
+    )
+    .trained(0.0, 200.0),
+    Field::number("point_load_kn", 0.0, 2000.0, "point load at midspan, kN").trained(0.0, 500.0),
+    Field::number("fy_mpa", 200.0, 700.0, "steel yield strength, MPa").trained(235.0, 460.0),
+    Field::number(
+        "deflection_limit",
+        100.0,
+        1000.0,
+        "allowed deflection is span / this (e.g. 360)",
+    )
+    .trained(180.0, 500.0),
+    Field::new(
+        "restrained",
+        Kind::Boolean,
+        "compression flange laterally restrained (false: resistance × 0.6)",
+    ),
+];
+
+const TEXT: Kind = Kind::Text {
+    max_chars: usize::MAX,
+};
+const NUMBER: Kind = Kind::Number {
+    min: 0.0,
+    max: f64::INFINITY,
+};
+const INDEX: Kind = Kind::Integer { min: 0, max: 64 };
+const GOVERNING: Kind = Kind::Enum(&["bending", "deflection"]);
+pub const OUTPUT: [Field; 10] = [
+    Field::new(
+        "section",
+        Kind::Nullable(&TEXT),
+        "designation of the recommended UB section; null when none of the table suffices",
+    ),
+    Field::new(
+        "section_class",
+        Kind::Nullable(&INDEX),
+        "index of the section among the candidates, lightest first",
+    ),
+    Field::new(
+        "mass_kg_per_m",
+        Kind::Nullable(&NUMBER),
+        "mass of the section, kg/m",
+    ),
+    Field::new("design_moment_knm", NUMBER, "wL²/8 + PL/4, kNm"),
+    Field::new(
+        "utilisation",
+        Kind::Nullable(&NUMBER),
+        "bending: design moment / (χ·fy·Wpl) of the section (≤ 1)",
+    ),
+    Field::new(
+        "deflection_utilisation",
+        Kind::Nullable(&NUMBER),
+        "deflection / (span / deflection_limit) of the section (≤ 1)",
+    ),
+    Field::new(
+        "governing",
+        Kind::Nullable(&GOVERNING),
+        "the check with the higher utilisation",
+    ),
+    Field::new(
+        "proposed_section",
+        Kind::Nullable(&TEXT),
+        "the ensemble's proposal before the check (null: it proposed none)",
+    ),
+    Field::new(
+        "ensemble_score",
+        Kind::Number {
+            min: f64::NEG_INFINITY,
+            max: f64::INFINITY,
+        },
+        "the ensemble's raw output (candidate index, unrounded)",
+    ),
+    Field::new(
+        "checked",
+        Kind::Enum(&CHECKED),
+        "accepted: the proposal passed; moved-up: a heavier section was needed; \
+         none-suffices: no candidate from the proposal up passes",
+    ),
+];
 
 pub fn example() -> Value {
     json!({"span_m": 6.0, "udl_kn_per_m": 20.0, "point_load_kn": 10.0, "fy_mpa": 355.0,
@@ -41,78 +118,139 @@ pub fn example() -> Value {
 }
 
 pub fn input_schema() -> Value {
-    json!({
-        "span_m": "number 0.5..30", "udl_kn_per_m": "number 0..500",
-        "point_load_kn": "number 0..2000 (at midspan)", "fy_mpa": "number 200..700",
-        "deflection_limit": "number 100..1000 (span / allowed deflection)",
-        "restrained": "boolean (compression flange laterally restrained)"
-    })
+    fields::document(
+        NAME,
+        "A simply supported steel beam and its loads.",
+        &FIELDS,
+    )
 }
 
 pub fn output_schema() -> Value {
-    json!({
-        "section_class": "integer 0..5", "section": "designation of the recommended UB section",
-        "probabilities": "object: section -> probability (sums to 1)",
-        "design_moment_knm": "number", "utilisation": "design moment / moment capacity of the section"
+    fields::output_document(
+        NAME,
+        "The lightest adequate UB section of the shipped table (SCI P363).",
+        &OUTPUT,
+    )
+}
+
+/// Reads the request into the teacher's beam.
+pub fn beam(body: &Value, warnings: &mut Vec<String>) -> Result<Beam, SchemaError> {
+    let m = fields::object(body, "", &FIELDS)?;
+    let [span, udl, point, fy, limit, restrained] = &FIELDS;
+    Ok(Beam {
+        span_m: span.read_number(m, "", warnings)? as f64,
+        udl_kn_per_m: udl.read_number(m, "", warnings)? as f64,
+        point_load_kn: point.read_number(m, "", warnings)? as f64,
+        fy_mpa: fy.read_number(m, "", warnings)? as f64,
+        deflection_limit: limit.read_number(m, "", warnings)? as f64,
+        restrained: restrained.read_bool(m, "")?,
     })
 }
 
+/// The ensemble's features for a beam.
+pub fn features(b: &Beam) -> [f32; 2] {
+    [
+        (teacher::required_wpl_cm3(b) + 1e-3).ln() as f32,
+        (teacher::required_iy_cm4(b) + 1e-3).ln() as f32,
+    ]
+}
+
+/// The sample carries the ensemble's two features, then the beam (for the exact check).
 pub fn parse(body: &Value) -> Result<Sample, SchemaError> {
-    let m = object(body, "", &FEATURES)?;
-    let restrained = if bool_field(m, "", "restrained")? {
-        1.0
-    } else {
-        0.0
-    };
+    let mut warnings = Vec::new();
+    let b = beam(body, &mut warnings)?;
+    let f = features(&b);
     let values = vec![
-        number_field(m, "", "span_m", 0.5, 30.0)?,
-        number_field(m, "", "udl_kn_per_m", 0.0, 500.0)?,
-        number_field(m, "", "point_load_kn", 0.0, 2000.0)?,
-        number_field(m, "", "fy_mpa", 200.0, 700.0)?,
-        number_field(m, "", "deflection_limit", 100.0, 1000.0)?,
-        restrained,
+        f[0],
+        f[1],
+        b.span_m as f32,
+        b.udl_kn_per_m as f32,
+        b.point_load_kn as f32,
+        b.fy_mpa as f32,
+        b.deflection_limit as f32,
+        if b.restrained { 1.0 } else { 0.0 },
     ];
-    Ok(Sample::dense(values, vec![FEATURES.len() as i64]))
+    let mut s = Sample::dense(values, vec![8]);
+    s.warnings = warnings;
+    Ok(s)
 }
 
-/// Design moment (kNm) of a simply supported span: wL²/8 + PL/4.
-pub fn design_moment(features: &[f32]) -> f32 {
-    let (span, w, p) = (features[0], features[1], features[2]);
-    w * span * span / 8.0 + p * span / 4.0
+fn beam_of(sample: &Sample) -> Beam {
+    let v = &sample.values;
+    Beam {
+        span_m: v[2] as f64,
+        udl_kn_per_m: v[3] as f64,
+        point_load_kn: v[4] as f64,
+        fy_mpa: v[5] as f64,
+        deflection_limit: v[6] as f64,
+        restrained: v[7] >= 0.5,
+    }
 }
 
-/// Moment capacity (kNm) of section `class`: fy·Wpl, reduced when unrestrained.
-pub fn moment_capacity(features: &[f32], class: usize) -> f32 {
-    let factor = if features[5] >= 0.5 {
-        1.0
-    } else {
-        UNRESTRAINED_FACTOR
+/// The proposal (rounded ensemble output, clamped to 0..=candidates) for a raw score.
+pub fn proposal(score: f32, candidates: usize) -> usize {
+    (score.round().max(0.0) as usize).min(candidates)
+}
+
+/// The recommendation: the lightest candidate from `proposed` up that passes the exact check.
+/// For heavier beams the proposal never drops (monotone trees) and the set of passing
+/// sections only shrinks, so the recommendation never gets lighter either.
+pub fn recommend(b: &Beam, proposed: usize, candidates: &[Section]) -> Option<usize> {
+    (proposed..candidates.len()).find(|&i| teacher::passes(b, &candidates[i]))
+}
+
+/// The response for one beam given the ensemble's raw score.
+pub fn respond(b: &Beam, score: f32, candidates: &[Section]) -> Value {
+    let proposed = proposal(score, candidates.len());
+    let chosen = recommend(b, proposed, candidates);
+    let checked = match chosen {
+        Some(i) if i == proposed => CHECKED[0],
+        Some(_) => CHECKED[1],
+        None => CHECKED[2],
     };
-    features[3] * SECTIONS[class].1 / 1000.0 * factor
+    let section = chosen.map(|i| &candidates[i]);
+    let bending = section.map(|s| teacher::bending_utilisation(b, s));
+    let deflection = section.map(|s| teacher::deflection_utilisation(b, s));
+    json!({
+        "section": section.map(|s| s.designation.clone()),
+        "section_class": chosen,
+        "mass_kg_per_m": section.map(|s| s.mass_kg_per_m),
+        "design_moment_knm": num(teacher::design_moment_knm(b) as f32),
+        "utilisation": bending.map(|u| num(u as f32)),
+        "deflection_utilisation": deflection.map(|u| num(u as f32)),
+        "governing": match (bending, deflection) {
+            (Some(m), Some(d)) => json!(if m >= d { "bending" } else { "deflection" }),
+            _ => Value::Null,
+        },
+        "proposed_section": candidates.get(proposed).map(|s| s.designation.clone()),
+        "ensemble_score": num(score),
+        "checked": checked,
+    })
 }
 
 pub struct SectionOptimizer {
     ensemble: TensorEnsemble,
+    candidates: &'static [Section],
     device: Device,
 }
 
 impl SectionOptimizer {
     pub fn from_ensemble(e: &TreeEnsemble, device: Device) -> Result<Self, XgboostError> {
-        if e.num_feature != FEATURES.len()
-            || e.num_group != SECTIONS.len()
-            || e.objective != Objective::Softmax
+        if e.num_feature != FEATURES.len() || e.num_group != 1 || e.objective != Objective::Identity
         {
             return Err(XgboostError::Unsupported(format!(
-                "section-optimizer needs a multi:softprob model with {} features and {} classes \
+                "section-optimizer needs a reg:squarederror model over {} features ({}) \
                  (got {} features, {} outputs)",
                 FEATURES.len(),
-                SECTIONS.len(),
+                FEATURES.join(", "),
                 e.num_feature,
                 e.num_group
             )));
         }
+        let candidates = teacher::candidates().map_err(XgboostError::Format)?;
         Ok(SectionOptimizer {
             ensemble: TensorEnsemble::new(e, device)?,
+            candidates,
             device,
         })
     }
@@ -127,24 +265,20 @@ fn tch_error(e: XgboostError) -> TchError {
 
 impl Model for SectionOptimizer {
     fn forward(&self, batch: &[&Sample]) -> Result<Vec<Value>, TchError> {
-        let probs = tch::no_grad(|| {
-            let x = stack(batch, self.device)?;
+        let scores = tch::no_grad(|| {
+            let x = stack(batch, self.device)?
+                .f_narrow(1, 0, FEATURES.len() as i64)?
+                .contiguous();
             self.ensemble.predict(&x).map_err(tch_error)
         })?;
-        let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
-        Ok(rows(&probs)?
+        let scores = rows(&scores)?;
+        Ok(scores
             .iter()
             .zip(batch)
-            .map(|(p, sample)| {
-                let class = argmax(p);
-                let moment = design_moment(&sample.values);
-                json!({
-                    "section_class": class,
-                    "section": SECTIONS[class].0,
-                    "probabilities": super::labelled(&names, p),
-                    "design_moment_knm": num(moment),
-                    "utilisation": num(moment / moment_capacity(&sample.values, class)),
-                })
+            .map(|(s, sample)| {
+                let mut out = respond(&beam_of(sample), s[0], self.candidates);
+                super::attach_warnings(&mut out, sample);
+                out
             })
             .collect())
     }

@@ -119,8 +119,8 @@ fn bench_model(
         bare.push((b, rate));
     }
 
-    let example = serde_json::to_vec(&kind.metadata(kind.name(), &[])["example"])
-        .map_err(|e| ServingError::Options(e.to_string()))?;
+    let example =
+        serde_json::to_vec(&kind.example(&[])).map_err(|e| ServingError::Options(e.to_string()))?;
     let results = runtime.block_on(http_runs(kind, dir, opts, example))?;
     let _ = writeln!(out, "HTTP server (dynamic batching, keep-alive clients):");
     let _ = writeln!(

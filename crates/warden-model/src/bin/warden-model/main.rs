@@ -60,8 +60,27 @@ struct ServeModelArgs {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Write the five models' weight files (deterministic seed).
+    /// Install the five models' shipped (trained) weight files and model cards.
     Init {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Retrain built-in models from their reference calculations (deterministic), evaluate
+    /// them and write weights plus model cards.
+    Train {
+        /// One model (default: all five).
+        #[arg(long)]
+        model: Option<String>,
+        /// Where to write (default: the embedded config's models dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print each model's held-out agreement with its reference calculation.
+    Evaluate {
+        /// One model (default: all five).
+        #[arg(long)]
+        model: Option<String>,
+        /// Evaluate the weight files in DIR (default: the shipped weights).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -92,6 +111,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::ServeModel(args) => serve_model(args),
         Command::Models(ModelsCommand::Init { dir }) => models_init(dir),
+        Command::Models(ModelsCommand::Train { model, out }) => models_train(model, out),
+        Command::Models(ModelsCommand::Evaluate { model, dir }) => models_evaluate(model, dir),
         Command::Bench(BenchCommand::Serving {
             models,
             duration,
@@ -138,6 +159,83 @@ fn models_init(dir: Option<PathBuf>) -> anyhow::Result<()> {
     for path in serving::weights::init(&dir)? {
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+/// The built-in models `--model` names (all five without it).
+fn selected(model: Option<String>) -> anyhow::Result<Vec<serving::ModelKind>> {
+    match model {
+        None => Ok(serving::BUILTIN.to_vec()),
+        Some(name) => serving::ModelKind::builtin(&name)
+            .map(|k| vec![k])
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--model {name:?}: built-in models are {}",
+                    serving::BUILTIN.map(|k| k.name()).join(", ")
+                )
+            }),
+    }
+}
+
+fn models_train(model: Option<String>, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let kinds = selected(model)?;
+    let dir = out.unwrap_or_else(|| Config::embedded().agent.models_dir);
+    let started = std::time::Instant::now();
+    let mut evaluations = Vec::new();
+    for kind in kinds {
+        let report = serving::training::train(kind, &dir)?;
+        let evaluation = serving::evaluate::evaluate(kind, &report.file)?;
+        let card = serving::card::record(&report, &evaluation)?;
+        let card_path = serving::card::card_path(kind, &dir);
+        std::fs::write(
+            &card_path,
+            format!("{}\n", serde_json::to_string_pretty(&card)?),
+        )?;
+        println!(
+            "{}: {} samples in {:.1} s -> {}",
+            kind.name(),
+            report.samples,
+            report.seconds,
+            report.file.display()
+        );
+        evaluations.push(evaluation);
+    }
+    println!(
+        "trained in {:.1} s\n\n{}",
+        started.elapsed().as_secs_f64(),
+        serving::evaluate::table(&evaluations)
+    );
+    anyhow::ensure!(
+        evaluations.iter().all(|e| e.met()),
+        "a model misses its agreement goal (rows marked NO)"
+    );
+    Ok(())
+}
+
+fn models_evaluate(model: Option<String>, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let kinds = selected(model)?;
+    // Without --dir: the shipped weights, installed into a private temporary directory.
+    let scratch;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            scratch = tempfile::tempdir()?;
+            serving::weights::init(scratch.path())?;
+            scratch.path().to_path_buf()
+        }
+    };
+    let mut evaluations = Vec::new();
+    for kind in kinds {
+        evaluations.push(serving::evaluate::evaluate(
+            kind,
+            &dir.join(kind.weight_file()),
+        )?);
+    }
+    print!("{}", serving::evaluate::table(&evaluations));
+    anyhow::ensure!(
+        evaluations.iter().all(|e| e.met()),
+        "a model misses its agreement goal (rows marked NO)"
+    );
     Ok(())
 }
 
