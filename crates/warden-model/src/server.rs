@@ -271,7 +271,9 @@ async fn infer(
 ) -> Response {
     let started = Instant::now();
     let id = request_id(&headers);
-    let result = infer_inner(&state, body).await;
+    // Counted before parsing, so a batch forming meanwhile waits for this caller.
+    let announced = state.queue.announce();
+    let result = infer_inner(&state, announced, body).await;
     let mut resp = match result {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
         Err((kind, e)) => {
@@ -295,6 +297,7 @@ async fn infer(
 
 async fn infer_inner(
     state: &AppState,
+    announced: batcher::Announced<'_>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Value, (&'static str, ApiError)> {
     if !state.ready.load(Ordering::SeqCst) {
@@ -344,7 +347,7 @@ async fn infer_inner(
             ),
         )
     })?;
-    let rx = state.queue.submit(samples).map_err(|e| match e {
+    let rx = announced.submit(samples).map_err(|e| match e {
         SubmitError::Full => {
             let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
