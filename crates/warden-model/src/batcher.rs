@@ -77,21 +77,33 @@ impl BatchPolicy {
 
 /// Samples submitted and not yet answered, shared by the async side and the thread: the
 /// thread's only evidence of how many callers a batch can expect.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InFlight {
     outstanding: AtomicUsize,
     /// The most `outstanding` reached since the thread last reset it (at each batch start).
     peak: AtomicUsize,
+    /// `outstanding`, exported (`warden_model_in_flight_samples`).
+    gauge: prometheus::IntGauge,
 }
 
 impl InFlight {
+    fn new(gauge: prometheus::IntGauge) -> InFlight {
+        InFlight {
+            outstanding: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            gauge,
+        }
+    }
+
     fn add(&self, rows: usize) {
         let now = self.outstanding.fetch_add(rows, Ordering::AcqRel) + rows;
         self.peak.fetch_max(now, Ordering::AcqRel);
+        self.gauge.add(rows as i64);
     }
 
     fn done(&self, rows: usize) {
         self.outstanding.fetch_sub(rows, Ordering::AcqRel);
+        self.gauge.sub(rows as i64);
     }
 
     fn peak(&self) -> usize {
@@ -236,7 +248,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::sync_channel::<Job>(spec.batch.queue_capacity.max(1));
     let (loaded_tx, loaded_rx) = oneshot::channel();
     let thread_metrics = metrics.clone();
-    let in_flight = Arc::new(InFlight::default());
+    let in_flight = Arc::new(InFlight::new(metrics.in_flight.clone()));
     let thread_in_flight = in_flight.clone();
     let handle = std::thread::Builder::new()
         .name("inference".into())
@@ -571,7 +583,7 @@ mod tests {
         };
         let metrics = ModelMetrics::new("t").unwrap();
         let (tx, rx) = mpsc::sync_channel(64);
-        let in_flight = Arc::new(InFlight::default());
+        let in_flight = Arc::new(InFlight::new(metrics.in_flight.clone()));
         let queue = BatchQueue {
             tx,
             metrics: metrics.clone(),

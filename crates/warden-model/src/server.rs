@@ -5,7 +5,7 @@ use super::metrics::ModelMetrics;
 use super::{BatchConfig, ModelKind, ServingError, select_device};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -264,15 +264,13 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("unknown"))
 }
 
-async fn infer(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn infer(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
-    let id = request_id(&headers);
-    // Counted before parsing, so a batch forming meanwhile waits for this caller.
+    let id = request_id(req.headers());
+    // Counted from its headers on, before the body is read, so that a batch forming while
+    // this caller's body arrives waits for it.
     let announced = state.queue.announce();
+    let body = Bytes::from_request(req, &state).await;
     let result = infer_inner(&state, announced, body).await;
     let mut resp = match result {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
