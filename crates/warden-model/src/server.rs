@@ -325,26 +325,15 @@ async fn infer_inner(
             )
         }
     })?;
-    let json: Value = serde_json::from_slice(&body).map_err(|e| {
-        (
-            "invalid_json",
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("body is not valid JSON: {e}"),
-            ),
-        )
-    })?;
-    let samples = state.kind.parse(&json).map_err(|e| {
-        (
-            "invalid_input",
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                e.code,
-                format!("{}: {}", e.field, e.message),
-            ),
-        )
-    })?;
+    // A TorchScript body goes straight into rows; anything unusual takes the tree path below,
+    // which names the problem.
+    let fast = (state.kind == ModelKind::TorchScript)
+        .then(|| super::torchscript::parse_fast(&body))
+        .flatten();
+    let samples = match fast {
+        Some(samples) => samples,
+        None => parse_tree(state, &body)?,
+    };
     let rx = announced.submit(samples).map_err(|e| match e {
         SubmitError::Full => {
             let mut err = ApiError::new(
@@ -398,6 +387,34 @@ async fn infer_inner(
             }
         })?;
     Ok(state.kind.respond(outputs))
+}
+
+/// Parses a body through a JSON tree and the model's schema, with precise errors.
+fn parse_tree(
+    state: &AppState,
+    body: &[u8],
+) -> Result<Vec<super::schema::Sample>, (&'static str, ApiError)> {
+    let json: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            "invalid_json",
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not valid JSON: {e}"),
+            ),
+        )
+    })?;
+    let samples = state.kind.parse(&json).map_err(|e| {
+        (
+            "invalid_input",
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.code,
+                format!("{}: {}", e.field, e.message),
+            ),
+        )
+    })?;
+    Ok(samples)
 }
 
 async fn health(State(state): State<AppState>) -> Response {
