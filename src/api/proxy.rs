@@ -64,7 +64,10 @@ pub async fn forward(
         .parse()
         .map_err(|_| unreachable())?;
     let mut request = Request::post(uri)
-        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
         .body(Full::new(body))
         .map_err(|_| unreachable())?;
     if let Ok(id) = HeaderValue::from_str(request_id) {

@@ -123,7 +123,11 @@ mod tests {
     fn failures_are_never_remembered_and_the_map_stays_bounded() {
         let cache = VerifiedTokens::default();
         let t = token(1_000, 1);
-        assert!(cache.get_or_verify_at(&t, 1, |_| Err::<Principal, _>(())).is_err());
+        assert!(
+            cache
+                .get_or_verify_at(&t, 1, |_| Err::<Principal, _>(()))
+                .is_err()
+        );
         let mut calls = 0;
         let _ = cache.get_or_verify_at(&t, 1, |_| {
             calls += 1;

@@ -20,7 +20,8 @@ fn env_credentials() -> bool {
 /// One configuration (HTTP client, TLS roots, credential chain) is shared by every sink built
 /// from the same `[aws]` section: three copies were a measurable part of the agent's RSS.
 pub async fn sdk_config(aws: &AwsConfig) -> SdkConfig {
-    static SHARED: tokio::sync::Mutex<Option<(Key, SdkConfig)>> = tokio::sync::Mutex::const_new(None);
+    static SHARED: tokio::sync::Mutex<Option<(Key, SdkConfig)>> =
+        tokio::sync::Mutex::const_new(None);
     let key = Key::of(aws);
     let mut shared = SHARED.lock().await;
     if let Some((k, sdk)) = shared.as_ref()

@@ -340,8 +340,7 @@ async fn concurrent_distinct_requests_are_batched_and_each_caller_gets_its_own_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_caller_does_not_wait_for_the_batch_timeout_yet_concurrent_callers_share_batches()
-{
+async fn a_lone_caller_does_not_wait_for_the_batch_timeout_yet_concurrent_callers_share_batches() {
     // A window far longer than any request: the old batcher held every lone request for it.
     let timeout = Duration::from_secs(1);
     let server = Server::start(
@@ -598,7 +597,10 @@ async fn sigterm_finishes_queued_requests_and_exits_zero() {
         (server.metric("warden_model_in_flight_samples").await >= 1.0).then_some(())
     })
     .await;
-    assert!(announced.is_some(), "the slow request was never counted in flight");
+    assert!(
+        announced.is_some(),
+        "the slow request was never counted in flight"
+    );
     let tasks: Vec<_> = (0..6)
         .map(|i| {
             let client = server.client.clone();

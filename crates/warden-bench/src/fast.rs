@@ -122,7 +122,12 @@ pub fn setup() -> Result<(), BenchError> {
         return Ok(());
     }
     let status = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "prometheus-node-exporter"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "prometheus-node-exporter",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()?;
     if !status.success() {
@@ -180,7 +185,12 @@ fn wrk_script(dir: &Path, method: &str, body: Option<&str>, token: Option<&str>)
     path
 }
 
-fn wrk(script: &Path, url: &str, connections: u32, duration: Duration) -> Result<WrkFigures, BenchError> {
+fn wrk(
+    script: &Path,
+    url: &str,
+    connections: u32,
+    duration: Duration,
+) -> Result<WrkFigures, BenchError> {
     let out = Command::new("wrk")
         .arg(format!("-c{connections}"))
         .arg(format!("-t{}", connections.clamp(1, 2)))
@@ -253,7 +263,9 @@ impl FastBench {
             None => {
                 let d = dir.path().join("models");
                 run_ok(
-                    Command::new(&warden).args(["models", "init", "--dir"]).arg(&d),
+                    Command::new(&warden)
+                        .args(["models", "init", "--dir"])
+                        .arg(&d),
                     "warden models init",
                 )?;
                 d
@@ -264,7 +276,14 @@ impl FastBench {
         let public = dir.path().join("public.pem");
         run_ok(
             Command::new("openssl")
-                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                ])
                 .arg(&private),
             "openssl genpkey",
         )?;
@@ -319,24 +338,47 @@ impl FastBench {
         let base_api = format!("http://127.0.0.1:{api_port}");
         wait_http(&format!("{base_model}/ready"), Duration::from_secs(120))?;
         wait_http(&format!("{base_api}/ready"), Duration::from_secs(120))?;
-        wait_http(&format!("http://127.0.0.1:{nginx_port}/health"), Duration::from_secs(30))?;
+        wait_http(
+            &format!("http://127.0.0.1:{nginx_port}/health"),
+            Duration::from_secs(30),
+        )?;
         let example = example_body(&base_model)?;
+
+        // The agent's own cost first, before any load has grown its buffers (the issue's
+        // setting: sampling, sinks and the idle API).
+        let agent_pid = agent.0.id();
+        let (cpu, rss) = agent_cost(agent_pid, self.duration);
 
         let post = wrk_script(d, "POST", Some(&example), None);
         let post_auth = wrk_script(d, "POST", Some(&example), Some(&token));
         let get = wrk_script(d, "GET", None, None);
         let (c, t) = (self.connections, self.duration);
         let warm = Duration::from_secs(2);
-        wrk(&post_auth, &format!("{base_api}/api/v1/{}", self.model), c, warm)?;
+        wrk(
+            &post_auth,
+            &format!("{base_api}/api/v1/{}", self.model),
+            c,
+            warm,
+        )?;
         wrk(&post, &format!("{base_model}/infer"), c, warm)?;
 
         let direct = wrk(&post, &format!("{base_model}/infer"), c, t)?;
         let via_nginx = wrk(&post, &format!("http://127.0.0.1:{nginx_port}/infer"), c, t)?;
-        let gateway = wrk(&post_auth, &format!("{base_api}/api/v1/{}", self.model), c, t)?;
+        let gateway = wrk(
+            &post_auth,
+            &format!("{base_api}/api/v1/{}", self.model),
+            c,
+            t,
+        )?;
         let lone_infer = wrk(&post, &format!("{base_model}/infer"), 1, t)?;
         let lone_health = wrk(&get, &format!("{base_model}/health"), 1, t)?;
-        let many = wrk(&post_auth, &format!("{base_api}/api/v1/{}", self.model), self.many, t)?;
-        let agent_pid = agent.0.id();
+        let many = wrk(
+            &post_auth,
+            &format!("{base_api}/api/v1/{}", self.model),
+            self.many,
+            t,
+        )?;
+        let after_load = proc_usage(agent_pid).map_or(f64::NAN, |(_, hwm)| hwm as f64 / 1024.0);
 
         let mut r = String::new();
         let _ = writeln!(
@@ -344,7 +386,11 @@ impl FastBench {
             "warden bench fast: model {}, wrk -c{c} for {t:?} per side, one run (ratios, then figures)\n",
             self.model
         );
-        let _ = writeln!(r, "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7}", "side", "req/s", "p50 ms", "p99 ms", "vs direct", "errors");
+        let _ = writeln!(
+            r,
+            "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7}",
+            "side", "req/s", "p50 ms", "p99 ms", "vs direct", "errors"
+        );
         for (name, f) in [
             ("direct (model process)", direct),
             ("nginx, keepalive upstream", via_nginx),
@@ -379,8 +425,12 @@ impl FastBench {
             "{} clients through the gateway: p99 {:.1} ms, {} errors of {} requests, {:.0} req/s",
             self.many, many.p99_ms, many.errors, many.requests, many.per_second
         );
-        let (cpu, rss) = agent_cost(agent_pid, t);
-        let _ = writeln!(r, "\nagent (idle load, {t:?}): {cpu:.2} % of a core, {rss:.1} MB RSS (peak so far)");
+        let _ = writeln!(
+            r,
+            "\nagent before any load ({t:?}, 1 model, no AWS): {cpu:.2} % of a core, {rss:.1} MB peak RSS \
+             ({after_load:.1} MB peak after the {} -client run)",
+            self.many
+        );
         match node_exporter_cost(t)? {
             Some((ne_cpu, ne_rss)) => {
                 let _ = writeln!(
@@ -391,7 +441,10 @@ impl FastBench {
                 );
             }
             None => {
-                let _ = writeln!(r, "node_exporter: not installed (`warden bench fast --setup`)");
+                let _ = writeln!(
+                    r,
+                    "node_exporter: not installed (`warden bench fast --setup`)"
+                );
             }
         }
         drop(agent);

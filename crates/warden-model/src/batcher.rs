@@ -177,10 +177,7 @@ pub struct Announced<'a> {
 
 impl Announced<'_> {
     /// Queues the request without blocking; the receiver resolves when its batch ran.
-    pub fn submit(
-        mut self,
-        samples: Vec<Sample>,
-    ) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+    pub fn submit(mut self, samples: Vec<Sample>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
         let queue = self.queue;
         let (reply, rx) = oneshot::channel();
         let rows = samples.len();
@@ -488,7 +485,11 @@ mod tests {
             (8, 64, false), // ... and a full batch always runs
         ];
         for (rows, peak, waits) in table {
-            assert_eq!(p.waits(rows, p.target(peak)), waits, "rows {rows}, peak {peak}");
+            assert_eq!(
+                p.waits(rows, p.target(peak)),
+                waits,
+                "rows {rows}, peak {peak}"
+            );
         }
         let no_wait = BatchPolicy {
             timeout: Duration::ZERO,
@@ -563,7 +564,10 @@ mod tests {
                 let _ = self.entered.lock().unwrap().send(());
                 let _ = self.release.lock().unwrap().recv();
             }
-            Ok(batch.iter().map(|s| serde_json::json!(s.values[0])).collect())
+            Ok(batch
+                .iter()
+                .map(|s| serde_json::json!(s.values[0]))
+                .collect())
         }
     }
 
@@ -623,7 +627,10 @@ mod tests {
     }
 
     fn batches(m: &ModelMetrics) -> (f64, u64) {
-        (m.batch_size.get_sample_sum(), m.batch_size.get_sample_count())
+        (
+            m.batch_size.get_sample_sum(),
+            m.batch_size.get_sample_count(),
+        )
     }
 
     #[test]
@@ -646,7 +653,9 @@ mod tests {
         let r = start(Duration::from_millis(100));
         let blocker = r.queue.submit(one(-1.0)).unwrap();
         r.entered.recv().unwrap();
-        let rxs: Vec<_> = (0..7).map(|i| r.queue.submit(one(i as f32)).unwrap()).collect();
+        let rxs: Vec<_> = (0..7)
+            .map(|i| r.queue.submit(one(i as f32)).unwrap())
+            .collect();
         r.release.send(()).unwrap();
         assert!(reply_within(blocker, Duration::from_secs(30)).is_some());
         for (i, rx) in rxs.into_iter().enumerate() {

@@ -109,7 +109,13 @@ mod fast {
             let mut rows: Vec<Sample> = Vec::new();
             loop {
                 let mut row = Row::default();
-                if seq.next_element_seed(Nested { row: &mut row, depth: 0 })?.is_none() {
+                if seq
+                    .next_element_seed(Nested {
+                        row: &mut row,
+                        depth: 0,
+                    })?
+                    .is_none()
+                {
                     break;
                 }
                 let shape: Vec<i64> = row.shape.iter().map(|&d| d as i64).collect();
