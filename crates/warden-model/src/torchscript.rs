@@ -118,8 +118,11 @@ mod fast {
                 {
                     break;
                 }
-                let shape: Vec<i64> = row.shape.iter().map(|&d| d as i64).collect();
-                if rows.len() >= MAX_ROWS || rows.first().is_some_and(|r| r.shape != shape) {
+                let shape: Vec<i64> = row.shape.iter().flatten().map(|&d| d as i64).collect();
+                if shape.len() != row.shape.len()
+                    || rows.len() >= MAX_ROWS
+                    || rows.first().is_some_and(|r| r.shape != shape)
+                {
                     return Err(de::Error::custom("rows"));
                 }
                 rows.push(Sample::dense(row.values, shape));
@@ -134,7 +137,7 @@ mod fast {
     /// One row being read: its shape (fixed by its first leaf's path) and its numbers.
     #[derive(Default)]
     struct Row {
-        shape: Vec<usize>,
+        shape: Vec<Option<usize>>,
         /// Depth of the numbers, once the first one was seen.
         leaf_depth: Option<usize>,
         values: Vec<f32>,
@@ -197,16 +200,21 @@ mod fast {
             {
                 n += 1;
             }
-            // The first array at each depth fixes that dimension; every other must match.
-            match row.shape.get(depth) {
-                _ if n == 0 => Err(de::Error::custom("empty")),
-                Some(&d) if d != n => Err(de::Error::custom("ragged")),
+            // The first array to end at each depth fixes that dimension (inner arrays end
+            // first); every other must match.
+            if n == 0 {
+                return Err(de::Error::custom("empty"));
+            }
+            if row.shape.len() <= depth {
+                row.shape.resize(depth + 1, None);
+            }
+            match row.shape[depth] {
+                Some(d) if d != n => Err(de::Error::custom("ragged")),
                 Some(_) => Ok(()),
-                None if row.shape.len() == depth => {
-                    row.shape.push(n);
+                None => {
+                    row.shape[depth] = Some(n);
                     Ok(())
                 }
-                None => Err(de::Error::custom("ragged")),
             }
         }
     }
