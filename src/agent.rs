@@ -238,12 +238,32 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, AgentError> {
 /// parent-death signal is tied to the spawning thread, and runtime workers live as long as
 /// the agent.
 pub fn run(config_path: Option<PathBuf>) -> Result<(), AgentError> {
+    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("warden")
+        .worker_threads(agent_workers())
+        // Blocking work is file and spool I/O: a few threads suffice, each one costs RSS.
+        .max_blocking_threads(16)
         .build()
         .map_err(io_err("starting the async runtime"))?;
     runtime.block_on(run_until_signalled(config_path))
+}
+
+/// Async workers: the agent's work is small and mostly I/O, and a GPU host has many cores the
+/// models need; each worker adds its stack and (with glibc) its own heap arena.
+fn agent_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
+
+/// glibc gives each thread that allocates its own 64 MiB heap arena; for a daemon whose
+/// allocations are small and short-lived, two arenas keep the RSS down at no measurable cost.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tunables; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 pub async fn run_until_signalled(config_path: Option<PathBuf>) -> Result<(), AgentError> {

@@ -165,11 +165,12 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
 
     let latency = started.elapsed();
     let status = response.status().as_u16();
-    let status_label = status.to_string();
+    let status_code = response.status();
+    let status_label = status_code.as_str();
     state
         .metrics
         .requests
-        .with_label_values(&[route.as_str(), method.as_str(), status_label.as_str()])
+        .with_label_values(&[route.as_str(), method.as_str(), status_label])
         .inc();
     state
         .metrics
@@ -181,7 +182,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         state
             .metrics
             .model_requests
-            .with_label_values(&[model.as_str(), status_label.as_str()])
+            .with_label_values(&[model.as_str(), status_label])
             .inc();
         state
             .metrics
@@ -294,7 +295,10 @@ pub async fn authorize(
     let Some(token) = token else {
         return ApiError::Unauthenticated("missing_token").into_response();
     };
-    let principal = match auth.tokens.verify_access(token.trim()) {
+    let principal = match auth
+        .verified
+        .get_or_verify(token.trim(), |t| auth.tokens.verify_access(t))
+    {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");

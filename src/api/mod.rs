@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
 mod routes;
+mod verified;
 
 use crate::config::Config;
 use audit::AuditSink;
@@ -84,11 +85,16 @@ pub struct Auth {
     pub limiter: ratelimit::SubjectLimiter,
     /// `/auth/token` brute-force limits.
     pub login: ratelimit::LoginLimiter,
+    /// Access tokens already verified (until their `exp`).
+    pub verified: verified::VerifiedTokens,
 }
 
 pub struct AppState {
     pub directory: Arc<dyn ModelDirectory>,
+    /// For metadata fetches (rare).
     pub http: reqwest::Client,
+    /// The inference hot path's keep-alive pool.
+    pub upstream: proxy::Upstream,
     pub auth: Option<Auth>,
     pub metrics: metrics::ApiMetrics,
     pub audit: AuditSink,
@@ -159,6 +165,7 @@ impl AppState {
                     keys,
                     limiter: ratelimit::SubjectLimiter::per_hour(a.rate_limit_per_hour),
                     login: ratelimit::LoginLimiter::default(),
+                    verified: verified::VerifiedTokens::default(),
                 })
             }
         };
@@ -167,6 +174,7 @@ impl AppState {
         Ok(AppState {
             directory: peers.directory,
             http,
+            upstream: proxy::upstream(config.api.max_concurrency),
             auth,
             metrics: metrics::ApiMetrics::new()?,
             audit: peers.audit,

@@ -178,13 +178,22 @@ async fn call_model(
     body: Bytes,
     request_id: &str,
 ) -> Result<proxy::ModelReply, ApiError> {
-    let endpoint = state
-        .directory
-        .get(model)
-        .ok_or_else(|| ApiError::NotFound {
-            what: "model",
-            name: model.to_string(),
-        })?;
+    let endpoint = state.directory.get(model);
+    call_endpoint(state, model, endpoint, body, request_id).await
+}
+
+/// As [`call_model`], with the directory already consulted (once per request).
+async fn call_endpoint(
+    state: &AppState,
+    model: &str,
+    endpoint: Option<super::ModelEndpoint>,
+    body: Bytes,
+    request_id: &str,
+) -> Result<proxy::ModelReply, ApiError> {
+    let endpoint = endpoint.ok_or_else(|| ApiError::NotFound {
+        what: "model",
+        name: model.to_string(),
+    })?;
     if !endpoint.ready {
         return Err(ApiError::Unavailable(
             format!("model {model} is not ready (state {})", endpoint.state),
@@ -192,7 +201,7 @@ async fn call_model(
         ));
     }
     proxy::forward(
-        &state.http,
+        &state.upstream,
         model,
         endpoint.port,
         body,
@@ -218,11 +227,12 @@ pub async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let known = state.directory.get(&model).is_some();
+    let endpoint = state.directory.get(&model);
+    let known = endpoint.is_some();
     let result = async {
         require_json(&headers)?;
         let body = body_bytes(body, state.body_limit)?;
-        call_model(&state, &model, body, &request_id(&headers)).await
+        call_endpoint(&state, &model, endpoint, body, &request_id(&headers)).await
     }
     .await;
     let mut response = match result {

@@ -55,7 +55,47 @@ pub async fn autoscaling_group_from_imds(timeout: Duration) -> Result<String, St
 /// has no read timeout of its own), and SDK retries off: each sink retries with its own backoff
 /// and spools what still fails. Static test credentials only when an emulator endpoint is set and
 /// the environment has none, so production always uses the normal credential chain.
+///
+/// One configuration (HTTP client, TLS roots, credential chain) is shared by every sink built
+/// from the same `[aws]` section: three copies were a measurable part of the agent's RSS.
 pub async fn sdk_config(aws: &AwsConfig) -> SdkConfig {
+    static SHARED: tokio::sync::Mutex<Option<(Key, SdkConfig)>> =
+        tokio::sync::Mutex::const_new(None);
+    let key = Key::of(aws);
+    let mut shared = SHARED.lock().await;
+    if let Some((k, sdk)) = shared.as_ref()
+        && *k == key
+    {
+        return sdk.clone();
+    }
+    let sdk = build(aws).await;
+    *shared = Some((key, sdk.clone()));
+    sdk
+}
+
+/// What a shared configuration is built from (a reload with other values builds a new one).
+#[derive(PartialEq, Eq)]
+struct Key {
+    region: String,
+    endpoint_url: Option<String>,
+    attempt_timeout: Duration,
+    operation_timeout: Duration,
+    env_credentials: bool,
+}
+
+impl Key {
+    fn of(aws: &AwsConfig) -> Key {
+        Key {
+            region: aws.region.clone(),
+            endpoint_url: aws.endpoint_url.clone(),
+            attempt_timeout: aws.attempt_timeout,
+            operation_timeout: aws.operation_timeout,
+            env_credentials: env_credentials(),
+        }
+    }
+}
+
+async fn build(aws: &AwsConfig) -> SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,

@@ -343,6 +343,55 @@ async fn concurrent_distinct_requests_are_batched_and_each_caller_gets_its_own_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_caller_does_not_wait_for_the_batch_timeout_yet_concurrent_callers_share_batches() {
+    // A window far longer than any request: the old batcher held every lone request for it.
+    let timeout = Duration::from_secs(1);
+    let server = Server::start(
+        "risk-analyzer",
+        &["--batch-timeout", "1s", "--max-batch", "64"],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let lone = 8;
+    for i in 0..lone {
+        let (status, _) = server.infer(&risk_input(3.0 + i as f64)).await;
+        assert_eq!(status, 200);
+    }
+    let per_request = started.elapsed() / lone;
+    assert!(
+        per_request < timeout / 4,
+        "a lone request took {per_request:?} with batch_timeout {timeout:?}"
+    );
+    let batches0 = server.metric("warden_model_batch_size_count").await;
+    assert_eq!(batches0, lone as f64, "each lone request is its own pass");
+
+    // Sixteen closed-loop callers: each pass should carry most of them.
+    let server = std::sync::Arc::new(server);
+    let callers: Vec<_> = (0..16)
+        .map(|c| {
+            let s = server.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let (status, _) = s.infer(&risk_input(1.0 + c as f64 + 0.1 * i as f64)).await;
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let samples = server.metric("warden_model_batch_size_sum").await - lone as f64;
+    let batches = server.metric("warden_model_batch_size_count").await - batches0;
+    assert_eq!(samples, 160.0);
+    assert!(
+        samples / batches >= 4.0,
+        "mean batch {} over {batches} passes for 16 concurrent callers",
+        samples / batches
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_422_naming_the_field() {
     let connection = Server::start("connection-designer", &[]).await;
     let clash = Server::start("clash-detector", &[]).await;
@@ -527,12 +576,34 @@ fn clash_body(steps: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_queued_requests_and_exits_zero() {
-    // A long batch window holds the requests in the queue while SIGTERM arrives.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The batcher is work-conserving: a long window holds requests only while another caller
+    // is known to be in flight. That caller is a request whose body is still arriving.
     let mut server = Server::start(
         "risk-analyzer",
-        &["--batch-timeout", "3s", "--max-batch", "64"],
+        &["--batch-timeout", "10s", "--max-batch", "64"],
     )
     .await;
+    let held = serde_json::to_vec(&risk_input(4.0)).unwrap();
+    let (head, tail) = held.split_at(held.len() / 2);
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let headers = format!(
+        "POST /infer HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        held.len()
+    );
+    slow.write_all(headers.as_bytes()).await.unwrap();
+    slow.write_all(head).await.unwrap();
+    let announced = wait_until_async(Duration::from_secs(30), || async {
+        (server.metric("warden_model_in_flight_samples").await >= 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        announced.is_some(),
+        "the slow request was never counted in flight"
+    );
     let tasks: Vec<_> = (0..6)
         .map(|i| {
             let client = server.client.clone();
@@ -558,6 +629,15 @@ async fn sigterm_finishes_queued_requests_and_exits_zero() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    slow.write_all(tail).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the slow request was never answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the request in progress at shutdown got: {answer}"
+    );
     for t in tasks {
         assert_eq!(
             t.await.unwrap(),

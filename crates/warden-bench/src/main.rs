@@ -1,11 +1,12 @@
 //! `warden-bench`: the benchmarks (`warden bench ...` execs this binary), each printing figures
 //! measured side by side in one run. Kept out of the daemon; shares its harness (ports, rusage,
 //! stats, moto, fake NVML, Slack receiver) with the integration tests through `warden-testkit`.
-//! One file per area: `restart`, `api`, `telemetry`, `alerts`, `logs`; `serving` runs in
+//! One file per area: `restart`, `api`, `fast`, `telemetry`, `alerts`, `logs`; `serving` runs in
 //! `warden-model`, the binary that links libtorch.
 
 mod alerts;
 mod api;
+mod fast;
 mod logs;
 mod restart;
 mod telemetry;
@@ -62,6 +63,24 @@ enum BenchCommand {
         /// Reuse weights (`warden models init`) instead of writing them in a temp dir.
         #[arg(long)]
         models_dir: Option<PathBuf>,
+    },
+    /// The fast path side by side: direct vs nginx vs gateway, c=1 /infer vs /health, many
+    /// clients' P99, agent vs node_exporter (`--setup` installs node_exporter first).
+    Fast {
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Concurrent clients for the gateway's P99.
+        #[arg(long, default_value_t = 1000)]
+        many: u32,
+        #[arg(long, default_value = "risk-analyzer")]
+        model: String,
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Install the comparison's peers (Debian prometheus-node-exporter) and exit.
+        #[arg(long)]
+        setup: bool,
     },
     /// Sampling cost with fake GPUs (dev tree: needs gcc for the fake NVML).
     Telemetry {
@@ -136,6 +155,27 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
             println!("{report}");
         }
         BenchCommand::Serving { args } => exec_model_bench(&args)?,
+        BenchCommand::Fast {
+            connections,
+            duration,
+            many,
+            model,
+            models_dir,
+            setup,
+        } => {
+            if setup {
+                fast::setup().context("bench set-up failed")?;
+                return Ok(());
+            }
+            let bench = fast::FastBench {
+                connections,
+                duration,
+                many,
+                model,
+                models_dir,
+            };
+            print!("{}", bench.run().context("benchmark failed")?);
+        }
         BenchCommand::Api {
             clients,
             duration,

@@ -1,6 +1,12 @@
-//! Dynamic batching: a bounded request queue drained by one dedicated inference thread that
-//! runs a forward pass over up to `max_batch` samples or whatever arrived within
-//! `batch_timeout` of the oldest request, then answers each waiter.
+//! Work-conserving dynamic batching: a bounded request queue drained by one dedicated
+//! inference thread. An idle thread runs at once; a batch is what queued while the previous
+//! forward pass ran, up to `max_batch` samples.
+//!
+//! `batch_timeout` is only an upper bound on extra waiting, spent only when it pays: when
+//! more samples were recently in flight (submitted, not yet answered) than the thread holds,
+//! the callers of the previous batch are about to come back, so it waits for them — until the
+//! batch holds as many as were in flight or the oldest request has waited `batch_timeout`. A
+//! lone caller finds nobody else in flight and never waits.
 
 use super::metrics::ModelMetrics;
 use super::models::Model;
@@ -9,7 +15,7 @@ use super::{BatchConfig, ModelKind, ServingError};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -55,6 +61,63 @@ impl BatchPolicy {
     pub fn full(&self, rows: usize) -> bool {
         rows >= self.max_batch
     }
+
+    /// How many samples a batch waits for, given the most samples in flight since the previous
+    /// batch started (`peak`, the callers it expects): never more than `max_batch`, at least 1.
+    pub fn target(&self, peak: usize) -> usize {
+        peak.clamp(1, self.max_batch)
+    }
+
+    /// Whether a batch holding `rows`, with `target` expected, waits for more (until the
+    /// deadline): only while callers in flight are not yet in it.
+    pub fn waits(&self, rows: usize, target: usize) -> bool {
+        !self.full(rows) && rows < target && !self.timeout.is_zero()
+    }
+}
+
+/// Samples submitted and not yet answered, shared by the async side and the thread: the
+/// thread's only evidence of how many callers a batch can expect.
+#[derive(Debug)]
+pub struct InFlight {
+    outstanding: AtomicUsize,
+    /// The most `outstanding` reached since the thread last reset it (at each batch start).
+    peak: AtomicUsize,
+    /// `outstanding`, exported (`warden_model_in_flight_samples`).
+    gauge: prometheus::IntGauge,
+}
+
+impl InFlight {
+    fn new(gauge: prometheus::IntGauge) -> InFlight {
+        InFlight {
+            outstanding: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            gauge,
+        }
+    }
+
+    fn add(&self, rows: usize) {
+        let now = self.outstanding.fetch_add(rows, Ordering::AcqRel) + rows;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        self.gauge.add(rows as i64);
+    }
+
+    fn done(&self, rows: usize) {
+        self.outstanding.fetch_sub(rows, Ordering::AcqRel);
+        self.gauge.sub(rows as i64);
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::Acquire)
+    }
+
+    /// Starts a new observation window at the current load.
+    fn reset_peak(&self) {
+        let now = self.outstanding.load(Ordering::Acquire);
+        self.peak.store(now, Ordering::Release);
+        // A submit between the load and the store raised `outstanding`: keep it seen.
+        self.peak
+            .fetch_max(self.outstanding.load(Ordering::Acquire), Ordering::AcqRel);
+    }
 }
 
 /// Splits `0..n` into runs that may share a forward pass: all of them, or by equal keys.
@@ -86,28 +149,70 @@ pub enum SubmitError {
 pub struct BatchQueue {
     tx: SyncSender<Job>,
     metrics: ModelMetrics,
+    in_flight: Arc<InFlight>,
 }
 
 impl BatchQueue {
+    /// Counts a caller whose request is still being read or parsed, so that a batch forming
+    /// meanwhile expects it; [`Announced::submit`] turns it into its samples.
+    pub fn announce(&self) -> Announced<'_> {
+        self.in_flight.add(1);
+        Announced {
+            queue: self,
+            counted: true,
+        }
+    }
+
     /// Queues a request without blocking; the receiver resolves when its batch ran.
     pub fn submit(&self, samples: Vec<Sample>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        self.announce().submit(samples)
+    }
+}
+
+/// A caller counted in flight before its samples are known; uncounted when dropped unused.
+pub struct Announced<'a> {
+    queue: &'a BatchQueue,
+    counted: bool,
+}
+
+impl Announced<'_> {
+    /// Queues the request without blocking; the receiver resolves when its batch ran.
+    pub fn submit(mut self, samples: Vec<Sample>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        let queue = self.queue;
         let (reply, rx) = oneshot::channel();
+        let rows = samples.len();
+        // The caller's one counted sample becomes its `rows`, without ever counting it twice
+        // (a lone caller must never look like two).
+        self.counted = false;
+        match rows {
+            0 => queue.in_flight.done(1),
+            n => queue.in_flight.add(n - 1),
+        }
         let job = Job {
             samples,
             enqueued: Instant::now(),
             reply,
         };
         // Count before sending so the thread's decrement can never run first.
-        self.metrics.queue_depth.inc();
-        match self.tx.try_send(job) {
+        queue.metrics.queue_depth.inc();
+        match queue.tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(e) => {
-                self.metrics.queue_depth.dec();
+                queue.metrics.queue_depth.dec();
+                queue.in_flight.done(rows);
                 Err(match e {
                     TrySendError::Full(_) => SubmitError::Full,
                     TrySendError::Disconnected(_) => SubmitError::Closed,
                 })
             }
+        }
+    }
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.queue.in_flight.done(1);
         }
     }
 }
@@ -140,6 +245,8 @@ pub fn spawn(
     let (tx, rx) = mpsc::sync_channel::<Job>(spec.batch.queue_capacity.max(1));
     let (loaded_tx, loaded_rx) = oneshot::channel();
     let thread_metrics = metrics.clone();
+    let in_flight = Arc::new(InFlight::new(metrics.in_flight.clone()));
+    let thread_in_flight = in_flight.clone();
     let handle = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
@@ -157,7 +264,13 @@ pub fn spawn(
                 max_batch: spec.batch.max_batch.max(1),
                 timeout: spec.batch.batch_timeout,
             };
-            run_loop(model.as_ref(), &rx, policy, &thread_metrics);
+            run_loop(
+                model.as_ref(),
+                &rx,
+                policy,
+                &thread_metrics,
+                &thread_in_flight,
+            );
             tracing::info!("inference queue drained; inference thread exiting");
         })
         .map_err(|source| ServingError::Io {
@@ -165,7 +278,11 @@ pub fn spawn(
             source,
         })?;
     Ok(InferenceThread {
-        queue: BatchQueue { tx, metrics },
+        queue: BatchQueue {
+            tx,
+            metrics,
+            in_flight,
+        },
         loaded: loaded_rx,
         handle,
     })
@@ -221,6 +338,7 @@ fn run_loop(
     rx: &mpsc::Receiver<Job>,
     policy: BatchPolicy,
     metrics: &ModelMetrics,
+    in_flight: &InFlight,
 ) {
     let mut carried: Option<Job> = None;
     loop {
@@ -234,12 +352,19 @@ fn run_loop(
         let deadline = policy.deadline(first.enqueued);
         let mut rows = first.samples.len();
         let mut jobs = vec![first];
+        // What queued while the previous pass ran joins at once; waiting (bounded by the
+        // deadline) only while callers recently in flight are not in the batch yet.
         while !policy.full(rows) {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let next = if wait.is_zero() {
-                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
-            } else {
-                rx.recv_timeout(wait)
+            let next = match rx.try_recv() {
+                Ok(job) => Ok(job),
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    if wait.is_zero() || !policy.waits(rows, policy.target(in_flight.peak())) {
+                        break;
+                    }
+                    rx.recv_timeout(wait)
+                }
             };
             match next {
                 Ok(job) if policy.admits(rows, job.samples.len()) => {
@@ -250,16 +375,22 @@ fn run_loop(
                     carried = Some(job);
                     break;
                 }
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
+        // The next batch expects whoever is in flight from now on, this batch's callers too.
+        in_flight.reset_peak();
         // A carried job stays counted: it is still waiting for its batch.
         metrics.queue_depth.sub(jobs.len() as i64);
-        run_batch(model, jobs, metrics);
+        // Counted out before the replies go: a caller answered and already back must not
+        // look like a second caller in flight.
+        run_batch(model, jobs, metrics, || in_flight.done(rows));
     }
 }
 
-fn run_batch(model: &dyn Model, jobs: Vec<Job>, metrics: &ModelMetrics) {
+/// Runs `jobs` as one batch (split by shape where the model needs it), calls `answering`, then
+/// answers each job.
+fn run_batch(model: &dyn Model, jobs: Vec<Job>, metrics: &ModelMetrics, answering: impl FnOnce()) {
     // Flatten: sample i belongs to job owner[i].
     let mut owner = Vec::new();
     let mut samples: Vec<&Sample> = Vec::new();
@@ -293,6 +424,7 @@ fn run_batch(model: &dyn Model, jobs: Vec<Job>, metrics: &ModelMetrics) {
             }
         }
     }
+    answering();
     let mut results = results.into_iter();
     for job in jobs {
         let mine: Vec<Result<Value, InferError>> = results
@@ -341,6 +473,32 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_waits_only_for_callers_in_flight_and_never_beyond_max_batch() {
+        let p = policy();
+        // (rows held, most samples in flight, waits?)
+        let table = [
+            (1, 1, false), // a lone caller runs at once
+            (1, 0, false),
+            (3, 5, true), // two callers in flight are not in the batch yet
+            (5, 5, false),
+            (7, 64, true),  // the target is capped at max_batch ...
+            (8, 64, false), // ... and a full batch always runs
+        ];
+        for (rows, peak, waits) in table {
+            assert_eq!(
+                p.waits(rows, p.target(peak)),
+                waits,
+                "rows {rows}, peak {peak}"
+            );
+        }
+        let no_wait = BatchPolicy {
+            timeout: Duration::ZERO,
+            ..p
+        };
+        assert!(!no_wait.waits(1, no_wait.target(8)));
+    }
+
+    #[test]
     fn shape_groups_split_only_when_asked() {
         let keys = [vec![3], vec![2], vec![3], vec![2, 1]];
         assert_eq!(shape_groups(&keys, false), vec![vec![0, 1, 2, 3]]);
@@ -377,7 +535,7 @@ mod tests {
             });
             rxs.push(rx);
         }
-        run_batch(&Doubler, jobs, &metrics);
+        run_batch(&Doubler, jobs, &metrics, || {});
         let got: Vec<Vec<Value>> = rxs
             .into_iter()
             .map(|mut r| r.try_recv().unwrap().unwrap())
@@ -392,5 +550,144 @@ mod tests {
             ]
         );
         assert_eq!(metrics.batch_size.get_sample_sum(), 6.0);
+    }
+
+    /// A model that blocks inside `forward` on a sample valued -1 until released, and reports
+    /// when it got there.
+    struct Gate {
+        entered: std::sync::Mutex<mpsc::Sender<()>>,
+        release: std::sync::Mutex<mpsc::Receiver<()>>,
+    }
+    impl Model for Gate {
+        fn forward(&self, batch: &[&Sample]) -> Result<Vec<Value>, tch::TchError> {
+            if batch.iter().any(|s| s.values[0] < 0.0) {
+                let _ = self.entered.lock().unwrap().send(());
+                let _ = self.release.lock().unwrap().recv();
+            }
+            Ok(batch
+                .iter()
+                .map(|s| serde_json::json!(s.values[0]))
+                .collect())
+        }
+    }
+
+    struct Running {
+        queue: BatchQueue,
+        metrics: ModelMetrics,
+        entered: mpsc::Receiver<()>,
+        release: mpsc::Sender<()>,
+    }
+
+    fn start(timeout: Duration) -> Running {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let model = Gate {
+            entered: std::sync::Mutex::new(entered_tx),
+            release: std::sync::Mutex::new(release_rx),
+        };
+        let metrics = ModelMetrics::new("t").unwrap();
+        let (tx, rx) = mpsc::sync_channel(64);
+        let in_flight = Arc::new(InFlight::new(metrics.in_flight.clone()));
+        let queue = BatchQueue {
+            tx,
+            metrics: metrics.clone(),
+            in_flight: in_flight.clone(),
+        };
+        let policy = BatchPolicy {
+            max_batch: 16,
+            timeout,
+        };
+        let thread_metrics = metrics.clone();
+        std::thread::spawn(move || run_loop(&model, &rx, policy, &thread_metrics, &in_flight));
+        Running {
+            queue,
+            metrics,
+            entered,
+            release,
+        }
+    }
+
+    fn one(v: f32) -> Vec<Sample> {
+        vec![Sample::dense(vec![v], vec![1])]
+    }
+
+    /// Waits for a reply, at most `bound`.
+    fn reply_within(mut rx: oneshot::Receiver<Reply>, bound: Duration) -> Option<Reply> {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(r) => return Some(r),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(oneshot::error::TryRecvError::Closed) => return None,
+            }
+        }
+        None
+    }
+
+    fn batches(m: &ModelMetrics) -> (f64, u64) {
+        (
+            m.batch_size.get_sample_sum(),
+            m.batch_size.get_sample_count(),
+        )
+    }
+
+    #[test]
+    fn a_lone_caller_never_waits_for_the_batch_timeout() {
+        // The old batcher held each of these for the full minute.
+        let timeout = Duration::from_secs(60);
+        let r = start(timeout);
+        let started = Instant::now();
+        for i in 0..5 {
+            let rx = r.queue.submit(one(i as f32)).unwrap();
+            let got = reply_within(rx, timeout / 4).expect("a lone caller waited for the timeout");
+            assert_eq!(got.unwrap(), vec![serde_json::json!(i as f32)]);
+        }
+        assert!(started.elapsed() < timeout / 4);
+        assert_eq!(batches(&r.metrics), (5.0, 5));
+    }
+
+    #[test]
+    fn what_queued_during_a_pass_is_the_next_batch() {
+        let r = start(Duration::from_millis(100));
+        let blocker = r.queue.submit(one(-1.0)).unwrap();
+        r.entered.recv().unwrap();
+        let rxs: Vec<_> = (0..7)
+            .map(|i| r.queue.submit(one(i as f32)).unwrap())
+            .collect();
+        r.release.send(()).unwrap();
+        assert!(reply_within(blocker, Duration::from_secs(30)).is_some());
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let got = reply_within(rx, Duration::from_secs(30)).unwrap().unwrap();
+            assert_eq!(got, vec![serde_json::json!(i as f32)]);
+        }
+        // One pass for the blocker, one for all seven that queued behind it.
+        assert_eq!(batches(&r.metrics), (8.0, 2));
+    }
+
+    #[test]
+    fn callers_in_flight_are_waited_for_and_the_timeout_bounds_the_wait() {
+        let r = start(Duration::from_secs(60));
+        // Four callers still parsing their requests when the first one is queued.
+        let late: Vec<Announced<'_>> = (0..4).map(|_| r.queue.announce()).collect();
+        let first = r.queue.submit(one(0.0)).unwrap();
+        let mut rxs = vec![first];
+        for (i, a) in late.into_iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(5));
+            rxs.push(a.submit(one(1.0 + i as f32)).unwrap());
+        }
+        for rx in rxs {
+            assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+        }
+        assert_eq!(batches(&r.metrics), (5.0, 1), "all five share one pass");
+
+        // A caller that never comes costs at most the timeout, once.
+        let r = start(Duration::from_millis(50));
+        let gone = r.queue.announce();
+        let rx = r.queue.submit(one(0.0)).unwrap();
+        assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+        drop(gone);
+        assert_eq!(batches(&r.metrics), (1.0, 1));
     }
 }

@@ -11,6 +11,7 @@ pub struct ModelMetrics {
     pub errors: IntCounterVec,
     pub request_duration: Histogram,
     pub queue_depth: IntGauge,
+    pub in_flight: IntGauge,
     pub batch_size: Histogram,
     pub inference_duration: Histogram,
     pub ready: IntGauge,
@@ -51,6 +52,11 @@ impl ModelMetrics {
                 "warden_model_queue_depth",
                 "Requests waiting for the inference thread",
             )?,
+            in_flight: IntGauge::new(
+                "warden_model_in_flight_samples",
+                "Samples of /infer requests being read, queued or inferred, not yet answered \
+                 (what the batcher expects a batch to hold)",
+            )?,
             batch_size: Histogram::with_opts(
                 HistogramOpts::new("warden_model_batch_size", "Samples per forward pass")
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
@@ -72,6 +78,7 @@ impl ModelMetrics {
         m.registry.register(Box::new(m.errors.clone()))?;
         m.registry.register(Box::new(m.request_duration.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;
+        m.registry.register(Box::new(m.in_flight.clone()))?;
         m.registry.register(Box::new(m.batch_size.clone()))?;
         m.registry
             .register(Box::new(m.inference_duration.clone()))?;

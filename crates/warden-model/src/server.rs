@@ -5,7 +5,7 @@ use super::metrics::ModelMetrics;
 use super::{BatchConfig, ModelKind, ServingError, select_device};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -270,14 +270,14 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("unknown"))
 }
 
-async fn infer(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn infer(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
-    let id = request_id(&headers);
-    let result = infer_inner(&state, body).await;
+    let id = request_id(req.headers());
+    // Counted from its headers on, before the body is read, so that a batch forming while
+    // this caller's body arrives waits for it.
+    let announced = state.queue.announce();
+    let body = Bytes::from_request(req, &state).await;
+    let result = infer_inner(&state, announced, body).await;
     let mut resp = match result {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
         Err((kind, e)) => {
@@ -301,6 +301,7 @@ async fn infer(
 
 async fn infer_inner(
     state: &AppState,
+    announced: batcher::Announced<'_>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Value, (&'static str, ApiError)> {
     if !state.ready.load(Ordering::SeqCst) {
@@ -330,27 +331,16 @@ async fn infer_inner(
             )
         }
     })?;
-    let json: Value = serde_json::from_slice(&body).map_err(|e| {
-        (
-            "invalid_json",
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("body is not valid JSON: {e}"),
-            ),
-        )
-    })?;
-    let samples = state.kind.parse(&json).map_err(|e| {
-        (
-            "invalid_input",
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                e.code,
-                format!("{}: {}", e.field, e.message),
-            ),
-        )
-    })?;
-    let rx = state.queue.submit(samples).map_err(|e| match e {
+    // A TorchScript body goes straight into rows; anything unusual takes the tree path below,
+    // which names the problem.
+    let fast = (state.kind == ModelKind::TorchScript)
+        .then(|| super::torchscript::parse_fast(&body))
+        .flatten();
+    let samples = match fast {
+        Some(samples) => samples,
+        None => parse_tree(state, &body)?,
+    };
+    let rx = announced.submit(samples).map_err(|e| match e {
         SubmitError::Full => {
             let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -403,6 +393,34 @@ async fn infer_inner(
             }
         })?;
     Ok(state.kind.respond(outputs))
+}
+
+/// Parses a body through a JSON tree and the model's schema, with precise errors.
+fn parse_tree(
+    state: &AppState,
+    body: &[u8],
+) -> Result<Vec<super::schema::Sample>, (&'static str, ApiError)> {
+    let json: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            "invalid_json",
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not valid JSON: {e}"),
+            ),
+        )
+    })?;
+    let samples = state.kind.parse(&json).map_err(|e| {
+        (
+            "invalid_input",
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.code,
+                format!("{}: {}", e.field, e.message),
+            ),
+        )
+    })?;
+    Ok(samples)
 }
 
 async fn health(State(state): State<AppState>) -> Response {

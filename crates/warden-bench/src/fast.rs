@@ -1,0 +1,542 @@
+//! `warden bench fast`: the fast path's comparisons side by side in one run, as ratios — the
+//! same model process straight, behind nginx (keepalive upstream, started here) and behind
+//! warden's gateway with auth, audit and metrics on; `/infer` at concurrency 1 against the
+//! same server's `/health`; P99 at many concurrent clients through the gateway; the agent's
+//! own CPU and peak RSS against node_exporter's when Debian's `prometheus-node-exporter` is
+//! installed (`warden bench fast --setup` installs it).
+//!
+//! Load comes from wrk (the same client for every side); the agent is a real `warden run`
+//! supervising one model process on free ports.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Harness(#[from] warden_testkit::HarnessError),
+}
+
+pub struct FastBench {
+    /// wrk connections for the direct / nginx / gateway comparison.
+    pub connections: u32,
+    /// Each wrk measurement's length.
+    pub duration: Duration,
+    /// Concurrent clients for the gateway's P99.
+    pub many: u32,
+    pub model: String,
+    pub models_dir: Option<PathBuf>,
+}
+
+/// One wrk measurement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WrkFigures {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub requests: u64,
+    /// Non-2xx answers plus connect/read/write errors and timeouts.
+    pub errors: u64,
+}
+
+impl WrkFigures {
+    /// Reads the line the bench's wrk script prints when done.
+    pub fn parse(text: &str) -> Option<WrkFigures> {
+        let line = text.lines().find(|l| l.starts_with("WARDEN "))?;
+        let mut f = WrkFigures::default();
+        let mut seconds = 0.0;
+        for kv in line.split_whitespace().skip(1) {
+            let (k, v) = kv.split_once('=')?;
+            let n: f64 = v.parse().ok()?;
+            match k {
+                "requests" => f.requests = n as u64,
+                "errors" => f.errors = n as u64,
+                "p50us" => f.p50_ms = n / 1000.0,
+                "p99us" => f.p99_ms = n / 1000.0,
+                "us" => seconds = n / 1e6,
+                _ => {}
+            }
+        }
+        if seconds > 0.0 {
+            f.per_second = f.requests as f64 / seconds;
+        }
+        Some(f)
+    }
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: only an async-signal-safe libc call between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf, BenchError> {
+    Ok(std::env::current_exe()?.with_file_name(name))
+}
+
+/// Installs what the comparisons need beyond the dev set-up (Debian's node_exporter).
+pub fn setup() -> Result<(), BenchError> {
+    if which("prometheus-node-exporter").is_some() {
+        println!("prometheus-node-exporter already installed");
+        return Ok(());
+    }
+    let status = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "prometheus-node-exporter",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        return Err(BenchError::Setup(
+            "apt-get install prometheus-node-exporter failed".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn run_ok(command: &mut Command, what: &str) -> Result<String, BenchError> {
+    let out = command.stderr(Stdio::piped()).output()?;
+    if !out.status.success() {
+        return Err(BenchError::Setup(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The wrk script: a fixed request, and one summary line the bench parses.
+fn wrk_script(dir: &Path, method: &str, body: Option<&str>, token: Option<&str>) -> PathBuf {
+    let mut lua = format!("wrk.method = {method:?}\n");
+    if let Some(body) = body {
+        let _ = writeln!(
+            lua,
+            "wrk.body = {body:?}\nwrk.headers[\"Content-Type\"] = \"application/json\""
+        );
+    }
+    if let Some(token) = token {
+        let _ = writeln!(lua, "wrk.headers[\"Authorization\"] = \"Bearer {token}\"");
+    }
+    lua.push_str(
+        "done = function(summary, latency, requests)\n  \
+         local e = summary.errors\n  \
+         io.write(string.format(\"WARDEN requests=%d errors=%d us=%d p50us=%d p99us=%d\\n\",\n    \
+         summary.requests, e.status + e.connect + e.read + e.write + e.timeout, summary.duration,\n    \
+         latency:percentile(50), latency:percentile(99)))\nend\n",
+    );
+    let path = dir.join(format!(
+        "wrk-{method}-{}-{}.lua",
+        body.is_some(),
+        token.is_some()
+    ));
+    let _ = std::fs::write(&path, lua);
+    path
+}
+
+fn wrk(
+    script: &Path,
+    url: &str,
+    connections: u32,
+    duration: Duration,
+) -> Result<WrkFigures, BenchError> {
+    let out = Command::new("wrk")
+        .arg(format!("-c{connections}"))
+        .arg(format!("-t{}", connections.clamp(1, 2)))
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .args(["--timeout", "10s", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .map_err(|e| BenchError::Setup(format!("wrk: {e} (scripts/setup.sh installs it)")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    WrkFigures::parse(&text).ok_or_else(|| BenchError::Setup(format!("no wrk summary in:\n{text}")))
+}
+
+/// Waits until `url` answers 2xx to a GET (bounded).
+fn wait_http(url: &str, bound: Duration) -> Result<(), BenchError> {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        let ok = Command::new("curl")
+            .args(["-fsS", "-o", "/dev/null", "--max-time", "2", url])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(BenchError::Setup(format!("{url} never answered")))
+}
+
+fn nginx(dir: &Path, listen: u16, upstream: u16) -> Result<Proc, BenchError> {
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let p = prefix.display();
+    let conf = format!(
+        "worker_processes auto;\ndaemon off;\npid {p}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  \
+         fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  \
+         keepalive_requests 1000000;\n  \
+         upstream model {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n  \
+         server {{\n    listen 127.0.0.1:{listen};\n    location / {{\n      proxy_pass http://model;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let bin = which("nginx").ok_or_else(|| BenchError::Setup("nginx not installed".into()))?;
+    let mut command = Command::new(bin);
+    command
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    die_with_parent(&mut command);
+    Ok(Proc(command.spawn()?))
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+impl FastBench {
+    pub fn run(&self) -> Result<String, BenchError> {
+        let dir = tempfile::tempdir()?;
+        let warden = sibling("warden")?;
+        let models_dir = match &self.models_dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = dir.path().join("models");
+                run_ok(
+                    Command::new(&warden)
+                        .args(["models", "init", "--dir"])
+                        .arg(&d),
+                    "warden models init",
+                )?;
+                d
+            }
+        };
+        // Keys for auth: the gateway is measured as deployed (bearer token, rate limit, audit).
+        let private = dir.path().join("private.pem");
+        let public = dir.path().join("public.pem");
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                ])
+                .arg(&private),
+            "openssl genpkey",
+        )?;
+        run_ok(
+            Command::new("openssl")
+                .args(["rsa", "-pubout", "-in"])
+                .arg(&private)
+                .arg("-out")
+                .arg(&public),
+            "openssl rsa -pubout",
+        )?;
+        std::fs::write(dir.path().join("keys.toml"), "")?;
+        let api_port = warden_testkit::net::try_free_port()?;
+        let model_port = warden_testkit::net::try_free_port()?;
+        let nginx_port = warden_testkit::net::try_free_port()?;
+        let d = dir.path();
+        let config = format!(
+            "[agent]\nlisten = \"127.0.0.1:{api_port}\"\ncontrol_socket = {:?}\nstate_dir = {:?}\n\
+             models_dir = {models_dir:?}\n\n[cloudwatch]\nenabled = false\n[logs]\nenabled = false\n\
+             [auth]\njwt_public_key = {public:?}\njwt_private_key = {private:?}\napi_keys_file = {:?}\n\
+             rate_limit_per_hour = 1000000000\n[api]\nmax_concurrency = {}\n\n\
+             [[models]]\nname = \"{}\"\nport = {model_port}\nthreads = 1\n",
+            d.join("control.sock"),
+            d.join("state"),
+            d.join("keys.toml"),
+            (self.many as usize * 2).max(1024),
+            self.model,
+        );
+        let config_path = d.join("warden.toml");
+        std::fs::write(&config_path, config)?;
+        let token = run_ok(
+            Command::new(&warden)
+                .args(["token", "issue", "--config"])
+                .arg(&config_path)
+                .args(["--sub", "bench", "--role", "user"]),
+            "warden token issue",
+        )?
+        .trim()
+        .to_string();
+
+        let mut agent = Command::new(&warden);
+        agent
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut agent);
+        let agent = Proc(agent.spawn()?);
+        let _nginx = nginx(d, nginx_port, model_port)?;
+        let base_model = format!("http://127.0.0.1:{model_port}");
+        let base_api = format!("http://127.0.0.1:{api_port}");
+        wait_http(&format!("{base_model}/ready"), Duration::from_secs(120))?;
+        wait_http(&format!("{base_api}/ready"), Duration::from_secs(120))?;
+        wait_http(
+            &format!("http://127.0.0.1:{nginx_port}/health"),
+            Duration::from_secs(30),
+        )?;
+        let example = example_body(&base_model)?;
+
+        // The agent's own cost first, before any load has grown its buffers (the issue's
+        // setting: sampling, sinks and the idle API).
+        let agent_pid = agent.0.id();
+        let (cpu, rss) = agent_cost(agent_pid, self.duration);
+
+        let post = wrk_script(d, "POST", Some(&example), None);
+        let post_auth = wrk_script(d, "POST", Some(&example), Some(&token));
+        let get = wrk_script(d, "GET", None, None);
+        let (c, t) = (self.connections, self.duration);
+        let warm = Duration::from_secs(2);
+        wrk(
+            &post_auth,
+            &format!("{base_api}/api/v1/{}", self.model),
+            c,
+            warm,
+        )?;
+        wrk(&post, &format!("{base_model}/infer"), c, warm)?;
+
+        let direct = wrk(&post, &format!("{base_model}/infer"), c, t)?;
+        let via_nginx = wrk(&post, &format!("http://127.0.0.1:{nginx_port}/infer"), c, t)?;
+        let gateway = wrk(
+            &post_auth,
+            &format!("{base_api}/api/v1/{}", self.model),
+            c,
+            t,
+        )?;
+        let lone_infer = wrk(&post, &format!("{base_model}/infer"), 1, t)?;
+        let lone_health = wrk(&get, &format!("{base_model}/health"), 1, t)?;
+        let many = wrk(
+            &post_auth,
+            &format!("{base_api}/api/v1/{}", self.model),
+            self.many,
+            t,
+        )?;
+        let after_load = proc_usage(agent_pid).map_or(f64::NAN, |(_, hwm)| hwm as f64 / 1024.0);
+
+        let mut r = String::new();
+        let _ = writeln!(
+            r,
+            "warden bench fast: model {}, wrk -c{c} for {t:?} per side, one run (ratios, then figures)\n",
+            self.model
+        );
+        let _ = writeln!(
+            r,
+            "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7}",
+            "side", "req/s", "p50 ms", "p99 ms", "vs direct", "errors"
+        );
+        for (name, f) in [
+            ("direct (model process)", direct),
+            ("nginx, keepalive upstream", via_nginx),
+            ("warden gateway (auth+audit+metrics)", gateway),
+        ] {
+            let _ = writeln!(
+                r,
+                "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>8.2}x {:>7}",
+                f.per_second,
+                f.p50_ms,
+                f.p99_ms,
+                ratio(f.per_second, direct.per_second),
+                f.errors
+            );
+        }
+        let _ = writeln!(
+            r,
+            "gateway / nginx throughput {:.2}x; added p50: nginx {:.3} ms, gateway {:.3} ms",
+            ratio(gateway.per_second, via_nginx.per_second),
+            via_nginx.p50_ms - direct.p50_ms,
+            gateway.p50_ms - direct.p50_ms
+        );
+        let _ = writeln!(
+            r,
+            "\nconcurrency 1 on the model: /infer p50 {:.3} ms, /health p50 {:.3} ms: {:.2}x (goal <= 3x)",
+            lone_infer.p50_ms,
+            lone_health.p50_ms,
+            ratio(lone_infer.p50_ms, lone_health.p50_ms)
+        );
+        let _ = writeln!(
+            r,
+            "{} clients through the gateway: p99 {:.1} ms, {} errors of {} requests, {:.0} req/s",
+            self.many, many.p99_ms, many.errors, many.requests, many.per_second
+        );
+        let _ = writeln!(
+            r,
+            "\nagent before any load ({t:?}, 1 model, no AWS): {cpu:.2} % of a core, {rss:.1} MB peak RSS \
+             ({after_load:.1} MB peak after the {} -client run)",
+            self.many
+        );
+        match node_exporter_cost(t)? {
+            Some((ne_cpu, ne_rss)) => {
+                let _ = writeln!(
+                    r,
+                    "node_exporter scraped every second: {ne_cpu:.2} % of a core, {ne_rss:.1} MB peak RSS; agent/node_exporter CPU {:.2}x, RSS {:.2}x",
+                    ratio(cpu, ne_cpu),
+                    ratio(rss, ne_rss)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    r,
+                    "node_exporter: not installed (`warden bench fast --setup`)"
+                );
+            }
+        }
+        drop(agent);
+        Ok(r)
+    }
+}
+
+/// The model's own `/metadata` example: a request `/infer` accepts.
+fn example_body(base: &str) -> Result<String, BenchError> {
+    let text = run_ok(
+        Command::new("curl").args(["-fsS", "--max-time", "5", &format!("{base}/metadata")]),
+        "GET /metadata",
+    )?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| BenchError::Setup(format!("metadata: {e}")))?;
+    Ok(meta["example"].to_string())
+}
+
+/// CPU ticks (utime + stime) and peak RSS (VmHWM, kB) of a process.
+fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks, hwm))
+}
+
+/// % of one core over `window` and peak RSS in MB.
+fn agent_cost(pid: u32, window: Duration) -> (f64, f64) {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let Some((t0, _)) = proc_usage(pid) else {
+        return (f64::NAN, f64::NAN);
+    };
+    std::thread::sleep(window);
+    let Some((t1, hwm)) = proc_usage(pid) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let cpu = (t1 - t0) as f64 / ticks_per_s / window.as_secs_f64() * 100.0;
+    (cpu, hwm as f64 / 1024.0)
+}
+
+/// node_exporter on a free port, scraped every second for `window`.
+fn node_exporter_cost(window: Duration) -> Result<Option<(f64, f64)>, BenchError> {
+    let Some(bin) = which("prometheus-node-exporter") else {
+        return Ok(None);
+    };
+    let port = warden_testkit::net::try_free_port()?;
+    let mut command = Command::new(bin);
+    command
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    die_with_parent(&mut command);
+    let ne = Proc(command.spawn()?);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    wait_http(&url, Duration::from_secs(20))?;
+    let pid = ne.0.id();
+    let Some((t0, _)) = proc_usage(pid) else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    while started.elapsed() < window {
+        let _ = Command::new("curl")
+            .args(["-fsS", "-o", "/dev/null", "--max-time", "2", &url])
+            .status();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let Some((t1, hwm)) = proc_usage(pid) else {
+        return Ok(None);
+    };
+    let cpu = (t1 - t0) as f64 / 100.0 / started.elapsed().as_secs_f64() * 100.0;
+    Ok(Some((cpu, hwm as f64 / 1024.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_summary_line_parses() {
+        let f = super::WrkFigures::parse(
+            "Running 1s test\nWARDEN requests=2000 errors=3 us=2000000 p50us=1500 p99us=9000\n",
+        )
+        .unwrap();
+        assert_eq!((f.requests, f.errors), (2000, 3));
+        assert_eq!(f.per_second, 1000.0);
+        assert_eq!((f.p50_ms, f.p99_ms), (1.5, 9.0));
+        assert!(super::WrkFigures::parse("no summary").is_none());
+    }
+}
