@@ -71,7 +71,7 @@ impl WrkFigures {
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) and reaped on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -91,7 +91,7 @@ impl Drop for Proc {
     }
 }
 
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     // SAFETY: only an async-signal-safe libc call between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -111,7 +111,7 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn sibling(name: &str) -> Result<PathBuf, BenchError> {
+pub(crate) fn sibling(name: &str) -> Result<PathBuf, BenchError> {
     Ok(std::env::current_exe()?.with_file_name(name))
 }
 
@@ -138,7 +138,7 @@ pub fn setup() -> Result<(), BenchError> {
     Ok(())
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -158,7 +158,12 @@ fn run_ok(command: &mut Command, what: &str) -> Result<String, BenchError> {
 }
 
 /// The wrk script: a fixed request, and one summary line the bench parses.
-fn wrk_script(dir: &Path, method: &str, body: Option<&str>, token: Option<&str>) -> PathBuf {
+pub(crate) fn wrk_script(
+    dir: &Path,
+    method: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> PathBuf {
     let mut lua = format!("wrk.method = {method:?}\n");
     if let Some(body) = body {
         let _ = writeln!(
@@ -185,7 +190,7 @@ fn wrk_script(dir: &Path, method: &str, body: Option<&str>, token: Option<&str>)
     path
 }
 
-fn wrk(
+pub(crate) fn wrk(
     script: &Path,
     url: &str,
     connections: u32,
@@ -205,7 +210,7 @@ fn wrk(
 }
 
 /// Waits until `url` answers 2xx to a GET (bounded).
-fn wait_http(url: &str, bound: Duration) -> Result<(), BenchError> {
+pub(crate) fn wait_http(url: &str, bound: Duration) -> Result<(), BenchError> {
     let deadline = Instant::now() + bound;
     while Instant::now() < deadline {
         let ok = Command::new("curl")
@@ -250,7 +255,7 @@ fn nginx(dir: &Path, listen: u16, upstream: u16) -> Result<Proc, BenchError> {
     Ok(Proc(command.spawn()?))
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
 

@@ -1,13 +1,14 @@
 //! `warden-bench`: the benchmarks (`warden bench ...` execs this binary), each printing figures
 //! measured side by side in one run. Kept out of the daemon; shares its harness (ports, rusage,
 //! stats, moto, fake NVML, Slack receiver) with the integration tests through `warden-testkit`.
-//! One file per area: `restart`, `api`, `fast`, `telemetry`, `alerts`, `logs`; `serving` runs in
+//! One file per area: `restart`, `api`, `fast`, `peers`, `telemetry`, `alerts`, `logs`; `serving` runs in
 //! `warden-model`, the binary that links libtorch.
 
 mod alerts;
 mod api;
 mod fast;
 mod logs;
+mod peers;
 mod restart;
 mod telemetry;
 
@@ -79,6 +80,23 @@ enum BenchCommand {
         #[arg(long)]
         models_dir: Option<PathBuf>,
         /// Install the comparison's peers (Debian prometheus-node-exporter) and exit.
+        #[arg(long)]
+        setup: bool,
+    },
+    /// One TorchScript model served by warden vs TorchServe vs FastAPI (wrk, same run);
+    /// `--setup` installs the peers into `~/.cache/warden/bench-venv` first.
+    Peers {
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 64)]
+        concurrency: u32,
+        /// warden-model's tch intra-op threads.
+        #[arg(long, default_value_t = 1)]
+        warden_threads: usize,
+        /// The cache with the venv, wheels and model (default `~/.cache/warden`).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Install the peers (venv, JRE, model) and exit.
         #[arg(long)]
         setup: bool,
     },
@@ -173,6 +191,25 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 many,
                 model,
                 models_dir,
+            };
+            print!("{}", bench.run().context("benchmark failed")?);
+        }
+        BenchCommand::Peers {
+            duration,
+            concurrency,
+            warden_threads,
+            cache,
+            setup,
+        } => {
+            if setup {
+                peers::setup(cache.as_deref()).context("bench set-up failed")?;
+                return Ok(());
+            }
+            let bench = peers::PeersBench {
+                duration,
+                concurrency,
+                warden_threads,
+                cache,
             };
             print!("{}", bench.run().context("benchmark failed")?);
         }
