@@ -25,7 +25,8 @@ if [ ! -s "$MODEL" ]; then
   nice "$VENV/bin/python" "$HERE/make_model.py" "$MODEL"
 fi
 MAR="$CACHE/peers/model-store/peer.mar"
-if [ ! -s "$MAR" ]; then
+# Rebuilt when the handler changed: the archive carries its own copy.
+if [ ! -s "$MAR" ] || [ "$HERE/ts_handler.py" -nt "$MAR" ] || [ "$MODEL" -nt "$MAR" ]; then
   mkdir -p "$CACHE/peers/model-store"
   nice "$VENV/bin/torch-model-archiver" --model-name peer --version 1.0 \
     --serialized-file "$MODEL" --handler "$HERE/ts_handler.py" \

@@ -5,6 +5,7 @@ tensor, one forward pass runs, and each request gets its own rows back, in order
 """
 import json
 
+import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -24,7 +25,10 @@ class PeerHandler(BaseHandler):
             counts.append(len(inputs))
             rows.extend(inputs)
         with torch.inference_mode():
-            out = self.model(torch.tensor(rows, dtype=torch.float32)).tolist()
+            # numpy builds the tensor from nested lists ~10x faster than torch.tensor: the peer
+            # gets its fastest plain conversion, so the comparison is not against a strawman.
+            batch = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+            out = self.model(batch).tolist()
         answers, at = [], 0
         for n in counts:
             answers.append({"outputs": out[at : at + n]})
