@@ -8,6 +8,7 @@
 //! whose observations come from the SLO engine, evaluated in the same loop and state machine.
 
 pub mod alarms;
+mod durable;
 pub mod evaluator;
 pub mod notify;
 pub mod rules;

@@ -6,7 +6,6 @@ use super::AlertsError;
 use super::evaluator::{Evaluator, Labels, Notification, Silence};
 use super::rules::EventSource;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// An event rule's input: e.g. "model m is down", remembered until the matching "up".
@@ -83,17 +82,7 @@ impl StateFile {
             what: format!("saving alert state {}", self.path.display()),
             source,
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(state).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        super::durable::write_json(&self.path, state).map_err(io)
     }
 }
 
