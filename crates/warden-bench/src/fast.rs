@@ -13,15 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("{0}")]
-    Setup(String),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Harness(#[from] warden_testkit::HarnessError),
-}
+// The same failures as the API bench: a set-up step, I/O, or the harness.
+pub use crate::api::BenchError;
 
 pub struct FastBench {
     /// wrk connections for the direct / nginx / gateway comparison.
