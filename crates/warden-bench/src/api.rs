@@ -93,23 +93,7 @@ fn start_agent(models_dir: Option<&PathBuf>, max_concurrency: usize) -> Result<A
         .stderr(Stdio::inherit());
     // A bench killed from outside (timeout, Ctrl-C) must not leave its agent and models behind:
     // the agent gets SIGTERM when the bench dies and stops its models itself.
-    // SAFETY: only an async-signal-safe libc call between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut command);
     let child = command.spawn()?;
     Ok(Agent {
         child,
@@ -362,5 +346,26 @@ impl ApiBench {
         );
         drop(agent);
         Ok(out)
+    }
+}
+
+/// The child gets SIGTERM when the bench dies (timeout, Ctrl-C), so nothing is left behind.
+pub(crate) fn die_with_parent(command: &mut Command) {
+    // SAFETY: only an async-signal-safe libc call between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

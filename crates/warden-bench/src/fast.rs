@@ -84,25 +84,7 @@ impl Drop for Proc {
     }
 }
 
-pub(crate) fn die_with_parent(command: &mut Command) {
-    // SAFETY: only an async-signal-safe libc call between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
+pub(crate) use crate::api::die_with_parent;
 
 pub(crate) fn sibling(name: &str) -> Result<PathBuf, BenchError> {
     Ok(std::env::current_exe()?.with_file_name(name))
