@@ -31,13 +31,15 @@ fn one_run() -> Run {
             &url,
             r#"{"inputs":[[1.0]]}"#,
             CLIENTS,
-            Duration::from_secs(3),
+            Duration::from_secs(4),
         )
     });
-    // Mid-load: the signal goes once the gateway has answered a good share of requests.
+    // Mid-load: the signal goes once the gateway is answering steadily. The bar is low enough
+    // that a machine busy with other work (a few hundred req/s) still gets there well inside
+    // wrk's run, so the signal always lands while requests are in flight.
     let metrics = agent.url("/metrics");
     let busy = wait_until(Duration::from_secs(10), || {
-        (answered(&metrics) >= 2000.0).then_some(())
+        (answered(&metrics) >= 500.0).then_some(())
     });
     assert!(
         busy.is_some(),
