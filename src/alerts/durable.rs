@@ -2,6 +2,7 @@
 //! of the directory, so a reader sees the old file or the new one, never half of either.
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::io::Write;
 use std::path::Path;
 
@@ -20,4 +21,31 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Blocking. The file's value, or a fresh start: when it is missing, unreadable (logged), or
+/// corrupt (logged and set aside as `.corrupt` so the evidence survives the next save).
+pub fn read_json<T: DeserializeOwned + Default>(path: &Path, what: &str) -> T {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return T::default(),
+        Err(e) => {
+            tracing::error!(error = %e, file = %path.display(), "cannot read the {what}; starting fresh");
+            return T::default();
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        Err(e) => {
+            tracing::error!(error = %e, file = %path.display(),
+                "{what} unreadable; starting fresh (old file kept as .corrupt)");
+            set_aside(path);
+            T::default()
+        }
+    }
+}
+
+/// Moves a state file out of the way as `<name>.corrupt`.
+pub fn set_aside(path: &Path) {
+    let _ = std::fs::rename(path, path.with_extension("json.corrupt"));
 }

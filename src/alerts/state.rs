@@ -62,19 +62,7 @@ impl StateFile {
 
     /// The saved state; a missing file is a fresh start, a corrupt one is logged and set aside.
     pub fn load(&self) -> PersistedState {
-        match std::fs::read(&self.path) {
-            Err(_) => PersistedState::default(),
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(s) => s,
-                Err(e) => {
-                    let aside = self.path.with_extension("json.corrupt");
-                    tracing::error!(error = %e, file = %self.path.display(),
-                        "alert state unreadable; starting fresh (old file kept as .corrupt)");
-                    let _ = std::fs::rename(&self.path, aside);
-                    PersistedState::default()
-                }
-            },
-        }
+        super::durable::read_json(&self.path, "alert state")
     }
 
     pub fn save(&self, state: &PersistedState) -> Result<(), AlertsError> {

@@ -9,6 +9,7 @@
 //! An unreadable file is set aside as `.corrupt` and budgets start fresh (logged).
 
 use super::budget::Ledger;
+use crate::alerts::durable;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,41 +55,22 @@ impl SloFile {
         &self.path
     }
 
-    /// Blocking. A missing file is a fresh start.
+    /// Blocking. A missing file is a fresh start; an unreadable one or one of another format
+    /// version is logged and set aside.
     pub fn load(&self) -> SloState {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return SloState::default(),
-            Err(e) => {
-                tracing::error!(error = %e, file = %self.path.display(),
-                    "cannot read the SLO budgets; starting fresh");
-                return SloState::default();
-            }
-        };
-        match serde_json::from_slice::<SloState>(&bytes) {
-            Ok(s) if s.version == FORMAT_VERSION => s,
-            Ok(s) => {
-                tracing::error!(version = s.version, file = %self.path.display(),
-                    "SLO budgets written by an unknown format version; starting fresh");
-                self.set_aside();
-                SloState::default()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, file = %self.path.display(),
-                    "SLO budgets unreadable; starting fresh (old file kept as .corrupt)");
-                self.set_aside();
-                SloState::default()
-            }
+        let state: SloState = durable::read_json(&self.path, "SLO budgets");
+        if state.version == FORMAT_VERSION || state == SloState::default() {
+            return state;
         }
-    }
-
-    fn set_aside(&self) {
-        let _ = std::fs::rename(&self.path, self.path.with_extension("json.corrupt"));
+        tracing::error!(version = state.version, file = %self.path.display(),
+            "SLO budgets written by an unknown format version; starting fresh");
+        durable::set_aside(&self.path);
+        SloState::default()
     }
 
     /// Blocking: temp file, fsync, rename, fsync the directory.
     pub fn save(&self, state: &SloState) -> std::io::Result<()> {
-        crate::alerts::durable::write_json(&self.path, state)
+        durable::write_json(&self.path, state)
     }
 }
 
