@@ -351,10 +351,12 @@ async fn a_lone_caller_does_not_wait_for_the_batch_timeout_yet_concurrent_caller
         &["--batch-timeout", "1s", "--max-batch", "64"],
     )
     .await;
+    let pid = server.child.as_ref().unwrap().id();
+    let switches0 = voluntary_switches(pid, "inference");
     let started = std::time::Instant::now();
-    let lone = 8;
+    let lone = 20;
     for i in 0..lone {
-        let (status, _) = server.infer(&risk_input(3.0 + i as f64)).await;
+        let (status, _) = server.infer(&risk_input(3.0 + i as f64 / 4.0)).await;
         assert_eq!(status, 200);
     }
     let per_request = started.elapsed() / lone;
@@ -364,6 +366,13 @@ async fn a_lone_caller_does_not_wait_for_the_batch_timeout_yet_concurrent_caller
     );
     let batches0 = server.metric("warden_model_batch_size_count").await;
     assert_eq!(batches0, lone as f64, "each lone request is its own pass");
+    // Nor is a lone request handed to the inference thread and back: the thread, parked,
+    // is not woken once per request (a hand-off costs it a sleep and a wake-up each).
+    let woken = voluntary_switches(pid, "inference") - switches0;
+    assert!(
+        woken <= lone as u64 / 4,
+        "the inference thread slept and woke {woken} times for {lone} lone requests"
+    );
 
     // Sixteen closed-loop callers: each pass should carry most of them.
     let server = std::sync::Arc::new(server);
@@ -389,6 +398,23 @@ async fn a_lone_caller_does_not_wait_for_the_batch_timeout_yet_concurrent_caller
         "mean batch {} over {batches} passes for 16 concurrent callers",
         samples / batches
     );
+}
+
+/// The voluntary context switches (sleeps) so far of `pid`'s thread named `name`.
+fn voluntary_switches(pid: u32, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let task = tasks
+        .filter_map(Result::ok)
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .unwrap_or_else(|| panic!("process {pid} has no thread named {name}"));
+    let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no voluntary_ctxt_switches in {status}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

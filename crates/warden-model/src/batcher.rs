@@ -15,8 +15,9 @@ use super::{BatchConfig, ModelKind, ServingError};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -38,11 +39,19 @@ pub struct Job {
     pub reply: oneshot::Sender<Reply>,
 }
 
+/// The longest expected pass a lone caller runs on its own HTTP worker. Holding that worker
+/// delays only its other connections (none is an /infer: the caller is alone), and by no more
+/// than the default `batch_timeout` a batched caller may be made to wait; a longer pass gains
+/// little from skipping the hand-off (tens of µs) anyway.
+pub const LONE_PASS_BUDGET: Duration = Duration::from_millis(2);
+
 /// The batching rule, as plain data (no clock, no channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
     pub max_batch: usize,
     pub timeout: Duration,
+    /// The longest expected pass a lone caller runs itself ([`LONE_PASS_BUDGET`]; zero: never).
+    pub lone_pass: Duration,
 }
 
 impl BatchPolicy {
@@ -72,6 +81,18 @@ impl BatchPolicy {
     /// deadline): only while callers in flight are not yet in it.
     pub fn waits(&self, rows: usize, target: usize) -> bool {
         !self.full(rows) && rows < target && !self.timeout.is_zero()
+    }
+
+    /// Whether a caller of `rows` samples runs its own pass instead of queueing: only when
+    /// those are all the samples in flight (nobody to batch with, nothing queued or running)
+    /// and its pass, at the latest pass's `ns_per_sample`, is expected within `lone_pass`.
+    /// A model never measured yet (`ns_per_sample` 0) goes through the thread.
+    pub fn runs_alone(&self, rows: usize, outstanding: usize, ns_per_sample: u64) -> bool {
+        rows > 0
+            && rows <= self.max_batch
+            && outstanding == rows
+            && ns_per_sample > 0
+            && (ns_per_sample as u128) * (rows as u128) <= self.lone_pass.as_nanos()
     }
 }
 
@@ -110,6 +131,10 @@ impl InFlight {
         self.peak.load(Ordering::Acquire)
     }
 
+    fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
     /// Starts a new observation window at the current load.
     fn reset_peak(&self) {
         let now = self.outstanding.load(Ordering::Acquire);
@@ -117,6 +142,56 @@ impl InFlight {
         // A submit between the load and the store raised `outstanding`: keep it seen.
         self.peak
             .fetch_max(self.outstanding.load(Ordering::Acquire), Ordering::AcqRel);
+    }
+}
+
+/// The loaded model, shared by the inference thread and lone callers: one pass at a time.
+pub struct Engine {
+    model: OnceLock<Mutex<Box<dyn Model>>>,
+    /// The latest pass's time per sample, ns (0 until the warm-up pass): what a lone caller
+    /// expects its own pass to cost.
+    ns_per_sample: AtomicU64,
+}
+
+impl Engine {
+    fn new() -> Engine {
+        Engine {
+            model: OnceLock::new(),
+            ns_per_sample: AtomicU64::new(0),
+        }
+    }
+
+    /// Installs the loaded model (once; the inference thread does it after loading).
+    fn install(&self, model: Box<dyn Model>) {
+        // Only the inference thread installs, once: a second call cannot happen.
+        let _ = self.model.set(Mutex::new(model));
+    }
+
+    /// Waits for the model (the inference thread); `None` before it is installed.
+    fn lock(&self) -> Option<MutexGuard<'_, Box<dyn Model>>> {
+        // A pass's panic is caught inside the guard (`forward_guarded`), so poisoning cannot
+        // leave the model half-updated: keep using it.
+        let m = self.model.get()?;
+        Some(m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// The model if it is installed and idle right now (a lone caller never waits for it).
+    fn try_lock(&self) -> Option<MutexGuard<'_, Box<dyn Model>>> {
+        match self.model.get()?.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn record(&self, elapsed: Duration, samples: usize) {
+        let per = elapsed.as_nanos() / samples.max(1) as u128;
+        self.ns_per_sample
+            .store(per.clamp(1, u64::MAX as u128) as u64, Ordering::Release);
+    }
+
+    fn ns_per_sample(&self) -> u64 {
+        self.ns_per_sample.load(Ordering::Acquire)
     }
 }
 
@@ -150,6 +225,8 @@ pub struct BatchQueue {
     tx: SyncSender<Job>,
     metrics: ModelMetrics,
     in_flight: Arc<InFlight>,
+    engine: Arc<Engine>,
+    policy: BatchPolicy,
 }
 
 impl BatchQueue {
@@ -166,6 +243,29 @@ impl BatchQueue {
     /// Queues a request without blocking; the receiver resolves when its batch ran.
     pub fn submit(&self, samples: Vec<Sample>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
         self.announce().submit(samples)
+    }
+
+    /// Runs `job` as its own pass on the calling thread when it is alone and the model idle
+    /// (see [`BatchPolicy::runs_alone`]); gives it back otherwise. The job's samples are
+    /// already counted in flight.
+    fn run_alone(&self, job: Job) -> Result<(), Job> {
+        let rows = job.samples.len();
+        let alone = self.policy.runs_alone(
+            rows,
+            self.in_flight.outstanding(),
+            self.engine.ns_per_sample(),
+        );
+        if !alone {
+            return Err(job);
+        }
+        // The thread may have just taken a job queued after our check: then queue behind it.
+        let Some(model) = self.engine.try_lock() else {
+            return Err(job);
+        };
+        run_batch(model.as_ref(), vec![job], &self.metrics, &self.engine, || {
+            self.in_flight.done(rows)
+        });
+        Ok(())
     }
 }
 
@@ -192,6 +292,11 @@ impl Announced<'_> {
             samples,
             enqueued: Instant::now(),
             reply,
+        };
+        // Answered already: the receiver resolves without a wake-up.
+        let job = match queue.run_alone(job) {
+            Ok(()) => return Ok(rx),
+            Err(job) => job,
         };
         // Count before sending so the thread's decrement can never run first.
         queue.metrics.queue_depth.inc();
@@ -247,11 +352,18 @@ pub fn spawn(
     let thread_metrics = metrics.clone();
     let in_flight = Arc::new(InFlight::new(metrics.in_flight.clone()));
     let thread_in_flight = in_flight.clone();
+    let engine = Arc::new(Engine::new());
+    let thread_engine = engine.clone();
+    let policy = BatchPolicy {
+        max_batch: spec.batch.max_batch.max(1),
+        timeout: spec.batch.batch_timeout,
+        lone_pass: LONE_PASS_BUDGET,
+    };
     let handle = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
-            let model = match load_and_warm_up(&spec) {
-                Ok(m) => m,
+            match load_and_warm_up(&spec, &thread_engine) {
+                Ok(model) => thread_engine.install(model),
                 Err(e) => {
                     let _ = loaded_tx.send(Err(e));
                     return;
@@ -260,12 +372,8 @@ pub fn spawn(
             ready.store(true, Ordering::SeqCst);
             thread_metrics.ready.set(1);
             let _ = loaded_tx.send(Ok(()));
-            let policy = BatchPolicy {
-                max_batch: spec.batch.max_batch.max(1),
-                timeout: spec.batch.batch_timeout,
-            };
             run_loop(
-                model.as_ref(),
+                &thread_engine,
                 &rx,
                 policy,
                 &thread_metrics,
@@ -282,13 +390,15 @@ pub fn spawn(
             tx,
             metrics,
             in_flight,
+            engine,
+            policy,
         },
         loaded: loaded_rx,
         handle,
     })
 }
 
-fn load_and_warm_up(spec: &InferenceSpec) -> Result<Box<dyn Model>, ServingError> {
+fn load_and_warm_up(spec: &InferenceSpec, engine: &Engine) -> Result<Box<dyn Model>, ServingError> {
     let started = Instant::now();
     let model = spec.kind.load(&spec.weights, spec.device)?;
     let row_shape = spec.row_shape.clone().unwrap_or_default();
@@ -298,7 +408,13 @@ fn load_and_warm_up(spec: &InferenceSpec) -> Result<Box<dyn Model>, ServingError
             .warm_up_samples(&row_shape)
             .map_err(|e| ServingError::WarmUp(e.to_string()))?;
         let refs: Vec<&Sample> = samples.iter().collect();
-        forward_guarded(model.as_ref(), &refs).map_err(|e| ServingError::WarmUp(e.message))?;
+        // Twice: the first pass pays one-off set-up, the second is what a pass costs.
+        for _ in 0..2 {
+            let pass = Instant::now();
+            forward_guarded(model.as_ref(), &refs)
+                .map_err(|e| ServingError::WarmUp(e.message))?;
+            engine.record(pass.elapsed(), refs.len());
+        }
     }
     tracing::info!(
         weights = %spec.weights.display(),
@@ -334,7 +450,7 @@ fn forward_guarded(model: &dyn Model, batch: &[&Sample]) -> Result<Vec<Value>, I
 }
 
 fn run_loop(
-    model: &dyn Model,
+    engine: &Engine,
     rx: &mpsc::Receiver<Job>,
     policy: BatchPolicy,
     metrics: &ModelMetrics,
@@ -382,15 +498,24 @@ fn run_loop(
         in_flight.reset_peak();
         // A carried job stays counted: it is still waiting for its batch.
         metrics.queue_depth.sub(jobs.len() as i64);
+        let Some(model) = engine.lock() else {
+            return; // cannot happen: the thread installs the model before its loop
+        };
         // Counted out before the replies go: a caller answered and already back must not
         // look like a second caller in flight.
-        run_batch(model, jobs, metrics, || in_flight.done(rows));
+        run_batch(model.as_ref(), jobs, metrics, engine, || in_flight.done(rows));
     }
 }
 
 /// Runs `jobs` as one batch (split by shape where the model needs it), calls `answering`, then
 /// answers each job.
-fn run_batch(model: &dyn Model, jobs: Vec<Job>, metrics: &ModelMetrics, answering: impl FnOnce()) {
+fn run_batch(
+    model: &dyn Model,
+    jobs: Vec<Job>,
+    metrics: &ModelMetrics,
+    engine: &Engine,
+    answering: impl FnOnce(),
+) {
     // Flatten: sample i belongs to job owner[i].
     let mut owner = Vec::new();
     let mut samples: Vec<&Sample> = Vec::new();
@@ -406,9 +531,9 @@ fn run_batch(model: &dyn Model, jobs: Vec<Job>, metrics: &ModelMetrics, answerin
         let batch: Vec<&Sample> = group.iter().map(|&i| samples[i]).collect();
         let started = Instant::now();
         let outcome = forward_guarded(model, &batch);
-        metrics
-            .inference_duration
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        engine.record(elapsed, batch.len());
+        metrics.inference_duration.observe(elapsed.as_secs_f64());
         metrics.batch_size.observe(batch.len() as f64);
         match outcome {
             Ok(outputs) => {
@@ -453,6 +578,7 @@ mod tests {
         BatchPolicy {
             max_batch: 8,
             timeout: Duration::from_millis(2),
+            lone_pass: LONE_PASS_BUDGET,
         }
     }
 
@@ -535,7 +661,7 @@ mod tests {
             });
             rxs.push(rx);
         }
-        run_batch(&Doubler, jobs, &metrics, || {});
+        run_batch(&Doubler, jobs, &metrics, &Engine::new(), || {});
         let got: Vec<Vec<Value>> = rxs
             .into_iter()
             .map(|mut r| r.try_recv().unwrap().unwrap())
@@ -553,13 +679,16 @@ mod tests {
     }
 
     /// A model that blocks inside `forward` on a sample valued -1 until released, and reports
-    /// when it got there.
+    /// when it got there; it notes which thread ran each pass.
     struct Gate {
         entered: std::sync::Mutex<mpsc::Sender<()>>,
         release: std::sync::Mutex<mpsc::Receiver<()>>,
+        ran_on: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     }
     impl Model for Gate {
         fn forward(&self, batch: &[&Sample]) -> Result<Vec<Value>, tch::TchError> {
+            let me = std::thread::current().name().map(str::to_string);
+            self.ran_on.lock().unwrap().push(me);
             if batch.iter().any(|s| s.values[0] < 0.0) {
                 let _ = self.entered.lock().unwrap().send(());
                 let _ = self.release.lock().unwrap().recv();
@@ -576,34 +705,53 @@ mod tests {
         metrics: ModelMetrics,
         entered: mpsc::Receiver<()>,
         release: mpsc::Sender<()>,
+        /// Each pass's thread name, in order.
+        ran_on: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     }
 
+    /// A running batcher whose callers always hand their requests to the thread.
     fn start(timeout: Duration) -> Running {
+        start_with(timeout, Duration::ZERO)
+    }
+
+    /// A running batcher over [`Gate`]; `lone_pass` as in [`BatchPolicy`].
+    fn start_with(timeout: Duration, lone_pass: Duration) -> Running {
         let (entered_tx, entered) = mpsc::channel();
         let (release, release_rx) = mpsc::channel();
+        let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
         let model = Gate {
             entered: std::sync::Mutex::new(entered_tx),
             release: std::sync::Mutex::new(release_rx),
+            ran_on: ran_on.clone(),
         };
         let metrics = ModelMetrics::new("t").unwrap();
         let (tx, rx) = mpsc::sync_channel(64);
         let in_flight = Arc::new(InFlight::new(metrics.in_flight.clone()));
+        let engine = Arc::new(Engine::new());
+        engine.install(Box::new(model));
+        let policy = BatchPolicy {
+            max_batch: 16,
+            timeout,
+            lone_pass,
+        };
         let queue = BatchQueue {
             tx,
             metrics: metrics.clone(),
             in_flight: in_flight.clone(),
-        };
-        let policy = BatchPolicy {
-            max_batch: 16,
-            timeout,
+            engine: engine.clone(),
+            policy,
         };
         let thread_metrics = metrics.clone();
-        std::thread::spawn(move || run_loop(&model, &rx, policy, &thread_metrics, &in_flight));
+        std::thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || run_loop(&engine, &rx, policy, &thread_metrics, &in_flight))
+            .unwrap();
         Running {
             queue,
             metrics,
             entered,
             release,
+            ran_on,
         }
     }
 
@@ -689,5 +837,103 @@ mod tests {
         assert!(reply_within(rx, Duration::from_secs(30)).is_some());
         drop(gone);
         assert_eq!(batches(&r.metrics), (1.0, 1));
+    }
+
+    #[test]
+    fn only_a_caller_alone_in_flight_with_a_short_pass_runs_its_own() {
+        let p = BatchPolicy {
+            lone_pass: Duration::from_micros(500),
+            ..policy()
+        };
+        // (rows, samples in flight, ns per sample, runs alone?)
+        let table = [
+            (1, 1, 50_000, true),   // alone, 50 µs pass
+            (1, 2, 50_000, false),  // someone else is in flight: batch with them
+            (3, 3, 100_000, true),  // 300 µs expected
+            (3, 3, 200_000, false), // 600 µs expected: too long to hold an HTTP worker
+            (1, 1, 0, false),       // never measured: through the thread
+            (0, 0, 1, false),       // nothing to run
+            (9, 9, 1, false),       // beyond max_batch
+        ];
+        for (rows, outstanding, ns, alone) in table {
+            assert_eq!(
+                p.runs_alone(rows, outstanding, ns),
+                alone,
+                "rows {rows}, in flight {outstanding}, {ns} ns/sample"
+            );
+        }
+        let never = BatchPolicy {
+            lone_pass: Duration::ZERO,
+            ..p
+        };
+        assert!(!never.runs_alone(1, 1, 1));
+    }
+
+    fn names(r: &Running) -> Vec<Option<String>> {
+        r.ran_on.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_lone_caller_runs_its_own_pass_without_a_hand_off() {
+        let r = start_with(Duration::from_secs(60), Duration::from_secs(3600));
+        let me = std::thread::current().name().map(str::to_string);
+        // The first pass has no cost measured yet: it goes through the thread.
+        let rx = r.queue.submit(one(0.0)).unwrap();
+        assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+        for i in 1..5 {
+            let mut rx = r.queue.submit(one(i as f32)).unwrap();
+            // Answered before `submit` returned: no wake-up, no other thread involved.
+            let got = rx.try_recv().expect("a lone caller's answer was not ready at once");
+            assert_eq!(got.unwrap(), vec![serde_json::json!(i as f32)]);
+        }
+        let mut expected = vec![Some("inference".to_string())];
+        expected.extend(std::iter::repeat_n(me, 4));
+        assert_eq!(names(&r), expected);
+        assert_eq!(batches(&r.metrics), (5.0, 5));
+        assert_eq!(r.metrics.in_flight.get(), 0);
+        assert_eq!(r.metrics.queue_depth.get(), 0);
+    }
+
+    #[test]
+    fn a_caller_with_company_or_a_busy_model_goes_through_the_thread() {
+        // Long enough that the two callers below share a pass even on a busy machine; the
+        // last part waits for it once (the lone runner is still counted in flight).
+        let r = start_with(Duration::from_millis(300), Duration::from_secs(3600));
+        let rx = r.queue.submit(one(0.0)).unwrap();
+        assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+
+        // Another caller is being read: this one queues to share a pass with it.
+        let other = r.queue.announce();
+        let rx = r.queue.submit(one(1.0)).unwrap();
+        let late = other.submit(one(2.0)).unwrap();
+        assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+        assert!(reply_within(late, Duration::from_secs(30)).is_some());
+        assert_eq!(names(&r)[1..], [Some("inference".to_string())]);
+        assert_eq!(batches(&r.metrics), (3.0, 2), "the two shared one pass");
+
+        // A lone caller holds the model in its own pass; one arriving meanwhile queues, and
+        // the thread runs it once the model is free: nothing lost, nobody stuck.
+        let queue = r.queue.clone();
+        let holder = std::thread::Builder::new()
+            .name("http-worker".into())
+            .spawn(move || {
+                let mut rx = queue.submit(one(-1.0)).unwrap();
+                rx.try_recv().map(|r| r.unwrap())
+            })
+            .unwrap();
+        r.entered.recv().unwrap();
+        let queued = r.queue.submit(one(3.0)).unwrap();
+        r.release.send(()).unwrap();
+        assert_eq!(holder.join().unwrap(), Ok(vec![serde_json::json!(-1.0)]));
+        let got = reply_within(queued, Duration::from_secs(30)).unwrap();
+        assert_eq!(got.unwrap(), vec![serde_json::json!(3.0)]);
+        assert_eq!(
+            names(&r)[2..],
+            [
+                Some("http-worker".to_string()),
+                Some("inference".to_string())
+            ]
+        );
+        assert_eq!(r.metrics.in_flight.get(), 0);
     }
 }

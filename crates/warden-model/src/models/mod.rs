@@ -16,8 +16,9 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, TchError, Tensor};
 
 /// A loaded model: one forward pass per batch, one JSON output per sample, in order.
-/// Implementations run only on the inference thread.
-pub trait Model {
+/// Passes run one at a time (behind the batcher's lock), on the inference thread or, for a
+/// lone caller, on its HTTP worker: hence `Send`.
+pub trait Model: Send {
     /// True when only samples of one shape may share a forward pass (the batcher then splits
     /// a batch by shape, so one bad shape cannot fail other callers' rows).
     fn same_shape_batches(&self) -> bool {
@@ -76,7 +77,7 @@ impl<N: Net> VarStoreModel<N> {
 /// Serialises users of libtorch's global random generator that need a reproducible sequence.
 pub(crate) static SEEDED_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-impl<N: Net> Model for VarStoreModel<N> {
+impl<N: Net + Send> Model for VarStoreModel<N> {
     fn forward(&self, batch: &[&Sample]) -> Result<Vec<Value>, TchError> {
         let mut outputs = tch::no_grad(|| self.net.run(batch, self.device))?;
         for (out, sample) in outputs.iter_mut().zip(batch) {
