@@ -84,13 +84,17 @@ impl BatchPolicy {
     }
 
     /// Whether a caller of `rows` samples runs its own pass instead of queueing: only when
-    /// those are all the samples in flight (nobody to batch with, nothing queued or running)
-    /// and its pass, at the latest pass's `ns_per_sample`, is expected within `lone_pass`.
-    /// A model never measured yet (`ns_per_sample` 0) goes through the thread.
-    pub fn runs_alone(&self, rows: usize, outstanding: usize, ns_per_sample: u64) -> bool {
+    /// its samples are all those in flight since the thread's last batch started (`peak`):
+    /// nobody to batch with now, nothing queued or running, and nobody recently. The last
+    /// matters under load: the callers of a batch just answered come back one by one, and
+    /// the first back is alone for a moment; were it to run alone, and the next, the herd
+    /// would never form a batch again. So they queue, and the thread waits for the rest.
+    /// Its pass, at the latest pass's `ns_per_sample`, must be expected within `lone_pass`;
+    /// a model never measured yet (`ns_per_sample` 0) goes through the thread.
+    pub fn runs_alone(&self, rows: usize, peak: usize, ns_per_sample: u64) -> bool {
         rows > 0
             && rows <= self.max_batch
-            && outstanding == rows
+            && peak <= rows
             && ns_per_sample > 0
             && (ns_per_sample as u128) * (rows as u128) <= self.lone_pass.as_nanos()
     }
@@ -250,9 +254,10 @@ impl BatchQueue {
     /// already counted in flight.
     fn run_alone(&self, job: Job) -> Result<(), Job> {
         let rows = job.samples.len();
+        // `peak` ≥ samples in flight now, which include this caller's.
         let alone = self.policy.runs_alone(
             rows,
-            self.in_flight.outstanding(),
+            self.in_flight.peak().max(self.in_flight.outstanding()),
             self.engine.ns_per_sample(),
         );
         if !alone {
@@ -845,10 +850,10 @@ mod tests {
             lone_pass: Duration::from_micros(500),
             ..policy()
         };
-        // (rows, samples in flight, ns per sample, runs alone?)
+        // (rows, most samples in flight since the last batch, ns per sample, runs alone?)
         let table = [
             (1, 1, 50_000, true),   // alone, 50 µs pass
-            (1, 2, 50_000, false),  // someone else is in flight: batch with them
+            (1, 2, 50_000, false),  // someone else is or was in flight: batch with them
             (3, 3, 100_000, true),  // 300 µs expected
             (3, 3, 200_000, false), // 600 µs expected: too long to hold an HTTP worker
             (1, 1, 0, false),       // never measured: through the thread
@@ -859,7 +864,7 @@ mod tests {
             assert_eq!(
                 p.runs_alone(rows, outstanding, ns),
                 alone,
-                "rows {rows}, in flight {outstanding}, {ns} ns/sample"
+                "rows {rows}, peak in flight {outstanding}, {ns} ns/sample"
             );
         }
         let never = BatchPolicy {
@@ -911,6 +916,11 @@ mod tests {
         assert_eq!(names(&r)[1..], [Some("inference".to_string())]);
         assert_eq!(batches(&r.metrics), (3.0, 2), "the two shared one pass");
 
+        // The first caller after the shared pass queues for its company (and waits the
+        // timeout out once); from then on a lone caller runs alone.
+        let rx = r.queue.submit(one(2.5)).unwrap();
+        assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+
         // A lone caller holds the model in its own pass; one arriving meanwhile queues, and
         // the thread runs it once the model is free: nothing lost, nobody stuck.
         let queue = r.queue.clone();
@@ -930,10 +940,43 @@ mod tests {
         assert_eq!(
             names(&r)[2..],
             [
+                Some("inference".to_string()),
                 Some("http-worker".to_string()),
                 Some("inference".to_string())
             ]
         );
         assert_eq!(r.metrics.in_flight.get(), 0);
+    }
+
+    #[test]
+    fn callers_back_from_a_shared_batch_queue_to_batch_again() {
+        let r = start_with(Duration::from_millis(50), Duration::from_secs(3600));
+        let me = std::thread::current().name().map(str::to_string);
+        let thread = Some("inference".to_string());
+        // Measures the pass (the first goes through the thread).
+        let rx = r.queue.submit(one(0.0)).unwrap();
+        assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+        // Four callers in flight together share one pass.
+        let others: Vec<Announced<'_>> = (0..3).map(|_| r.queue.announce()).collect();
+        let mut rxs = vec![r.queue.submit(one(1.0)).unwrap()];
+        for (i, a) in others.into_iter().enumerate() {
+            rxs.push(a.submit(one(2.0 + i as f32)).unwrap());
+        }
+        for rx in rxs {
+            assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+        }
+        // The first back finds nobody in flight, but three were a moment ago: it queues for
+        // them (and, as they never come here, waits out the timeout once).
+        let rx = r.queue.submit(one(5.0)).unwrap();
+        assert!(reply_within(rx, Duration::from_secs(30)).is_some());
+        // Now a lone caller is really alone: it runs its own pass.
+        let mut rx = r.queue.submit(one(6.0)).unwrap();
+        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![serde_json::json!(6.0)]);
+        assert_eq!(
+            names(&r),
+            vec![thread.clone(), thread.clone(), thread, me],
+            "passes: measure, shared, the first back, then alone"
+        );
+        assert_eq!(batches(&r.metrics), (7.0, 4));
     }
 }

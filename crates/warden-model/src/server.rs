@@ -63,7 +63,7 @@ impl ServeOptions {
     }
 }
 
-#[derive(Clone)]
+/// Shared by every handler (behind one `Arc`: axum clones the state for each request).
 struct AppState {
     name: Arc<str>,
     kind: ModelKind,
@@ -207,7 +207,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/metadata", get(metadata))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state);
+        .with_state(Arc::new(state));
     tracing::info!(
         model = %opts.name,
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -270,7 +270,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("unknown"))
 }
 
-async fn infer(State(state): State<AppState>, req: Request) -> Response {
+async fn infer(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let id = request_id(req.headers());
     // Counted from its headers on, before the body is read, so that a batch forming while
@@ -423,11 +423,11 @@ fn parse_tree(
     Ok(samples)
 }
 
-async fn health(State(state): State<AppState>) -> Response {
+async fn health(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(json!({"status": "ok", "model": &*state.name})).into_response()
 }
 
-async fn readiness(State(state): State<AppState>) -> Response {
+async fn readiness(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::SeqCst) {
         axum::Json(json!({"ready": true, "model": &*state.name})).into_response()
     } else {
@@ -439,7 +439,7 @@ async fn readiness(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -450,6 +450,6 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metadata(State(state): State<AppState>) -> Response {
+async fn metadata(State(state): State<Arc<AppState>>) -> Response {
     axum::Json((*state.metadata).clone()).into_response()
 }

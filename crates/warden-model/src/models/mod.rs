@@ -32,6 +32,12 @@ pub trait Model: Send {
 pub trait Net: Sized {
     fn build(root: &nn::Path) -> Self;
     fn run(&self, batch: &[&Sample], device: Device) -> Result<Vec<Value>, TchError>;
+
+    /// Called once the weights are loaded for serving (never while training): precomputes
+    /// what depends on the weights alone, so each pass does not redo it.
+    fn freeze(&mut self) -> Result<(), TchError> {
+        Ok(())
+    }
 }
 
 /// A [`Net`] with its variables, loaded from a VarStore file.
@@ -46,13 +52,14 @@ impl<N: Net> VarStoreModel<N> {
     pub fn load(path: &std::path::Path, device: Device) -> Result<Self, TchError> {
         let mut vs = nn::VarStore::new(device);
         // Building draws initial values (then overwritten) from the shared generator.
-        let net = {
+        let mut net = {
             let _rng = SEEDED_RNG
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             N::build(&vs.root())
         };
         vs.load(path)?;
+        tch::no_grad(|| net.freeze())?;
         Ok(VarStoreModel {
             _vs: vs,
             net,

@@ -154,7 +154,12 @@ pub fn parse(body: &Value) -> Result<Sample, SchemaError> {
 /// A dense layer whose effective weights are softplus(stored) ≥ 0, so it is monotone
 /// non-decreasing in every input.
 #[derive(Debug)]
-struct MonotoneLinear(nn::Linear);
+struct MonotoneLinear {
+    linear: nn::Linear,
+    /// softplus(stored), once the weights are frozen for serving (training needs the stored
+    /// ones, to differentiate through softplus).
+    effective: Option<Tensor>,
+}
 
 impl MonotoneLinear {
     fn new(p: nn::Path, inputs: i64, outputs: i64) -> MonotoneLinear {
@@ -170,13 +175,29 @@ impl MonotoneLinear {
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
         };
-        MonotoneLinear(nn::linear(p, inputs, outputs, config))
+        MonotoneLinear {
+            linear: nn::linear(p, inputs, outputs, config),
+            effective: None,
+        }
+    }
+
+    fn freeze(&mut self) -> Result<(), TchError> {
+        self.effective = Some(self.linear.ws.f_softplus()?);
+        Ok(())
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let w = self.0.ws.softplus();
+        // The same values either way: frozen, softplus is not recomputed on every pass.
+        let computed;
+        let w = match &self.effective {
+            Some(w) => w,
+            None => {
+                computed = self.linear.ws.softplus();
+                &computed
+            }
+        };
         let y = x.matmul(&w.tr());
-        match &self.0.bs {
+        match &self.linear.bs {
             Some(b) => y + b,
             None => y,
         }
@@ -187,10 +208,10 @@ impl MonotoneLinear {
 struct Member(Vec<MonotoneLinear>);
 
 impl Member {
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// The member's score of `centred`, the factors minus 0.5 ([`centre`]).
+    fn forward(&self, centred: &Tensor) -> Tensor {
         let last = self.0.len() - 1;
-        // Centred factors (a shift keeps monotonicity) so the units start in tanh's linear part.
-        let mut h = x - 0.5;
+        let mut h = centred.shallow_clone();
         for (i, layer) in self.0.iter().enumerate() {
             h = layer.forward(&h);
             if i < last {
@@ -209,9 +230,16 @@ pub struct RiskNet {
 impl RiskNet {
     /// Each member's score, `[members, batch]` (training reads this directly).
     pub fn member_scores(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let scores: Vec<Tensor> = self.members.iter().map(|m| m.forward(x)).collect();
+        let centred = centre(x);
+        let scores: Vec<Tensor> = self.members.iter().map(|m| m.forward(&centred)).collect();
         Tensor::f_stack(&scores, 0)
     }
+}
+
+/// Centred factors (a shift keeps monotonicity) so the units start in tanh's linear part;
+/// computed once for all members.
+fn centre(x: &Tensor) -> Tensor {
+    x - 0.5
 }
 
 /// Calibrated class probabilities of a score: P(low) = 1 − σ((s − t₁)/T),
@@ -242,6 +270,13 @@ impl Net for RiskNet {
         RiskNet {
             members: vec![linear, narrow, wide],
         }
+    }
+
+    fn freeze(&mut self) -> Result<(), TchError> {
+        for layer in self.members.iter_mut().flat_map(|m| m.0.iter_mut()) {
+            layer.freeze()?;
+        }
+        Ok(())
     }
 
     fn run(&self, batch: &[&Sample], device: Device) -> Result<Vec<Value>, TchError> {
