@@ -121,18 +121,32 @@ pub fn stack(batch: &[&Sample], device: Device) -> Result<Tensor, TchError> {
         .iter()
         .flat_map(|s| s.values.iter().copied())
         .collect();
-    Tensor::from_slice(&values)
-        .f_view(dims.as_slice())?
-        .f_to_device(device)
+    let t = Tensor::from_slice(&values).f_view(dims.as_slice())?;
+    // Each libtorch call costs a dispatch, a large share of a small model's pass: skip no-ops.
+    if device == Device::Cpu {
+        Ok(t)
+    } else {
+        t.f_to_device(device)
+    }
 }
 
-/// A 2-D tensor as rows of f32 (moved to the CPU first).
+/// A 2-D tensor as rows of f32 (copied to the CPU, contiguous, by libtorch's copy itself).
 pub fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>, TchError> {
-    let t = t
-        .f_to_device(Device::Cpu)?
-        .f_to_kind(Kind::Float)?
-        .contiguous();
-    Vec::<Vec<f32>>::try_from(&t)
+    let converted;
+    let t = if t.kind() == Kind::Float {
+        t
+    } else {
+        converted = t.f_to_kind(Kind::Float)?;
+        &converted
+    };
+    let (n, width) = t.size2()?;
+    let (n, width) = (n.max(0) as usize, width.max(0) as usize);
+    if width == 0 {
+        return Ok(vec![Vec::new(); n]);
+    }
+    let mut all = vec![0f32; n * width];
+    t.f_copy_data(&mut all, n * width)?;
+    Ok(all.chunks(width).map(<[f32]>::to_vec).collect())
 }
 
 /// Rounds for JSON so outputs print compactly but keep float32 precision.

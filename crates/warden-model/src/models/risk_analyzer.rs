@@ -14,7 +14,7 @@ use crate::schema::{Sample, SchemaError};
 use crate::teachers::risk::{self as teacher, CLASSES, Project, SOIL};
 use serde_json::{Value, json};
 use tch::nn;
-use tch::{Device, Kind as TKind, TchError, Tensor};
+use tch::{Device, TchError, Tensor};
 
 pub const NAME: &str = "risk-analyzer";
 pub const MEMBERS: [&str; 3] = ["linear", "mlp-narrow", "mlp-wide"];
@@ -156,9 +156,10 @@ pub fn parse(body: &Value) -> Result<Sample, SchemaError> {
 #[derive(Debug)]
 struct MonotoneLinear {
     linear: nn::Linear,
-    /// softplus(stored), once the weights are frozen for serving (training needs the stored
-    /// ones, to differentiate through softplus).
-    effective: Option<Tensor>,
+    /// softplus(stored), transposed (a view, as computed per pass before), once the weights
+    /// are frozen for serving (training needs the stored ones, to differentiate through
+    /// softplus).
+    effective_t: Option<Tensor>,
 }
 
 impl MonotoneLinear {
@@ -177,26 +178,26 @@ impl MonotoneLinear {
         };
         MonotoneLinear {
             linear: nn::linear(p, inputs, outputs, config),
-            effective: None,
+            effective_t: None,
         }
     }
 
     fn freeze(&mut self) -> Result<(), TchError> {
-        self.effective = Some(self.linear.ws.f_softplus()?);
+        self.effective_t = Some(self.linear.ws.f_softplus()?.f_tr()?);
         Ok(())
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
         // The same values either way: frozen, softplus is not recomputed on every pass.
         let computed;
-        let w = match &self.effective {
-            Some(w) => w,
+        let w_t = match &self.effective_t {
+            Some(w_t) => w_t,
             None => {
-                computed = self.linear.ws.softplus();
+                computed = self.linear.ws.softplus().tr();
                 &computed
             }
         };
-        let y = x.matmul(&w.tr());
+        let y = x.matmul(w_t);
         match &self.linear.bs {
             Some(b) => y + b,
             None => y,
@@ -281,7 +282,7 @@ impl Net for RiskNet {
 
     fn run(&self, batch: &[&Sample], device: Device) -> Result<Vec<Value>, TchError> {
         let x = stack(batch, device)?;
-        let scores = rows(&self.member_scores(&x)?.f_to_kind(TKind::Float)?)?; // [member][item]
+        let scores = rows(&self.member_scores(&x)?)?; // [member][item]
         Ok((0..batch.len())
             .map(|i| {
                 let member_scores: Vec<f64> = scores
