@@ -405,9 +405,7 @@ fn voluntary_switches(pid: u32, name: &str) -> u64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     let task = tasks
         .filter_map(Result::ok)
-        .find(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
-        })
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
         .unwrap_or_else(|| panic!("process {pid} has no thread named {name}"));
     let status = std::fs::read_to_string(task.path().join("status")).unwrap();
     status

@@ -267,9 +267,13 @@ impl BatchQueue {
         let Some(model) = self.engine.try_lock() else {
             return Err(job);
         };
-        run_batch(model.as_ref(), vec![job], &self.metrics, &self.engine, || {
-            self.in_flight.done(rows)
-        });
+        run_batch(
+            model.as_ref(),
+            vec![job],
+            &self.metrics,
+            &self.engine,
+            || self.in_flight.done(rows),
+        );
         Ok(())
     }
 }
@@ -416,8 +420,7 @@ fn load_and_warm_up(spec: &InferenceSpec, engine: &Engine) -> Result<Box<dyn Mod
         // Twice: the first pass pays one-off set-up, the second is what a pass costs.
         for _ in 0..2 {
             let pass = Instant::now();
-            forward_guarded(model.as_ref(), &refs)
-                .map_err(|e| ServingError::WarmUp(e.message))?;
+            forward_guarded(model.as_ref(), &refs).map_err(|e| ServingError::WarmUp(e.message))?;
             engine.record(pass.elapsed(), refs.len());
         }
     }
@@ -508,7 +511,9 @@ fn run_loop(
         };
         // Counted out before the replies go: a caller answered and already back must not
         // look like a second caller in flight.
-        run_batch(model.as_ref(), jobs, metrics, engine, || in_flight.done(rows));
+        run_batch(model.as_ref(), jobs, metrics, engine, || {
+            in_flight.done(rows)
+        });
     }
 }
 
@@ -888,7 +893,9 @@ mod tests {
         for i in 1..5 {
             let mut rx = r.queue.submit(one(i as f32)).unwrap();
             // Answered before `submit` returned: no wake-up, no other thread involved.
-            let got = rx.try_recv().expect("a lone caller's answer was not ready at once");
+            let got = rx
+                .try_recv()
+                .expect("a lone caller's answer was not ready at once");
             assert_eq!(got.unwrap(), vec![serde_json::json!(i as f32)]);
         }
         let mut expected = vec![Some("inference".to_string())];
@@ -971,7 +978,10 @@ mod tests {
         assert!(reply_within(rx, Duration::from_secs(30)).is_some());
         // Now a lone caller is really alone: it runs its own pass.
         let mut rx = r.queue.submit(one(6.0)).unwrap();
-        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![serde_json::json!(6.0)]);
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap(),
+            vec![serde_json::json!(6.0)]
+        );
         assert_eq!(
             names(&r),
             vec![thread.clone(), thread.clone(), thread, me],
