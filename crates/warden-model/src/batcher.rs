@@ -249,18 +249,24 @@ impl BatchQueue {
         self.announce().submit(samples)
     }
 
+    /// Whether a caller of `rows` samples, `counted` of them in flight so far, would run
+    /// alone now (see [`BatchPolicy::runs_alone`]).
+    fn alone(&self, rows: usize, counted: usize) -> bool {
+        // `peak` ≥ samples in flight now, which include this caller's `counted`.
+        let seen = self.in_flight.peak().max(self.in_flight.outstanding());
+        self.policy.runs_alone(
+            rows,
+            seen.saturating_sub(counted) + rows,
+            self.engine.ns_per_sample(),
+        )
+    }
+
     /// Runs `job` as its own pass on the calling thread when it is alone and the model idle
     /// (see [`BatchPolicy::runs_alone`]); gives it back otherwise. The job's samples are
     /// already counted in flight.
     fn run_alone(&self, job: Job) -> Result<(), Job> {
         let rows = job.samples.len();
-        // `peak` ≥ samples in flight now, which include this caller's.
-        let alone = self.policy.runs_alone(
-            rows,
-            self.in_flight.peak().max(self.in_flight.outstanding()),
-            self.engine.ns_per_sample(),
-        );
-        if !alone {
+        if !self.alone(rows, rows) {
             return Err(job);
         }
         // The thread may have just taken a job queued after our check: then queue behind it.
@@ -285,6 +291,12 @@ pub struct Announced<'a> {
 }
 
 impl Announced<'_> {
+    /// Whether a request of `rows` samples would run its own pass if submitted now.
+    pub fn may_run_alone(&self, rows: usize) -> bool {
+        // Until submitted, this caller counts as one sample.
+        self.queue.alone(rows, 1)
+    }
+
     /// Queues the request without blocking; the receiver resolves when its batch ran.
     pub fn submit(mut self, samples: Vec<Sample>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
         let queue = self.queue;

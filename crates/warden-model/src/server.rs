@@ -340,6 +340,12 @@ async fn infer_inner(
         Some(samples) => samples,
         None => parse_tree(state, &body)?,
     };
+    // About to run alone on this worker: first let the runtime poll what became readable
+    // (one non-blocking look at the sockets), so that callers whose requests already arrived
+    // announce themselves and this one batches with them instead of holding the worker.
+    if announced.may_run_alone(samples.len()) {
+        tokio::task::yield_now().await;
+    }
     let rx = announced.submit(samples).map_err(|e| match e {
         SubmitError::Full => {
             let mut err = ApiError::new(
