@@ -1000,3 +1000,121 @@ async fn ready_answers_503_once_draining() {
         (json!(false), json!(true))
     );
 }
+
+/// A bare HTTP/1.1 model on 127.0.0.1 that answers every `/infer` with `{"ok":true}` and
+/// closes each connection after `per_connection` answers without saying so (no
+/// `Connection: close`), as a restarting model or an idle timeout does. Counts connections.
+async fn start_closing_model(per_connection: usize) -> (u16, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                for _ in 0..per_connection {
+                    // One request: headers, then Content-Length bytes of body.
+                    let (head_end, length) = loop {
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buffer[..at]).to_ascii_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (at + 4, length);
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buffer.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..head_end + length);
+                    let body = br#"{"ok":true}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err()
+                        || stream.write_all(body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // Dropped: closed without notice.
+            });
+        }
+    });
+    (port, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_its_model_connection_and_recovers_when_the_model_closes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(&dir.path().join("warden.toml"), "").unwrap();
+    let (keeping, kept_connections) = start_closing_model(usize::MAX).await;
+    let (closing, closing_connections) = start_closing_model(3).await;
+    let directory = Directory(vec![
+        ("keeping".into(), keeping, Arc::new(AtomicBool::new(true))),
+        ("closing".into(), closing, Arc::new(AtomicBool::new(true))),
+    ]);
+    let base = serve_gateway(
+        &config,
+        directory,
+        &dir.path().join("audit/api.jsonl"),
+        CancellationToken::new(),
+    )
+    .await;
+    // Exactly one client connection, requests one after another.
+    let address = base.trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut client, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for model in ["keeping", "closing"] {
+        for i in 0..30 {
+            client.ready().await.unwrap();
+            let request = axum::http::Request::post(format!("/api/v1/{model}"))
+                .header("host", &address)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(axum::body::Bytes::from(
+                    json!({"inputs": [i]}).to_string(),
+                )))
+                .unwrap();
+            let response = client.send_request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(
+                (status, String::from_utf8_lossy(&body).as_ref()),
+                (200, r#"{"ok":true}"#),
+                "{model} call {i}"
+            );
+        }
+    }
+    assert_eq!(
+        kept_connections.load(Ordering::SeqCst),
+        1,
+        "30 calls over one client connection reuse one model connection"
+    );
+    assert_eq!(
+        closing_connections.load(Ordering::SeqCst),
+        10,
+        "a model closing after every third answer is reconnected to, no call lost"
+    );
+}
