@@ -69,7 +69,7 @@ async fn admitted(
         Some(client),
     ) {
         Ok(o) => o,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let response = match middleware::reserve_capacity(state) {
         Ok(permit) => {
@@ -77,7 +77,7 @@ async fn admitted(
             drop(permit);
             response
         }
-        Err(refused) => refused,
+        Err(refused) => *refused,
     };
     observation.finish(&response);
     response
@@ -91,7 +91,7 @@ async fn authorized(
 ) -> Response {
     let access = match middleware::check_access(state, request.headers(), Role::User) {
         Ok(access) => access,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let (parts, body) = request.into_parts();
     let body = read_body(body, state.body_limit).await;

@@ -104,6 +104,9 @@ impl Drop for InFlight {
     }
 }
 
+/// A check's refusal: the answer to send instead (boxed: the refusal is the rare path).
+pub(super) type Refused = Box<Response>;
+
 /// One request being audited and measured, from admission to its answer.
 pub(super) struct Observation {
     in_flight: InFlight,
@@ -119,7 +122,7 @@ pub(super) fn begin(
     method: &str,
     headers: &HeaderMap,
     client: Option<SocketAddr>,
-) -> Result<Observation, Response> {
+) -> Result<Observation, Refused> {
     let started = Instant::now();
     let admission = match state.audit.admit(audit_exempt(&route)) {
         Ok(a) => Some(a),
@@ -137,7 +140,9 @@ pub(super) fn begin(
                 .requests
                 .with_label_values(&[route.as_str(), method, status])
                 .inc();
-            return Err(ApiError::AuditUnavailable(AUDIT_RETRY_AFTER).into_response());
+            return Err(Box::new(
+                ApiError::AuditUnavailable(AUDIT_RETRY_AFTER).into_response(),
+            ));
         }
     };
     let request_id = request_id(headers);
@@ -246,7 +251,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         .map(|c| c.0);
     let observation = match begin(&state, route, req.method().as_str(), req.headers(), client) {
         Ok(o) => o,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let response = next.run(req).await;
     observation.finish(&response);
@@ -282,24 +287,26 @@ pub async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) 
             drop(permit);
             response
         }
-        Err(refused) => refused,
+        Err(refused) => *refused,
     }
 }
 
 /// A place among the `api.max_concurrency` requests in flight, or the 503 that refuses one more.
 pub(super) fn reserve_capacity(
     state: &AppState,
-) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
     state.capacity.clone().try_acquire_owned().map_err(|_| {
         state.metrics.shed.with_label_values(&["concurrency"]).inc();
-        ApiError::Unavailable(
-            format!(
-                "more than {} requests in flight; retry shortly",
-                state.max_concurrency
-            ),
-            Duration::from_secs(1),
+        Box::new(
+            ApiError::Unavailable(
+                format!(
+                    "more than {} requests in flight; retry shortly",
+                    state.max_concurrency
+                ),
+                Duration::from_secs(1),
+            )
+            .into_response(),
         )
-        .into_response()
     })
 }
 
@@ -342,7 +349,7 @@ pub(super) fn check_access(
     state: &AppState,
     headers: &HeaderMap,
     required: Role,
-) -> Result<Access, Response> {
+) -> Result<Access, Refused> {
     let Some(auth) = &state.auth else {
         return Ok(Access::Open);
     };
@@ -354,7 +361,9 @@ pub(super) fn check_access(
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let Some(token) = token else {
-        return Err(ApiError::Unauthenticated("missing_token").into_response());
+        return Err(Box::new(
+            ApiError::Unauthenticated("missing_token").into_response(),
+        ));
     };
     let principal = match auth
         .verified
@@ -363,7 +372,9 @@ pub(super) fn check_access(
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");
-            return Err(ApiError::Unauthenticated("invalid_token").into_response());
+            return Err(Box::new(
+                ApiError::Unauthenticated("invalid_token").into_response(),
+            ));
         }
     };
     let mut refused = if principal.role < required {
@@ -395,7 +406,7 @@ pub(super) fn check_access(
         }
     };
     refused.extensions_mut().insert(principal);
-    Err(refused)
+    Err(Box::new(refused))
 }
 
 impl Access {
@@ -426,7 +437,7 @@ pub async fn authorize(
 ) -> Response {
     let access = match check_access(&state, req.headers(), required) {
         Ok(access) => access,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let mut req = req;
     if let Access::Granted { principal, .. } = &access {

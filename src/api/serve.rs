@@ -24,8 +24,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-/// Gateway threads: one per core, a few at most (the models need the cores more).
+/// Gateway threads: one per core, a few at most (the models need the cores more);
+/// `WARDEN_API_THREADS` overrides it (1-64) for tuning.
 pub fn worker_count() -> usize {
+    if let Some(n) = std::env::var("WARDEN_API_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+    {
+        return n;
+    }
     std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
