@@ -1118,3 +1118,134 @@ async fn a_client_connection_keeps_its_model_connection_and_recovers_when_the_mo
         "a model closing after every third answer is reconnected to, no call lost"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_an_api_client_get_the_same_answers_and_audit_records() {
+    // API clients' inference calls take the gateway's fast path; a browser's (it sends
+    // `Origin`) go through the router's layers. Both must answer and audit alike.
+    let origin = "https://console.example";
+    let gw = start_gateway(&format!("[api]\ncors_origins = [\"{origin}\"]\n"), true).await;
+    let (b, dir) = (&gw.base, gw.dir.path());
+    let alice = sign(dir, &claims("alice", "user"));
+    let viewer = sign(dir, &claims("victor", "viewer"));
+    let cases: Vec<(&str, Option<&str>, &str, &str)> = vec![
+        (
+            "alpha",
+            Some(&alice),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+        ("alpha", None, "application/json", r#"{"inputs":[1]}"#),
+        (
+            "alpha",
+            Some(&viewer),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+        ("alpha", Some(&alice), "text/plain", r#"{"inputs":[1]}"#),
+        ("alpha", Some(&alice), "application/json", r#"{"wrong":1}"#),
+        (
+            "nope",
+            Some(&alice),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+        (
+            "gone",
+            Some(&alice),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+    ];
+    let mut answers = [Vec::new(), Vec::new()];
+    for (side, with_origin) in [false, true].into_iter().enumerate() {
+        for (i, (model, token, content_type, body)) in cases.iter().enumerate() {
+            let mut req = http()
+                .post(format!("{b}/api/v1/{model}"))
+                .header("content-type", *content_type)
+                .header("x-request-id", format!("side{side}-{i}"))
+                .body(body.to_string());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if with_origin {
+                req = req.header("origin", origin);
+            }
+            let r = req.send().await.unwrap();
+            let headers = r.headers().clone();
+            assert_eq!(headers["x-request-id"], format!("side{side}-{i}").as_str());
+            assert_eq!(
+                headers.get("access-control-allow-origin").is_some(),
+                with_origin,
+                "CORS answers only the browser"
+            );
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            let mut body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            // The echo model repeats the request id, which differs by design.
+            if let Some(o) = body.as_object_mut() {
+                o.remove("request_id");
+            }
+            answers[side].push((
+                status,
+                body,
+                headers.get("x-ratelimit-limit").is_some(),
+                headers.get("retry-after").is_some(),
+            ));
+        }
+    }
+    assert_eq!(answers[0], answers[1]);
+    let statuses: Vec<u16> = answers[0].iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 401, 403, 415, 422, 404, 503]);
+
+    let records = crate::support::net::wait_until_async(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= 2 * cases.len()).then_some(lines)
+    })
+    .await
+    .expect("audit records written");
+    let comparable = |r: &Value| {
+        let mut r = r.clone();
+        for volatile in [
+            "time",
+            "latency_ms",
+            "request_id",
+            "interaction_id",
+            "client",
+        ] {
+            r.as_object_mut().unwrap().remove(volatile);
+        }
+        r
+    };
+    for i in 0..cases.len() {
+        let find = |side: usize| {
+            records
+                .iter()
+                .find(|r| r["request_id"] == format!("side{side}-{i}").as_str())
+                .map(comparable)
+                .unwrap_or_else(|| panic!("no audit record for side {side} case {i}"))
+        };
+        let (api_client, browser) = (find(0), find(1));
+        assert_eq!(api_client["route"], "/api/v1/{model}");
+        assert_eq!(api_client, browser, "case {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_made_up_request_id_reaches_the_model_and_the_caller() {
+    let gw = start_gateway("", false).await;
+    let r = http()
+        .post(format!("{}/api/v1/alpha", gw.base))
+        .json(&json!({"inputs": []}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(v["request_id"], id.as_str(), "the model saw the same id");
+}
