@@ -167,11 +167,6 @@ enum KeysCommand {
     },
 }
 
-/// mimalloc rather than glibc's malloc: the gateway allocates per request on several threads,
-/// and glibc's arenas spent a sixth of its CPU (profiled under `warden bench fast`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
