@@ -129,6 +129,16 @@ impl crate::api::ModelDirectory for SupervisedModels {
             })
             .collect()
     }
+
+    fn get(&self, name: &str) -> Option<crate::api::ModelEndpoint> {
+        let (port, state) = self.0.route(name)?;
+        Some(crate::api::ModelEndpoint {
+            name: name.to_string(),
+            port,
+            state: state.to_string(),
+            ready: state == crate::supervisor::ModelState::Ready,
+        })
+    }
 }
 
 /// The running gateway: its server task and the audit trail it writes.

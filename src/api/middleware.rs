@@ -37,18 +37,33 @@ pub fn request_id_layers()
 }
 
 pub fn cors(origins: &[String]) -> CorsLayer {
-    let allowed: Vec<HeaderValue> = origins
+    // A predicate over a shared list: the router clones its layers for every request, and a
+    // plain list would be copied each time.
+    let allowed: std::sync::Arc<[HeaderValue]> = origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(allowed))
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            allowed.contains(origin)
+        }))
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("x-request-id"),
         ])
+}
+
+/// The request's `x-request-id`, made up (a UUID, as the router's layer does) when absent.
+pub(super) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get("x-request-id") {
+        return id.clone();
+    }
+    let made = uuid::Uuid::new_v4().hyphenated().to_string();
+    let id = HeaderValue::from_str(&made).unwrap_or(HeaderValue::from_static("unknown"));
+    headers.insert("x-request-id", id.clone());
+    id
 }
 
 pub fn request_id(headers: &HeaderMap) -> String {
@@ -89,16 +104,26 @@ impl Drop for InFlight {
     }
 }
 
-/// Audits and measures every request, whatever answered it. Admission to the audit trail is
-/// checked first: a request whose record could not be kept is refused (503) before any work.
-pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// A check's refusal: the answer to send instead (boxed: the refusal is the rare path).
+pub(super) type Refused = Box<Response>;
+
+/// One request being audited and measured, from admission to its answer.
+pub(super) struct Observation {
+    in_flight: InFlight,
+    route: String,
+    method: String,
+}
+
+/// Starts observing a request. Admission to the audit trail comes first: a request whose
+/// record could not be kept is refused (503) before any work, and that refusal is the answer.
+pub(super) fn begin(
+    state: &Arc<AppState>,
+    route: String,
+    method: &str,
+    headers: &HeaderMap,
+    client: Option<SocketAddr>,
+) -> Result<Observation, Refused> {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
     let admission = match state.audit.admit(audit_exempt(&route)) {
         Ok(a) => Some(a),
         Err(_) if audit_exempt(&route) => {
@@ -109,16 +134,17 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         Err(_) => {
             state.audit.count_dropped(drops::reason::AUDIT_UNAVAILABLE);
             state.metrics.shed.with_label_values(&["audit"]).inc();
-            let status = StatusCode::SERVICE_UNAVAILABLE.as_str().to_string();
+            let status = StatusCode::SERVICE_UNAVAILABLE.as_str();
             state
                 .metrics
                 .requests
-                .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+                .with_label_values(&[route.as_str(), method, status])
                 .inc();
-            return ApiError::AuditUnavailable(AUDIT_RETRY_AFTER).into_response();
+            return Err(Box::new(
+                ApiError::AuditUnavailable(AUDIT_RETRY_AFTER).into_response(),
+            ));
         }
     };
-    let headers = req.headers();
     let request_id = request_id(headers);
     let session_id = headers
         .get("x-session-id")
@@ -128,12 +154,6 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(256).collect());
-    let bytes_in = content_length(headers);
-    let client = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "unknown".to_string());
     let template = audit::AuditRecord {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         interaction_id: request_id.clone(),
@@ -141,72 +161,100 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
         session_id,
         subject: None,
         role: None,
-        method: method.clone(),
+        method: method.to_string(),
         route: route.clone(),
         model: None,
         status: 0,
         outcome: "",
         latency_ms: 0.0,
-        bytes_in,
+        bytes_in: content_length(headers),
         bytes_out: 0,
-        client,
+        client: client.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
         user_agent,
         detail: None,
     };
-
     state.metrics.in_flight.inc();
-    let mut in_flight = InFlight {
-        state: state.clone(),
-        admission,
-        record: Some(template),
-        started,
-    };
-    let response = next.run(req).await;
+    Ok(Observation {
+        in_flight: InFlight {
+            state: state.clone(),
+            admission,
+            record: Some(template),
+            started,
+        },
+        route,
+        method: method.to_string(),
+    })
+}
 
-    let latency = started.elapsed();
-    let status = response.status().as_u16();
-    let status_code = response.status();
-    let status_label = status_code.as_str();
-    state
-        .metrics
-        .requests
-        .with_label_values(&[route.as_str(), method.as_str(), status_label])
-        .inc();
-    state
-        .metrics
-        .latency
-        .with_label_values(&[route.as_str(), method.as_str()])
-        .observe(latency.as_secs_f64());
-    let model = response.extensions().get::<ModelTag>().map(|m| m.0.clone());
-    if let Some(model) = &model {
+impl Observation {
+    /// Counts and audits the answer (dropped unfinished, the request is audited as a 499).
+    pub(super) fn finish(mut self, response: &Response) {
+        let state = &self.in_flight.state;
+        let (route, method) = (self.route.as_str(), self.method.as_str());
+        let latency = self.in_flight.started.elapsed();
+        let status = response.status().as_u16();
+        let status_label = response.status();
+        let status_label = status_label.as_str();
         state
             .metrics
-            .model_requests
-            .with_label_values(&[model.as_str(), status_label])
+            .requests
+            .with_label_values(&[route, method, status_label])
             .inc();
         state
             .metrics
-            .model_latency
-            .with_label_values(&[model.as_str()])
+            .latency
+            .with_label_values(&[route, method])
             .observe(latency.as_secs_f64());
-        if let Some(observer) = &state.observer {
-            observer.observe(model, status, latency);
+        let model = response.extensions().get::<ModelTag>().map(|m| m.0.clone());
+        if let Some(model) = &model {
+            state
+                .metrics
+                .model_requests
+                .with_label_values(&[model.as_str(), status_label])
+                .inc();
+            state
+                .metrics
+                .model_latency
+                .with_label_values(&[model.as_str()])
+                .observe(latency.as_secs_f64());
+            if let Some(observer) = &state.observer {
+                observer.observe(model, status, latency);
+            }
+        }
+        let principal = response.extensions().get::<Principal>();
+        if let (Some(admission), Some(mut record)) = (
+            self.in_flight.admission.take(),
+            self.in_flight.record.take(),
+        ) {
+            record.subject = principal.map(|p| p.subject.clone());
+            record.role = principal.map(|p| p.role.as_str().to_string());
+            record.model = model;
+            record.status = status;
+            record.outcome = audit::outcome(status);
+            record.latency_ms = latency.as_secs_f64() * 1000.0;
+            record.bytes_out = response_length(response);
+            admission.record(record);
         }
     }
-    let principal = response.extensions().get::<Principal>();
-    if let (Some(admission), Some(mut record)) =
-        (in_flight.admission.take(), in_flight.record.take())
-    {
-        record.subject = principal.map(|p| p.subject.clone());
-        record.role = principal.map(|p| p.role.as_str().to_string());
-        record.model = model;
-        record.status = status;
-        record.outcome = audit::outcome(status);
-        record.latency_ms = latency.as_secs_f64() * 1000.0;
-        record.bytes_out = response_length(&response);
-        admission.record(record);
-    }
-    drop(in_flight);
+}
+
+/// Audits and measures every request, whatever answered it.
+pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let observation = match begin(&state, route, req.method().as_str(), req.headers(), client) {
+        Ok(o) => o,
+        Err(refused) => return *refused,
+    };
+    let response = next.run(req).await;
+    observation.finish(&response);
     response
 }
 
@@ -233,14 +281,23 @@ pub async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     if req.uri().path() == "/health" {
         return next.run(req).await;
     }
-    match state.capacity.clone().try_acquire_owned() {
+    match reserve_capacity(&state) {
         Ok(permit) => {
             let response = next.run(req).await;
             drop(permit);
             response
         }
-        Err(_) => {
-            state.metrics.shed.with_label_values(&["concurrency"]).inc();
+        Err(refused) => *refused,
+    }
+}
+
+/// A place among the `api.max_concurrency` requests in flight, or the 503 that refuses one more.
+pub(super) fn reserve_capacity(
+    state: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
+    state.capacity.clone().try_acquire_owned().map_err(|_| {
+        state.metrics.shed.with_label_values(&["concurrency"]).inc();
+        Box::new(
             ApiError::Unavailable(
                 format!(
                     "more than {} requests in flight; retry shortly",
@@ -248,9 +305,9 @@ pub async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) 
                 ),
                 Duration::from_secs(1),
             )
-            .into_response()
-        }
-    }
+            .into_response(),
+        )
+    })
 }
 
 /// Gives every error response the JSON error shape (404/405/413/415 from the framework too).
@@ -275,17 +332,28 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     response
 }
 
-/// Authenticates the bearer token, checks the role, then the subject's rate limit.
-pub async fn authorize(
-    State((state, Required(required))): State<(Arc<AppState>, Required)>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// What the auth check let through.
+pub(super) enum Access {
+    /// Auth is off.
+    Open,
+    Granted {
+        principal: Principal,
+        limit: u32,
+        remaining: u32,
+    },
+}
+
+/// Authenticates the bearer token, checks the role, then the subject's rate limit; a refusal
+/// is the answer (carrying the principal, when known, for the audit record).
+pub(super) fn check_access(
+    state: &AppState,
+    headers: &HeaderMap,
+    required: Role,
+) -> Result<Access, Refused> {
     let Some(auth) = &state.auth else {
-        return next.run(req).await;
+        return Ok(Access::Open);
     };
-    let token = req
-        .headers()
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -293,7 +361,9 @@ pub async fn authorize(
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let Some(token) = token else {
-        return ApiError::Unauthenticated("missing_token").into_response();
+        return Err(Box::new(
+            ApiError::Unauthenticated("missing_token").into_response(),
+        ));
     };
     let principal = match auth
         .verified
@@ -302,10 +372,12 @@ pub async fn authorize(
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");
-            return ApiError::Unauthenticated("invalid_token").into_response();
+            return Err(Box::new(
+                ApiError::Unauthenticated("invalid_token").into_response(),
+            ));
         }
     };
-    let mut response = if principal.role < required {
+    let mut refused = if principal.role < required {
         let action = if required == Role::User {
             "call models"
         } else {
@@ -318,27 +390,61 @@ pub async fn authorize(
         .into_response()
     } else {
         match auth.limiter.check(&principal.subject) {
+            Decision::Allowed { limit, remaining } => {
+                return Ok(Access::Granted {
+                    principal,
+                    limit,
+                    remaining,
+                });
+            }
             Decision::Limited { limit, retry_after } => {
                 state.metrics.shed.with_label_values(&["rate_limit"]).inc();
                 let mut r = ApiError::RateLimited { limit, retry_after }.into_response();
                 set_rate_headers(r.headers_mut(), limit, 0, Some(retry_after));
                 r
             }
-            Decision::Allowed { limit, remaining } => {
-                let mut req = req;
-                req.extensions_mut().insert(principal.clone());
-                let mut r = next.run(req).await;
-                // A handler that charged more (batch items) reports what is left.
-                let remaining = r
-                    .extensions()
-                    .get::<RateRemaining>()
-                    .map_or(remaining, |r| r.0);
-                set_rate_headers(r.headers_mut(), limit, remaining, None);
-                r
-            }
         }
     };
-    response.extensions_mut().insert(principal);
+    refused.extensions_mut().insert(principal);
+    Err(Box::new(refused))
+}
+
+impl Access {
+    /// Marks the answer with the subject's allowance and, for the audit record, the principal.
+    pub(super) fn stamp(self, response: &mut Response) {
+        if let Access::Granted {
+            principal,
+            limit,
+            remaining,
+        } = self
+        {
+            // A handler that charged more (batch items) reports what is left.
+            let remaining = response
+                .extensions()
+                .get::<RateRemaining>()
+                .map_or(remaining, |r| r.0);
+            set_rate_headers(response.headers_mut(), limit, remaining, None);
+            response.extensions_mut().insert(principal);
+        }
+    }
+}
+
+/// [`check_access`] as a route layer.
+pub async fn authorize(
+    State((state, Required(required))): State<(Arc<AppState>, Required)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let access = match check_access(&state, req.headers(), required) {
+        Ok(access) => access,
+        Err(refused) => return *refused,
+    };
+    let mut req = req;
+    if let Access::Granted { principal, .. } = &access {
+        req.extensions_mut().insert(principal.clone());
+    }
+    let mut response = next.run(req).await;
+    access.stamp(&mut response);
     response
 }
 

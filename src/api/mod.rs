@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 mod docs;
 pub mod error;
+mod fast_path;
 pub mod metrics;
 mod middleware;
 pub mod model_meta;
@@ -12,6 +13,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
 mod routes;
+mod serve;
 mod verified;
 
 use crate::config::Config;
@@ -135,8 +137,6 @@ pub enum ApiStartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("server: {0}")]
-    Serve(std::io::Error),
 }
 
 impl AppState {
@@ -246,32 +246,19 @@ pub async fn serve(
     cors_origins: &[String],
     shutdown: CancellationToken,
 ) -> Result<(), ApiStartError> {
-    let draining = state.draining.clone();
     tokio::spawn(shrink_limiters(state.clone(), shutdown.clone()));
     // Capped so a stuck model cannot hold shutdown past systemd's TimeoutStopSec (30 s).
     let drain_bound = (state.request_timeout + Duration::from_secs(1)).min(MAX_DRAIN);
+    let draining = state.draining.clone();
+    let state_for_fast_path = state.clone();
     let app = router(state, cors_origins);
     let stop = shutdown.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         stop.cancelled().await;
         draining.cancel();
     });
-    let server = std::future::IntoFuture::into_future(server);
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result.map_err(ApiStartError::Serve),
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(drain_bound).await;
-        } => {
-            tracing::warn!(bound = ?drain_bound, "API drain bound reached; abandoning open connections");
-            Ok(())
-        }
-    }
+    serve::accept_until(listener, app, state_for_fast_path, shutdown, drain_bound).await;
+    Ok(())
 }
 
 /// Forgets idle rate-limit keys now and then, so addresses and subjects seen once do not

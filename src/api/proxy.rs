@@ -1,31 +1,82 @@
-//! Forwarding inference requests to the model processes over a pooled keep-alive client.
+//! Forwarding inference requests to the model processes: over the downstream connection's own
+//! keep-alive connections when it has them, else over a shared pool.
 //!
-//! The hot path uses hyper's pooled client directly (HTTP/1.1 to 127.0.0.1, no TLS, no
-//! redirects, no URL parsing beyond the URI): reqwest's conveniences cost a measurable share of
-//! each proxied request. reqwest stays for the rare metadata fetch.
+//! Each client connection gets a [`Lane`]: its own HTTP/1.1 connections to the model processes,
+//! driven inside the request's own task. A proxied request then costs no hand-off to another
+//! task (the pooled client runs each upstream connection as a separate task, so every request
+//! paid two cross-task wake-ups, which on a loaded host meant futex calls and context switches).
+//! The pool stays for requests without a lane (batch items run concurrently). reqwest is kept
+//! for the rare metadata fetch.
 
 use super::error::ApiError;
 use axum::body::Bytes;
-use axum::http::{HeaderValue, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// The keep-alive pool to the model processes.
 pub type Upstream = Client<HttpConnector, Full<Bytes>>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A pool keeping up to `max_idle_per_host` idle connections per model process.
 pub fn upstream(max_idle_per_host: usize) -> Upstream {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(max_idle_per_host)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
         .build(connector)
+}
+
+/// Most model processes one client connection keeps a connection to (one per model it calls).
+const LANE_PORTS: usize = 5;
+
+type UpstreamConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// An idle connection to one model process, owned by one client connection.
+struct Held {
+    port: u16,
+    host: HeaderValue,
+    sender: http1::SendRequest<Full<Bytes>>,
+    connection: Pin<Box<UpstreamConnection>>,
+    /// The connection's future has completed (it must not be polled again).
+    ended: bool,
+}
+
+/// One client connection's own connections to the model processes. HTTP/1.1 answers one
+/// request at a time per connection, so a lane is never contended; a request that finds no
+/// idle connection for its model (first call, or the model closed it) opens one.
+#[derive(Clone, Default)]
+pub struct Lane(Arc<Mutex<Vec<Held>>>);
+
+impl Lane {
+    fn take(&self, port: u16) -> Option<Held> {
+        let mut held = self.0.lock().ok()?;
+        let at = held.iter().position(|h| h.port == port)?;
+        Some(held.swap_remove(at))
+    }
+
+    fn put(&self, connection: Held) {
+        if let Ok(mut held) = self.0.lock() {
+            if held.len() >= LANE_PORTS {
+                held.remove(0);
+            }
+            held.push(connection);
+        }
+    }
 }
 
 /// A model's answer, passed through as-is (its 4xx included).
@@ -46,60 +97,200 @@ pub fn client(max_idle_per_host: usize) -> Result<reqwest::Client, ApiError> {
         .map_err(|e| ApiError::Internal(format!("HTTP client: {e}")))
 }
 
+/// Why an exchange with a model failed.
+enum Failure {
+    /// No answer could be had (connect refused, the connection failed before answering).
+    Unreachable(String),
+    /// The model started answering, then closed the connection.
+    Closed,
+    /// The request never left: safe to send again on a fresh connection.
+    Unsent,
+}
+
+fn infer_request(host: HeaderValue, body: Bytes, request_id: &HeaderValue) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = axum::http::Method::POST;
+    *request.uri_mut() = Uri::from_static("/infer");
+    let headers = request.headers_mut();
+    headers.insert(header::HOST, host);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if !request_id.is_empty() {
+        headers.insert("x-request-id", request_id.clone());
+    }
+    request
+}
+
+/// Sends one inference request to the model on `port` and reads the whole answer.
 pub async fn forward(
     upstream: &Upstream,
+    lane: Option<&Lane>,
     model: &str,
     port: u16,
     body: Bytes,
     request_id: &str,
     timeout: Duration,
 ) -> Result<ModelReply, ApiError> {
-    let unreachable = || {
-        ApiError::Unavailable(
-            format!("model {model} is not reachable"),
-            Duration::from_secs(1),
-        )
-    };
-    let uri: Uri = format!("http://127.0.0.1:{port}/infer")
-        .parse()
-        .map_err(|_| unreachable())?;
-    let mut request = Request::post(uri)
-        .header(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )
-        .body(Full::new(body))
-        .map_err(|_| unreachable())?;
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        request.headers_mut().insert("x-request-id", id);
-    }
+    let request_id = HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static(""));
     let exchange = async {
-        let response = upstream.request(request).await.map_err(|e| {
-            tracing::warn!(model, error = %e, "model unreachable");
-            unreachable()
-        })?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|_| {
-            ApiError::Unavailable(
-                format!("model {model} closed the connection"),
-                Duration::from_secs(1),
-            )
-        })?;
-        Ok::<_, ApiError>((parts, body.to_bytes()))
+        match lane {
+            Some(lane) => via_lane(lane, port, body, &request_id).await,
+            None => via_pool(upstream, port, body, &request_id).await,
+        }
     };
-    let (parts, body) = tokio::time::timeout(timeout, exchange)
+    let outcome = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| ApiError::Timeout(model.to_string()))??;
-    let retry_after = parts
-        .headers
+        .map_err(|_| ApiError::Timeout(model.to_string()))?;
+    let (status, headers, body) = outcome.map_err(|failure| {
+        let message = match failure {
+            Failure::Unreachable(error) => {
+                tracing::warn!(model, error, "model unreachable");
+                format!("model {model} is not reachable")
+            }
+            Failure::Unsent => format!("model {model} is not reachable"),
+            Failure::Closed => format!("model {model} closed the connection"),
+        };
+        ApiError::Unavailable(message, Duration::from_secs(1))
+    })?;
+    let retry_after = headers
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     Ok(ModelReply {
-        status: parts.status,
+        status,
         body,
         retry_after,
     })
+}
+
+type Exchanged = (StatusCode, HeaderMap, Bytes);
+
+async fn read_reply(response: Response<Incoming>) -> Result<Exchanged, Failure> {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|_| Failure::Closed)?;
+    Ok((parts.status, parts.headers, body.to_bytes()))
+}
+
+async fn via_pool(
+    upstream: &Upstream,
+    port: u16,
+    body: Bytes,
+    request_id: &HeaderValue,
+) -> Result<Exchanged, Failure> {
+    let mut request = infer_request(host(port), body, request_id);
+    *request.uri_mut() = format!("http://127.0.0.1:{port}/infer")
+        .parse()
+        .map_err(|_| Failure::Unreachable("bad port".into()))?;
+    let response = upstream
+        .request(request)
+        .await
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    read_reply(response).await
+}
+
+fn host(port: u16) -> HeaderValue {
+    HeaderValue::from_str(&format!("127.0.0.1:{port}"))
+        .unwrap_or(HeaderValue::from_static("127.0.0.1"))
+}
+
+async fn connect(port: u16) -> Result<Held, Failure> {
+    let unreachable = |e: &dyn std::fmt::Display| Failure::Unreachable(e.to_string());
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .map_err(|e| unreachable(&e))?
+        .map_err(|e| unreachable(&e))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    Ok(Held {
+        port,
+        host: host(port),
+        sender,
+        connection: Box::pin(connection),
+        ended: false,
+    })
+}
+
+/// Whether an idle connection is still usable: polling it lets it notice the model closed it.
+async fn still_open(held: &mut Held) -> bool {
+    if held.ended || held.sender.is_closed() {
+        return false;
+    }
+    std::future::poll_fn(|cx| Poll::Ready(held.connection.as_mut().poll(cx).is_pending())).await
+}
+
+async fn via_lane(
+    lane: &Lane,
+    port: u16,
+    body: Bytes,
+    request_id: &HeaderValue,
+) -> Result<Exchanged, Failure> {
+    let mut reused = lane.take(port);
+    loop {
+        let kept = match reused.take() {
+            Some(mut h) => still_open(&mut h).await.then_some(h),
+            None => None,
+        };
+        let (mut held, was_reused) = match kept {
+            Some(h) => (h, true),
+            None => (connect(port).await?, false),
+        };
+        let request = infer_request(held.host.clone(), body.clone(), request_id);
+        match exchange(&mut held, request).await {
+            Ok(reply) => {
+                if !held.ended && !held.sender.is_closed() {
+                    lane.put(held);
+                }
+                return Ok(reply);
+            }
+            // The model had closed a kept connection just as it was reused: once more, fresh.
+            Err(Failure::Unsent) if was_reused => continue,
+            Err(Failure::Unsent) => {
+                return Err(Failure::Unreachable(
+                    "connection closed before sending".into(),
+                ));
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+}
+
+/// One request on `held`, driving its connection in this task until the whole answer is read.
+async fn exchange(held: &mut Held, request: Request<Full<Bytes>>) -> Result<Exchanged, Failure> {
+    let Held {
+        sender,
+        connection,
+        ended,
+        ..
+    } = held;
+    let work = async {
+        sender.ready().await.map_err(|_| Failure::Unsent)?;
+        let response =
+            sender
+                .try_send_request(request)
+                .await
+                .map_err(|mut e| match e.take_message() {
+                    Some(_) => Failure::Unsent,
+                    None => Failure::Unreachable(e.into_error().to_string()),
+                })?;
+        read_reply(response).await
+    };
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = work.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !*ended && connection.as_mut().poll(cx).is_ready() {
+            // The dispatcher finished and failed what it held: `work` sees that error.
+            *ended = true;
+            return work.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A model's metadata document, or `None` when it does not answer quickly.

@@ -179,7 +179,8 @@ async fn call_model(
     request_id: &str,
 ) -> Result<proxy::ModelReply, ApiError> {
     let endpoint = state.directory.get(model);
-    call_endpoint(state, model, endpoint, body, request_id).await
+    // Batch items run concurrently: they use the shared pool, not the connection's lane.
+    call_endpoint(state, model, endpoint, None, body, request_id).await
 }
 
 /// As [`call_model`], with the directory already consulted (once per request).
@@ -187,6 +188,7 @@ async fn call_endpoint(
     state: &AppState,
     model: &str,
     endpoint: Option<super::ModelEndpoint>,
+    lane: Option<&proxy::Lane>,
     body: Bytes,
     request_id: &str,
 ) -> Result<proxy::ModelReply, ApiError> {
@@ -202,6 +204,7 @@ async fn call_endpoint(
     }
     proxy::forward(
         &state.upstream,
+        lane,
         model,
         endpoint.port,
         body,
@@ -224,15 +227,31 @@ async fn call_endpoint(
 pub async fn infer(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
+    lane: Option<Extension<proxy::Lane>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = body_bytes(body, state.body_limit);
+    let lane = lane.as_ref().map(|Extension(lane)| lane);
+    answer_inference(&state, model, lane, &headers, body).await
+}
+
+/// The inference route's work once the request is admitted and authorized: the model's
+/// answer (or the error), tagged with the model for metrics and audit. Shared by the router
+/// and the gateway's fast path.
+pub(super) async fn answer_inference(
+    state: &AppState,
+    model: String,
+    lane: Option<&proxy::Lane>,
+    headers: &HeaderMap,
+    body: Result<Bytes, ApiError>,
 ) -> Response {
     let endpoint = state.directory.get(&model);
     let known = endpoint.is_some();
     let result = async {
-        require_json(&headers)?;
-        let body = body_bytes(body, state.body_limit)?;
-        call_endpoint(&state, &model, endpoint, body, &request_id(&headers)).await
+        require_json(headers)?;
+        let body = body?;
+        call_endpoint(state, &model, endpoint, lane, body, &request_id(headers)).await
     }
     .await;
     let mut response = match result {

@@ -187,6 +187,15 @@ impl SupervisorHandle {
         }
     }
 
+    /// One model's port and state, without the rest of its status (the gateway asks this for
+    /// every request).
+    pub fn route(&self, name: &str) -> Option<(u16, ModelState)> {
+        let models = lock(&self.inner.models);
+        let slot = models.get(name)?;
+        let state = lock(&slot.live).state;
+        Some((slot.config.port, state))
+    }
+
     /// Every model's current status, in name order.
     pub fn status(&self) -> Vec<ModelStatus> {
         let samples = lock(&self.inner.samples).clone();

@@ -1000,3 +1000,252 @@ async fn ready_answers_503_once_draining() {
         (json!(false), json!(true))
     );
 }
+
+/// A bare HTTP/1.1 model on 127.0.0.1 that answers every `/infer` with `{"ok":true}` and
+/// closes each connection after `per_connection` answers without saying so (no
+/// `Connection: close`), as a restarting model or an idle timeout does. Counts connections.
+async fn start_closing_model(per_connection: usize) -> (u16, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                for _ in 0..per_connection {
+                    // One request: headers, then Content-Length bytes of body.
+                    let (head_end, length) = loop {
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buffer[..at]).to_ascii_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (at + 4, length);
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buffer.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..head_end + length);
+                    let body = br#"{"ok":true}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err()
+                        || stream.write_all(body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // Dropped: closed without notice.
+            });
+        }
+    });
+    (port, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_its_model_connection_and_recovers_when_the_model_closes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(&dir.path().join("warden.toml"), "").unwrap();
+    let (keeping, kept_connections) = start_closing_model(usize::MAX).await;
+    let (closing, closing_connections) = start_closing_model(3).await;
+    let directory = Directory(vec![
+        ("keeping".into(), keeping, Arc::new(AtomicBool::new(true))),
+        ("closing".into(), closing, Arc::new(AtomicBool::new(true))),
+    ]);
+    let base = serve_gateway(
+        &config,
+        directory,
+        &dir.path().join("audit/api.jsonl"),
+        CancellationToken::new(),
+    )
+    .await;
+    // Exactly one client connection, requests one after another.
+    let address = base.trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut client, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for model in ["keeping", "closing"] {
+        for i in 0..30 {
+            client.ready().await.unwrap();
+            let request = axum::http::Request::post(format!("/api/v1/{model}"))
+                .header("host", &address)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(axum::body::Bytes::from(
+                    json!({"inputs": [i]}).to_string(),
+                )))
+                .unwrap();
+            let response = client.send_request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(
+                (status, String::from_utf8_lossy(&body).as_ref()),
+                (200, r#"{"ok":true}"#),
+                "{model} call {i}"
+            );
+        }
+    }
+    assert_eq!(
+        kept_connections.load(Ordering::SeqCst),
+        1,
+        "30 calls over one client connection reuse one model connection"
+    );
+    assert_eq!(
+        closing_connections.load(Ordering::SeqCst),
+        10,
+        "a model closing after every third answer is reconnected to, no call lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_an_api_client_get_the_same_answers_and_audit_records() {
+    // API clients' inference calls take the gateway's fast path; a browser's (it sends
+    // `Origin`) go through the router's layers. Both must answer and audit alike.
+    let origin = "https://console.example";
+    let gw = start_gateway(&format!("[api]\ncors_origins = [\"{origin}\"]\n"), true).await;
+    let (b, dir) = (&gw.base, gw.dir.path());
+    let alice = sign(dir, &claims("alice", "user"));
+    let viewer = sign(dir, &claims("victor", "viewer"));
+    let cases: Vec<(&str, Option<&str>, &str, &str)> = vec![
+        (
+            "alpha",
+            Some(&alice),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+        ("alpha", None, "application/json", r#"{"inputs":[1]}"#),
+        (
+            "alpha",
+            Some(&viewer),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+        ("alpha", Some(&alice), "text/plain", r#"{"inputs":[1]}"#),
+        ("alpha", Some(&alice), "application/json", r#"{"wrong":1}"#),
+        (
+            "nope",
+            Some(&alice),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+        (
+            "gone",
+            Some(&alice),
+            "application/json",
+            r#"{"inputs":[1]}"#,
+        ),
+    ];
+    let mut answers = [Vec::new(), Vec::new()];
+    for (side, with_origin) in [false, true].into_iter().enumerate() {
+        for (i, (model, token, content_type, body)) in cases.iter().enumerate() {
+            let mut req = http()
+                .post(format!("{b}/api/v1/{model}"))
+                .header("content-type", *content_type)
+                .header("x-request-id", format!("side{side}-{i}"))
+                .body(body.to_string());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if with_origin {
+                req = req.header("origin", origin);
+            }
+            let r = req.send().await.unwrap();
+            let headers = r.headers().clone();
+            assert_eq!(headers["x-request-id"], format!("side{side}-{i}").as_str());
+            assert_eq!(
+                headers.get("access-control-allow-origin").is_some(),
+                with_origin,
+                "CORS answers only the browser"
+            );
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            let mut body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            // The echo model repeats the request id, which differs by design.
+            if let Some(o) = body.as_object_mut() {
+                o.remove("request_id");
+            }
+            answers[side].push((
+                status,
+                body,
+                headers.get("x-ratelimit-limit").is_some(),
+                headers.get("retry-after").is_some(),
+            ));
+        }
+    }
+    assert_eq!(answers[0], answers[1]);
+    let statuses: Vec<u16> = answers[0].iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 401, 403, 415, 422, 404, 503]);
+
+    let records = crate::support::net::wait_until_async(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= 2 * cases.len()).then_some(lines)
+    })
+    .await
+    .expect("audit records written");
+    let comparable = |r: &Value| {
+        let mut r = r.clone();
+        for volatile in [
+            "time",
+            "latency_ms",
+            "request_id",
+            "interaction_id",
+            "client",
+        ] {
+            r.as_object_mut().unwrap().remove(volatile);
+        }
+        r
+    };
+    for i in 0..cases.len() {
+        let find = |side: usize| {
+            records
+                .iter()
+                .find(|r| r["request_id"] == format!("side{side}-{i}").as_str())
+                .map(comparable)
+                .unwrap_or_else(|| panic!("no audit record for side {side} case {i}"))
+        };
+        let (api_client, browser) = (find(0), find(1));
+        assert_eq!(api_client["route"], "/api/v1/{model}");
+        assert_eq!(api_client, browser, "case {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_made_up_request_id_reaches_the_model_and_the_caller() {
+    let gw = start_gateway("", false).await;
+    let r = http()
+        .post(format!("{}/api/v1/alpha", gw.base))
+        .json(&json!({"inputs": []}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(v["request_id"], id.as_str(), "the model saw the same id");
+}
