@@ -291,22 +291,17 @@ fn sink_evidence(endpoint: &str, namespace: &str) -> (usize, usize) {
         let cw = aws_sdk_cloudwatch::Client::new(&sdk);
         let mut metrics = 0;
         let mut token = None;
-        loop {
-            match cw
-                .list_metrics()
-                .namespace(namespace)
-                .set_next_token(token)
-                .send()
-                .await
-            {
-                Ok(r) => {
-                    metrics += r.metrics().len();
-                    token = r.next_token().map(str::to_string);
-                    if token.is_none() {
-                        break;
-                    }
-                }
-                Err(_) => break,
+        while let Ok(r) = cw
+            .list_metrics()
+            .namespace(namespace)
+            .set_next_token(token)
+            .send()
+            .await
+        {
+            metrics += r.metrics().len();
+            token = r.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
             }
         }
         let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk);
