@@ -196,18 +196,33 @@ fn epoch_secs(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// A history point as stored: the bucket's start in epoch seconds (16 bytes where a
-/// `SystemTime` point takes 24; [`MetricStore::history`] hands out [`Point`]s).
+/// A history point as stored: the bucket's start in epoch seconds (u32: until 2106), packed
+/// to 12 bytes where a `SystemTime` point takes 24 ([`MetricStore::history`] hands out
+/// [`Point`]s). Fields are only ever copied, never borrowed.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 struct Slot {
-    secs: u64,
+    secs: u32,
     value: f64,
 }
 
+const _: () = assert!(std::mem::size_of::<Slot>() == 12);
+
 impl Slot {
+    fn new(secs: u64, value: f64) -> Slot {
+        Slot {
+            secs: u32::try_from(secs).unwrap_or(u32::MAX),
+            value,
+        }
+    }
+
+    fn secs(self) -> u64 {
+        u64::from(self.secs)
+    }
+
     fn point(self) -> Point {
         Point {
-            at: epoch_secs(self.secs),
+            at: epoch_secs(self.secs()),
             value: self.value,
         }
     }
@@ -381,7 +396,7 @@ impl MetricStore {
         s.latest = Point { at, value };
         match s.history.back_mut() {
             // Same bucket, or a late update from an earlier one: the newest point carries it.
-            Some(last) if bucket <= last.secs => last.value = value,
+            Some(last) if bucket <= last.secs() => last.value = value,
             _ => {
                 if s.history.len() == history_len
                     && let Some(old) = s.history.pop_front()
@@ -393,10 +408,7 @@ impl MetricStore {
                     s.history
                         .reserve_exact((cap * 2).max(64).min(history_len).saturating_sub(len));
                 }
-                s.history.push_back(Slot {
-                    secs: bucket,
-                    value,
-                });
+                s.history.push_back(Slot::new(bucket, value));
             }
         }
         s.window = Some(match (s.window, increase) {
@@ -604,7 +616,7 @@ impl MetricStore {
                     && let Some(first) = s.history.front()
                 {
                     out.push(Point {
-                        at: epoch_secs(first.secs.saturating_sub(HISTORY_BUCKET.as_secs())),
+                        at: epoch_secs(first.secs().saturating_sub(HISTORY_BUCKET.as_secs())),
                         value: s.base,
                     });
                 }
