@@ -80,6 +80,25 @@ impl telemetry::ModelSource for SupervisedModels {
             })
             .collect()
     }
+
+    /// The supervisor already reads each child's /proc every second for its status.
+    fn process_stats(&self) -> Option<std::collections::HashMap<u32, telemetry::ProcessStat>> {
+        Some(
+            self.0
+                .status()
+                .into_iter()
+                .filter_map(|s| {
+                    Some((
+                        s.pid?,
+                        telemetry::ProcessStat {
+                            cpu_percent: s.cpu_percent?,
+                            rss_bytes: s.rss_bytes?,
+                        },
+                    ))
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Gateway outcomes feed the store's latency histograms and request/error counters, and the

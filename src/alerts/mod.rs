@@ -118,10 +118,7 @@ pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> 
     };
     let mut out = Vec::new();
     if m.metric == rules::ERROR_RATE_METRIC {
-        for s in store.series() {
-            if s.key.metric != "ModelRequests" {
-                continue;
-            }
+        for s in store.series_of("ModelRequests") {
             let labels = series_labels(&s.key);
             if !filter_matches(m, &s.key) {
                 continue;
@@ -157,10 +154,7 @@ pub fn observe_metric(store: &MetricStore, m: &MetricCondition, now_ms: u64) -> 
         }
         return out;
     }
-    for s in store.series() {
-        if s.key.metric != m.metric {
-            continue;
-        }
+    for s in store.series_of(&m.metric) {
         let labels = series_labels(&s.key);
         if !filter_matches(m, &s.key) {
             continue;

@@ -8,7 +8,7 @@ pub mod nvml;
 pub mod store;
 
 pub use catalog::{CATALOG, Dim, Kind, MetricDef, Unit};
-pub use models::{ModelSample, ModelSource};
+pub use models::{ModelSample, ModelSource, ProcessStat};
 pub use store::{MetricStore, SeriesKey};
 
 /// Something on-call should hear about now, not at the next flush (alerts subscribe).

@@ -4,6 +4,7 @@
 use super::catalog::Dim;
 use super::nvml::ProcessMemory;
 use super::store::MetricStore;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
@@ -17,9 +18,23 @@ pub struct ModelSample {
     pub restarts: u64,
 }
 
+/// One model process's CPU (% of one core) and RSS (bytes), as the supervisor samples them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStat {
+    pub cpu_percent: f32,
+    pub rss_bytes: u64,
+}
+
 /// The supervisor's view of its children (the lead implements it on the supervisor handle).
 pub trait ModelSource: Send + Sync + 'static {
     fn models(&self) -> Vec<ModelSample>;
+
+    /// CPU and RSS by pid when the source samples its processes itself (the supervisor does,
+    /// every second): the sampler then uses them instead of reading /proc for the same
+    /// processes a second time. `None`: the sampler reads /proc itself.
+    fn process_stats(&self) -> Option<HashMap<u32, ProcessStat>> {
+        None
+    }
 }
 
 impl<F> ModelSource for F
@@ -120,12 +135,14 @@ impl ModelSampler {
     pub async fn sample(&mut self, store: &MetricStore) {
         let models = self.source.models();
         let at = SystemTime::now();
+        let provided = self.source.process_stats();
         let pids: Vec<Pid> = models
             .iter()
             .filter_map(|m| m.pid.map(Pid::from_u32))
             .collect();
         if let Some(sys) = &mut self.sys
             && !pids.is_empty()
+            && provided.is_none()
         {
             sys.refresh_processes_specifics(
                 ProcessesToUpdate::Some(&pids),
@@ -153,13 +170,20 @@ impl ModelSampler {
             store.set_gauge("ModelUp", &dims, f64::from(u8::from(m.up)), at);
             store.set_counter_total("ModelRestarts", &dims, m.restarts as f64, at);
             if let Some(pid) = m.pid {
-                if let Some(p) = self
-                    .sys
-                    .as_ref()
-                    .and_then(|s| s.process(Pid::from_u32(pid)))
-                {
-                    store.set_gauge("ModelCPUUtilization", &dims, f64::from(p.cpu_usage()), at);
-                    store.set_gauge("ModelRSS", &dims, p.memory() as f64, at);
+                let stat = match &provided {
+                    Some(by_pid) => by_pid.get(&pid).copied(),
+                    None => self
+                        .sys
+                        .as_ref()
+                        .and_then(|s| s.process(Pid::from_u32(pid)))
+                        .map(|p| ProcessStat {
+                            cpu_percent: p.cpu_usage(),
+                            rss_bytes: p.memory(),
+                        }),
+                };
+                if let Some(p) = stat {
+                    store.set_gauge("ModelCPUUtilization", &dims, f64::from(p.cpu_percent), at);
+                    store.set_gauge("ModelRSS", &dims, p.rss_bytes as f64, at);
                 }
                 store.set_gauge(
                     "ModelGPUMemoryUsed",
@@ -205,6 +229,43 @@ mod tests {
         let m = parse_child_metrics(text);
         assert_eq!(m.queue_depth, Some(7.0));
         assert_eq!(m.batch_size, Some(3.5));
+    }
+
+    /// A source that samples its processes (the supervisor) is not read from /proc again:
+    /// its figures are what the store gets, for a pid that is not even a real process.
+    #[tokio::test]
+    async fn stats_from_the_source_are_used_as_given() {
+        struct Sampled;
+        impl ModelSource for Sampled {
+            fn models(&self) -> Vec<ModelSample> {
+                vec![ModelSample {
+                    name: "m".into(),
+                    port: 9,
+                    pid: Some(u32::MAX - 1),
+                    up: false,
+                    restarts: 0,
+                }]
+            }
+            fn process_stats(&self) -> Option<HashMap<u32, ProcessStat>> {
+                Some(HashMap::from([(
+                    u32::MAX - 1,
+                    ProcessStat {
+                        cpu_percent: 12.5,
+                        rss_bytes: 4096,
+                    },
+                )]))
+            }
+        }
+        let store = MetricStore::new("h", 10);
+        let mut sampler = ModelSampler::new(
+            std::sync::Arc::new(Sampled),
+            ProcessMemory::default(),
+            Duration::from_millis(100),
+        );
+        sampler.sample(&store).await;
+        let dims = [(Dim::Model, "m")];
+        assert_eq!(store.latest("ModelCPUUtilization", &dims), Some(12.5));
+        assert_eq!(store.latest("ModelRSS", &dims), Some(4096.0));
     }
 
     #[test]

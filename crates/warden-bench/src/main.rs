@@ -1,9 +1,10 @@
 //! `warden-bench`: the benchmarks (`warden bench ...` execs this binary), each printing figures
 //! measured side by side in one run. Kept out of the daemon; shares its harness (ports, rusage,
 //! stats, moto, fake NVML, Slack receiver) with the integration tests through `warden-testkit`.
-//! One file per area: `restart`, `api`, `fast`, `peers`, `telemetry`, `alerts`, `logs`; `serving` runs in
+//! One file per area: `restart`, `api`, `fast`, `agent`, `peers`, `telemetry`, `alerts`, `logs`; `serving` runs in
 //! `warden-model`, the binary that links libtorch.
 
+mod agent;
 mod alerts;
 mod api;
 mod fast;
@@ -99,6 +100,21 @@ enum BenchCommand {
         /// Install the peers (venv, JRE, model) and exit.
         #[arg(long)]
         setup: bool,
+    },
+    /// The agent's CPU and peak RSS with CloudWatch + Logs on (moto), fake GPUs, the five
+    /// models, vs node_exporter scraped every second in the same window (dev tree).
+    Agent {
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Waited after every model is ready, before the window opens.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        #[arg(long, default_value_t = 8)]
+        gpus: usize,
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        #[arg(long, default_value_os_t = warden_testkit::moto::default_server())]
+        moto_server: PathBuf,
     },
     /// Sampling cost with fake GPUs (dev tree: needs gcc for the fake NVML).
     Telemetry {
@@ -231,6 +247,23 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 .block_on(bench.run())
                 .context("benchmark failed")?;
             print!("{report}");
+        }
+        BenchCommand::Agent {
+            duration,
+            settle,
+            gpus,
+            models_dir,
+            moto_server,
+        } => {
+            let bench = agent::AgentBench {
+                duration,
+                settle,
+                gpus,
+                models_dir,
+                moto_server,
+                ..agent::AgentBench::issue_setting()
+            };
+            print!("{}", bench.run().context("benchmark failed")?);
         }
         BenchCommand::Telemetry {
             gpus,

@@ -1,10 +1,14 @@
 /*
  * fake_nvml.c - a stand-in for libnvidia-ml.so.1 so tests and benchmarks run without a GPU.
  *
- * Values and faults come from a key=value state file that is re-read on every call, so a test
+ * Values and faults come from a key=value state file that is looked at on every call, so a test
  * changes the "hardware" by rewriting the file (atomically: temp file + rename). The file is
  * `fake_nvml.state` next to this library if it exists (lets parallel tests each own a copy of
- * the library), otherwise the path in $FAKE_NVML_STATE.
+ * the library), otherwise the path in $FAKE_NVML_STATE. A call costs one stat(2) while the file
+ * is unchanged (a real driver answers from memory; re-parsing the text per call made the fake
+ * the largest CPU cost of an agent polling 8 GPUs); any change of inode, size, mtime or ctime
+ * re-parses it, and a file changed within the last 50 ms is never cached (timestamps are
+ * coarse: a second rewrite in the same tick must still be seen).
  *
  * Keys (gpuN.* for device N, 0-based):
  *   init_error=9             nvmlInit_v2 returns this code (9 = DRIVER_NOT_LOADED)
@@ -36,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -137,17 +142,56 @@ static void sleep_ms(unsigned ms) {
     }
 }
 
-static void state_path(char *out, size_t len) {
+/* `fake_nvml.state` next to this library (where it lives never changes), else "". */
+static char beside_path[PATH_MAX];
+static pthread_once_t beside_once = PTHREAD_ONCE_INIT;
+
+static void find_beside_library(void) {
     Dl_info info;
-    if (dladdr((void *)&state_path, &info) && info.dli_fname) {
+    if (dladdr((void *)&find_beside_library, &info) && info.dli_fname) {
         const char *slash = strrchr(info.dli_fname, '/');
-        if (slash) {
-            snprintf(out, len, "%.*s/fake_nvml.state", (int)(slash - info.dli_fname), info.dli_fname);
-            if (access(out, R_OK) == 0) return;
-        }
+        if (slash)
+            snprintf(beside_path, sizeof beside_path, "%.*s/fake_nvml.state",
+                     (int)(slash - info.dli_fname), info.dli_fname);
+    }
+}
+
+static const char *beside_library(void) {
+    pthread_once(&beside_once, find_beside_library);
+    return beside_path;
+}
+
+/* The state file in use and its stat (st->st_ino == 0 when there is none). */
+static void state_path(char *out, size_t len, struct stat *st) {
+    const char *beside = beside_library();
+    if (beside[0] && stat(beside, st) == 0) {
+        snprintf(out, len, "%s", beside);
+        return;
     }
     const char *env = getenv("FAKE_NVML_STATE");
     snprintf(out, len, "%s", env ? env : "");
+    if (!out[0] || stat(out, st) != 0) memset(st, 0, sizeof *st);
+}
+
+/* The last parse and the stat it was made under (see the header: when it may be reused). */
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct stat cached_stat;
+static struct state cached;
+static int cache_valid;
+
+static int same_file(const struct stat *a, const struct stat *b) {
+    return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* True when the file's last change is at least 50 ms old: a later change gets a later ctime. */
+static int settled(const struct stat *st) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long age_ms = (long long)(now.tv_sec - st->st_ctim.tv_sec) * 1000 +
+                       (now.tv_nsec - st->st_ctim.tv_nsec) / 1000000;
+    return age_ms >= 50;
 }
 
 static void set_gpu_defaults(struct gpu_state *g, unsigned i) {
@@ -213,13 +257,11 @@ static void apply_gpu_key(struct gpu_state *g, const char *k, const char *v) {
     else if (!strcmp(k, "xid")) parse_xids(g, v);
 }
 
-/* Reads the whole state file; a missing file means "no GPUs" rather than a crash. */
-static void load_state(struct state *s) {
+/* Parses the whole state file; a missing file means "no GPUs" rather than a crash. */
+static void parse_state(struct state *s, const char *path) {
     memset(s, 0, sizeof *s);
     snprintf(s->driver_version, sizeof s->driver_version, "550.54.15");
     for (unsigned i = 0; i < MAX_GPUS; i++) set_gpu_defaults(&s->gpus[i], i);
-    char path[PATH_MAX];
-    state_path(path, sizeof path);
     FILE *f = path[0] ? fopen(path, "r") : NULL;
     if (!f) return;
     char line[2048];
@@ -244,6 +286,29 @@ static void load_state(struct state *s) {
     }
     fclose(f);
     if (s->count > MAX_GPUS) s->count = MAX_GPUS;
+}
+
+/* The current state: the last parse while the file is unchanged, else a fresh one. A file
+ * replaced between the stat and the parse only costs a miss: its new stat differs. */
+static void load_state(struct state *s) {
+    char path[PATH_MAX];
+    struct stat st;
+    state_path(path, sizeof path, &st);
+    if (st.st_ino) {
+        pthread_mutex_lock(&cache_lock);
+        int hit = cache_valid && same_file(&st, &cached_stat);
+        if (hit) memcpy(s, &cached, sizeof *s);
+        pthread_mutex_unlock(&cache_lock);
+        if (hit) return;
+    }
+    parse_state(s, path);
+    if (st.st_ino && settled(&st)) {
+        pthread_mutex_lock(&cache_lock);
+        memcpy(&cached, s, sizeof *s);
+        cached_stat = st;
+        cache_valid = 1;
+        pthread_mutex_unlock(&cache_lock);
+    }
 }
 
 static int unsupported(const struct gpu_state *g, const char *field) {

@@ -238,9 +238,8 @@ impl SloEngine {
             SloKind::Availability => {
                 let sum = |metric: &str| -> u64 {
                     store
-                        .series()
+                        .series_of(metric)
                         .iter()
-                        .filter(|s| s.key.metric == metric)
                         .filter(|s| model.is_none_or(|m| s.key.dim(Dim::Model) == Some(m)))
                         .map(|s| s.value.max(0.0) as u64)
                         .sum()
