@@ -234,8 +234,24 @@ pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
 
+/// The figures `warden bench all` checks against the goals.
+#[derive(Debug, Clone, Copy)]
+pub struct FastSummary {
+    pub gateway_vs_nginx: f64,
+    pub nginx_added_p50_ms: f64,
+    pub gateway_added_p50_ms: f64,
+    pub lone_infer_vs_health: f64,
+    pub many_p99_ms: f64,
+    pub many_errors: u64,
+}
+
 impl FastBench {
     pub fn run(&self) -> Result<String, BenchError> {
+        Ok(self.run_summary()?.0)
+    }
+
+    /// The report, and its figures for the goals table.
+    pub fn run_summary(&self) -> Result<(String, FastSummary), BenchError> {
         let dir = tempfile::tempdir()?;
         let warden = sibling("warden")?;
         let models_dir = match &self.models_dir {
@@ -428,7 +444,15 @@ impl FastBench {
             }
         }
         drop(agent);
-        Ok(r)
+        let summary = FastSummary {
+            gateway_vs_nginx: ratio(gateway.per_second, via_nginx.per_second),
+            nginx_added_p50_ms: via_nginx.p50_ms - direct.p50_ms,
+            gateway_added_p50_ms: gateway.p50_ms - direct.p50_ms,
+            lone_infer_vs_health: ratio(lone_infer.p50_ms, lone_health.p50_ms),
+            many_p99_ms: many.p99_ms,
+            many_errors: many.errors,
+        };
+        Ok((r, summary))
     }
 }
 

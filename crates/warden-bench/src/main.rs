@@ -1,11 +1,12 @@
 //! `warden-bench`: the benchmarks (`warden bench ...` execs this binary), each printing figures
 //! measured side by side in one run. Kept out of the daemon; shares its harness (ports, rusage,
 //! stats, moto, fake NVML, Slack receiver) with the integration tests through `warden-testkit`.
-//! One file per area: `restart`, `api`, `fast`, `agent`, `peers`, `telemetry`, `alerts`, `logs`; `serving` runs in
+//! One file per area: `restart`, `api`, `fast`, `agent`, `peers`, `all` (the fast-path ones together), `telemetry`, `alerts`, `logs`; `serving` runs in
 //! `warden-model`, the binary that links libtorch.
 
 mod agent;
 mod alerts;
+mod all;
 mod api;
 mod fast;
 mod logs;
@@ -100,6 +101,23 @@ enum BenchCommand {
         /// Install the peers (venv, JRE, model) and exit.
         #[arg(long)]
         setup: bool,
+    },
+    /// The fast-path comparisons in one run (`fast`, `agent`, `peers`), then each figure
+    /// against its goal. Peers not set up are reported as skipped.
+    All {
+        /// Each wrk measurement of the fast part.
+        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// The agent's measured window.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        agent_window: Duration,
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        #[arg(long, default_value_os_t = warden_testkit::moto::default_server())]
+        moto_server: PathBuf,
+        /// The peers' cache (default `~/.cache/warden`).
+        #[arg(long)]
+        cache: Option<PathBuf>,
     },
     /// The agent's CPU and peak RSS with CloudWatch + Logs on (moto), fake GPUs, the five
     /// models, vs node_exporter scraped every second in the same window (dev tree).
@@ -247,6 +265,36 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 .block_on(bench.run())
                 .context("benchmark failed")?;
             print!("{report}");
+        }
+        BenchCommand::All {
+            duration,
+            agent_window,
+            models_dir,
+            moto_server,
+            cache,
+        } => {
+            let bench = all::AllBench {
+                fast: fast::FastBench {
+                    connections: 32,
+                    duration,
+                    many: 1000,
+                    model: "risk-analyzer".into(),
+                    models_dir: models_dir.clone(),
+                },
+                agent: agent::AgentBench {
+                    duration: agent_window,
+                    models_dir,
+                    moto_server,
+                    ..agent::AgentBench::issue_setting()
+                },
+                peers: peers::PeersBench {
+                    duration: duration.max(Duration::from_secs(10)),
+                    concurrency: 64,
+                    warden_threads: 1,
+                    cache,
+                },
+            };
+            print!("{}", bench.run().context("benchmark failed")?);
         }
         BenchCommand::Agent {
             duration,

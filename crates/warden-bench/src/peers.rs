@@ -20,6 +20,13 @@ const START_BOUND: Duration = Duration::from_secs(180);
 /// Load before each measurement so JIT, allocator and the batchers settle.
 const WARM_UP: Duration = Duration::from_secs(3);
 
+/// warden's serving throughput over its peers', same model, same run.
+#[derive(Debug, Clone, Copy)]
+pub struct PeersSummary {
+    pub vs_torchserve: f64,
+    pub vs_fastapi: f64,
+}
+
 pub struct PeersBench {
     pub duration: Duration,
     pub concurrency: u32,
@@ -314,6 +321,11 @@ impl PeersBench {
     }
 
     pub fn run(&self) -> Result<String, BenchError> {
+        Ok(self.run_summary()?.0)
+    }
+
+    /// The report, and warden's throughput over TorchServe's and FastAPI's.
+    pub fn run_summary(&self) -> Result<(String, PeersSummary), BenchError> {
         let cache = cache_dir(self.cache.as_deref())?;
         let venv = cache.join("bench-venv");
         let model = cache.join("peers/model.pt");
@@ -340,7 +352,12 @@ impl PeersBench {
             self.torchserve(&venv, &cache, &body_file, dir.path())?,
             self.fastapi(&venv, &model, &body_file)?,
         ];
-        Ok(self.report(&sides))
+        let [w, ts, fa] = [&sides[0].figures, &sides[1].figures, &sides[2].figures];
+        let summary = PeersSummary {
+            vs_torchserve: ratio(w.per_second, ts.per_second),
+            vs_fastapi: ratio(w.per_second, fa.per_second),
+        };
+        Ok((self.report(&sides), summary))
     }
 
     fn report(&self, sides: &[Side; 3]) -> String {
