@@ -741,16 +741,7 @@ async fn every_request_leaves_exactly_one_audit_record() {
         let r = req.header("x-request-id", &id).send().await.unwrap();
         sent.push((id, r.status().as_u16()));
     }
-    let records = crate::support::net::wait_until_async(Duration::from_secs(10), || async {
-        let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        (lines.len() >= sent.len()).then_some((text, lines))
-    })
-    .await;
-    let (text, records) = records.expect("audit records written");
+    let (text, records) = audit_records(&gw.audit_path, sent.len()).await;
     assert_eq!(records.len(), sent.len());
     for ((id, status), record) in sent.iter().zip(&records) {
         assert_eq!(record["request_id"], id.as_str());
@@ -771,6 +762,20 @@ async fn every_request_leaves_exactly_one_audit_record() {
         !text.contains(&alice) && !text.contains("garbage"),
         "no token in the audit log"
     );
+}
+
+/// The audit file's text and records once it holds at least `count` (10 s bound).
+async fn audit_records(path: &Path, count: usize) -> (String, Vec<Value>) {
+    crate::support::net::wait_until_async(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= count).then_some((text, lines))
+    })
+    .await
+    .expect("audit records written")
 }
 
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address is local on Linux), so
@@ -1198,16 +1203,7 @@ async fn a_browser_and_an_api_client_get_the_same_answers_and_audit_records() {
     let statuses: Vec<u16> = answers[0].iter().map(|a| a.0).collect();
     assert_eq!(statuses, [200, 401, 403, 415, 422, 404, 503]);
 
-    let records = crate::support::net::wait_until_async(Duration::from_secs(10), || async {
-        let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        (lines.len() >= 2 * cases.len()).then_some(lines)
-    })
-    .await
-    .expect("audit records written");
+    let (_, records) = audit_records(&gw.audit_path, 2 * cases.len()).await;
     let comparable = |r: &Value| {
         let mut r = r.clone();
         for volatile in [

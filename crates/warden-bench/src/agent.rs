@@ -252,7 +252,7 @@ fn run_ok(command: &mut Command, what: &str) -> Result<(), BenchError> {
 }
 
 /// node_exporter on a free port (started now, measured in the agent's window).
-fn start_node_exporter() -> Result<Option<(Proc, String)>, BenchError> {
+pub(crate) fn start_node_exporter() -> Result<Option<(Proc, String)>, BenchError> {
     let Some(bin) = which("prometheus-node-exporter") else {
         return Ok(None);
     };

@@ -499,19 +499,9 @@ fn agent_cost(pid: u32, window: Duration) -> (f64, f64) {
 
 /// node_exporter on a free port, scraped every second for `window`.
 fn node_exporter_cost(window: Duration) -> Result<Option<(f64, f64)>, BenchError> {
-    let Some(bin) = which("prometheus-node-exporter") else {
+    let Some((ne, url)) = crate::agent::start_node_exporter()? else {
         return Ok(None);
     };
-    let port = warden_testkit::net::try_free_port()?;
-    let mut command = Command::new(bin);
-    command
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    die_with_parent(&mut command);
-    let ne = Proc(command.spawn()?);
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    wait_http(&url, Duration::from_secs(20))?;
     let pid = ne.0.id();
     let Some((t0, _)) = proc_usage(pid) else {
         return Ok(None);
