@@ -219,7 +219,7 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// `gpus` busy fake GPUs; GPU g runs model process `pids[g % n]` (per-model GPU memory is
 /// then computed as on a real host).
-fn gpu_state(gpus: usize, pids: &[u32]) -> FakeState {
+pub(crate) fn gpu_state(gpus: usize, pids: &[u32]) -> FakeState {
     FakeState::with_gpus(
         (0..gpus)
             .map(|g| FakeGpu {

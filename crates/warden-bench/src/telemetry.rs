@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use warden::sinks::cloudwatch::request::{batches, datums_from_window};
 use warden::telemetry::nvml::NvmlSamplerConfig;
 use warden::telemetry::{MetricStore, ModelSample, ModelSource, SamplerConfig, Samplers};
-use warden_testkit::nvml::{FakeGpu, FakeNvml, FakeState};
+use warden_testkit::nvml::FakeNvml;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -33,23 +33,9 @@ pub struct TelemetryBench {
 /// The fake NVML (the tests' library, through nvml-wrapper's real FFI path) with `gpus` busy
 /// GPUs whose compute processes are `pids`.
 fn build_fake(gpus: usize, pids: &[u32]) -> Result<FakeNvml, BenchError> {
-    let gpus = (0..gpus)
-        .map(|g| FakeGpu {
-            util: 40 + g as u32,
-            mem_util: 30,
-            mem_used: 8 << 30,
-            temp: 60,
-            power_mw: 200_000,
-            sm_clock: 1400,
-            fan: 40,
-            procs: vec![(
-                pids.get(g % pids.len().max(1)).copied().unwrap_or(1),
-                1 << 30,
-            )],
-            ..FakeGpu::default()
-        })
-        .collect();
-    Ok(FakeNvml::try_new(&FakeState::with_gpus(gpus))?)
+    // Without model processes yet, the GPUs still show a compute process (pid 1).
+    let pids = if pids.is_empty() { &[1][..] } else { pids };
+    Ok(FakeNvml::try_new(&crate::agent::gpu_state(gpus, pids))?)
 }
 
 impl TelemetryBench {
