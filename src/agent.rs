@@ -143,6 +143,7 @@ impl crate::api::ModelDirectory for SupervisedModels {
             .map(|s| crate::api::ModelEndpoint {
                 ready: s.state == crate::supervisor::ModelState::Ready,
                 state: s.state.to_string(),
+                socket: self.0.route(&s.name).and_then(|(_, socket, _)| socket),
                 name: s.name,
                 port: s.port,
             })
@@ -150,10 +151,11 @@ impl crate::api::ModelDirectory for SupervisedModels {
     }
 
     fn get(&self, name: &str) -> Option<crate::api::ModelEndpoint> {
-        let (port, state) = self.0.route(name)?;
+        let (port, socket, state) = self.0.route(name)?;
         Some(crate::api::ModelEndpoint {
             name: name.to_string(),
             port,
+            socket,
             state: state.to_string(),
             ready: state == crate::supervisor::ModelState::Ready,
         })

@@ -35,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ModelEndpoint {
     pub name: String,
     pub port: u16,
+    /// The model's Unix socket, preferred over the port for inference when it answers there.
+    pub socket: Option<Arc<std::path::Path>>,
     /// Supervisor state (`ready`, `starting`, `backoff`, ...).
     pub state: String,
     pub ready: bool,
@@ -58,6 +60,7 @@ impl ModelDirectory for StaticDirectory {
             .map(|(name, port)| ModelEndpoint {
                 name: name.clone(),
                 port: *port,
+                socket: None,
                 state: "unknown".into(),
                 ready: true,
             })

@@ -7,6 +7,10 @@
 //! paid two cross-task wake-ups, which on a loaded host meant futex calls and context switches).
 //! The pool stays for requests without a lane (batch items run concurrently). reqwest is kept
 //! for the rare metadata fetch.
+//!
+//! A lane reaches a model over its Unix socket when it has one (a supervised `serve-model`
+//! does): no loopback TCP on either side of the hop. If the socket does not answer, the lane
+//! uses the model's TCP port, as the pool always does.
 
 use super::error::ApiError;
 use axum::body::Bytes;
@@ -18,11 +22,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
 
 /// The keep-alive pool to the model processes.
 pub type Upstream = Client<HttpConnector, Full<Bytes>>;
@@ -44,7 +50,14 @@ pub fn upstream(max_idle_per_host: usize) -> Upstream {
 /// Most model processes one client connection keeps a connection to (one per model it calls).
 const LANE_PORTS: usize = 5;
 
-type UpstreamConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type UpstreamConnection = http1::Connection<TokioIo<Either<UnixStream, TcpStream>>, Full<Bytes>>;
+
+/// Where a model process answers.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub port: u16,
+    pub socket: Option<&'a Path>,
+}
 
 /// An idle connection to one model process, owned by one client connection.
 struct Held {
@@ -128,7 +141,7 @@ pub async fn forward(
     upstream: &Upstream,
     lane: Option<&Lane>,
     model: &str,
-    port: u16,
+    target: Target<'_>,
     body: Bytes,
     request_id: &str,
     timeout: Duration,
@@ -136,8 +149,8 @@ pub async fn forward(
     let request_id = HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static(""));
     let exchange = async {
         match lane {
-            Some(lane) => via_lane(lane, port, body, &request_id).await,
-            None => via_pool(upstream, port, body, &request_id).await,
+            Some(lane) => via_lane(lane, target, body, &request_id).await,
+            None => via_pool(upstream, target.port, body, &request_id).await,
         }
     };
     let outcome = tokio::time::timeout(timeout, exchange)
@@ -195,16 +208,35 @@ fn host(port: u16) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("127.0.0.1"))
 }
 
-async fn connect(port: u16) -> Result<Held, Failure> {
+/// A connection to the model's Unix socket, else to its port.
+async fn open_stream(target: Target<'_>) -> Result<Either<UnixStream, TcpStream>, Failure> {
+    if let Some(socket) = target.socket {
+        match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(socket)).await {
+            Ok(Ok(stream)) => return Ok(Either::Left(stream)),
+            Ok(Err(e)) => {
+                tracing::debug!(socket = %socket.display(), error = %e, "model socket refused; using its port");
+            }
+            Err(_) => {
+                tracing::debug!(socket = %socket.display(), "model socket timed out; using its port");
+            }
+        }
+    }
     let unreachable = |e: &dyn std::fmt::Display| Failure::Unreachable(e.to_string());
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
+    let connecting = TcpStream::connect(("127.0.0.1", target.port));
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|e| unreachable(&e))?
         .map_err(|e| unreachable(&e))?;
     let _ = stream.set_nodelay(true);
+    Ok(Either::Right(stream))
+}
+
+async fn connect(target: Target<'_>) -> Result<Held, Failure> {
+    let stream = open_stream(target).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    let port = target.port;
     Ok(Held {
         port,
         host: host(port),
@@ -224,11 +256,11 @@ async fn still_open(held: &mut Held) -> bool {
 
 async fn via_lane(
     lane: &Lane,
-    port: u16,
+    target: Target<'_>,
     body: Bytes,
     request_id: &HeaderValue,
 ) -> Result<Exchanged, Failure> {
-    let mut reused = lane.take(port);
+    let mut reused = lane.take(target.port);
     loop {
         let kept = match reused.take() {
             Some(mut h) => still_open(&mut h).await.then_some(h),
@@ -236,7 +268,7 @@ async fn via_lane(
         };
         let (mut held, was_reused) = match kept {
             Some(h) => (h, true),
-            None => (connect(port).await?, false),
+            None => (connect(target).await?, false),
         };
         let request = infer_request(held.host.clone(), body.clone(), request_id);
         match exchange(&mut held, request).await {

@@ -206,7 +206,10 @@ async fn call_endpoint(
         &state.upstream,
         lane,
         model,
-        endpoint.port,
+        proxy::Target {
+            port: endpoint.port,
+            socket: endpoint.socket.as_deref(),
+        },
         body,
         request_id,
         state.request_timeout,

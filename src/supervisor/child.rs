@@ -11,6 +11,23 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
+/// Longest path a Unix socket address holds (`sun_path`, less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where a model spawned as `warden serve-model` also listens for the gateway: a Unix socket
+/// beside the control socket, `model-NAME.sock`. `None` for a `command` override (it may not
+/// speak it) or when the path would be too long for a socket address.
+pub fn model_socket(model: &ModelConfig, config: &Config) -> Option<PathBuf> {
+    if model.command.is_some() {
+        return None;
+    }
+    let control = config.resolve(&config.agent.control_socket);
+    let path = control
+        .parent()?
+        .join(format!("model-{}.sock", model.name));
+    (path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
+}
+
 /// The argv for a model: its `command` override, or `warden serve-model NAME ...`.
 pub fn model_argv(
     model: &ModelConfig,
@@ -27,6 +44,9 @@ pub fn model_argv(
         "--port".into(),
         model.port.to_string(),
     ];
+    if let Some(socket) = model_socket(model, config) {
+        argv.extend(["--unix-socket".into(), socket.display().to_string()]);
+    }
     // serve-model takes either a weight file or the models dir, not both.
     match &model.weights {
         Some(w) => argv.extend(["--weights".into(), config.resolve(w).display().to_string()]),

@@ -22,7 +22,7 @@ use health::{Prober, probe_timeout};
 use policy::{RestartPolicy, RestartTracker};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -96,6 +96,8 @@ struct Inner {
 struct Slot {
     config: ModelConfig,
     argv: Vec<String>,
+    /// The model's Unix socket for the gateway, when it is given one.
+    socket: Option<Arc<Path>>,
     live: Arc<Mutex<Live>>,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<()>,
@@ -156,6 +158,7 @@ impl SupervisorHandle {
 
     fn launch(&self, config: &Config, model: ModelConfig) -> Slot {
         let argv = child::model_argv(&model, config, &self.inner.options.warden_exe);
+        let socket = child::model_socket(&model, config).map(Arc::from);
         let live = Arc::new(Mutex::new(Live {
             state: ModelState::Stopped,
             pid: None,
@@ -181,19 +184,20 @@ impl SupervisorHandle {
         Slot {
             config: model,
             argv,
+            socket,
             live,
             commands: tx,
             task,
         }
     }
 
-    /// One model's port and state, without the rest of its status (the gateway asks this for
-    /// every request).
-    pub fn route(&self, name: &str) -> Option<(u16, ModelState)> {
+    /// Where to reach one model (its port and Unix socket) and its state, without the rest of
+    /// its status (the gateway asks this for every request).
+    pub fn route(&self, name: &str) -> Option<(u16, Option<Arc<Path>>, ModelState)> {
         let models = lock(&self.inner.models);
         let slot = models.get(name)?;
         let state = lock(&slot.live).state;
-        Some((slot.config.port, state))
+        Some((slot.config.port, slot.socket.clone(), state))
     }
 
     /// Every model's current status, in name order.

@@ -61,6 +61,7 @@ impl ModelDirectory for Directory {
                 ModelEndpoint {
                     name: n.clone(),
                     port: *p,
+                    socket: None,
                     state: if ready { "ready" } else { "backoff" }.into(),
                     ready,
                 }

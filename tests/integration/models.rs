@@ -1,7 +1,8 @@
 //! The five built-in models answer like engineers, through the public API of a real
 //! `warden run` (shipped weights installed by `warden models init` on first start): the four
 //! observations of issue 15 reversed, the model cards in `GET /api/v1/models`, and inputs
-//! outside the trained ranges answered with a warning.
+//! outside the trained ranges answered with a warning; and the gateway's hop to a model over
+//! the model's Unix socket.
 
 use super::support::agent::TestAgent;
 use super::support::net::free_port;
@@ -249,4 +250,62 @@ async fn the_models_answer_like_engineers_through_the_api() {
     let (status, err) = api.post("connection-designer", &far_out).await;
     assert_eq!(status, 422, "{err}");
     assert!(err.to_string().contains("loads.shear_kn"), "{err}");
+}
+
+/// Connected sockets bound to `path`, as the kernel lists them (the model's side of each
+/// connection accepted on its Unix socket).
+fn connections_on(path: &std::path::Path) -> usize {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let path = path.to_str().unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            // Num RefCount Protocol Flags Type St Inode Path; St 03 = connected.
+            fields.len() == 8 && fields[5] == "03" && fields[7] == path
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reaches_a_supervised_model_over_its_unix_socket_else_over_its_port() {
+    let agent = TestAgent::builder().model(model("risk-analyzer")).start();
+    agent.wait_ready(Duration::from_secs(120));
+    let socket = agent.socket.with_file_name("model-risk-analyzer.sock");
+    assert!(socket.exists(), "no socket beside the control socket");
+    assert_eq!(connections_on(&socket), 0);
+    warden::tls::install_crypto_provider();
+    let api = Api {
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        agent,
+    };
+    let input = risk(4, "C", 3, 5.0, 12);
+    let first = api.ok("risk-analyzer", &input).await;
+    for _ in 0..5 {
+        assert_eq!(api.ok("risk-analyzer", &input).await, first);
+    }
+    assert_eq!(
+        connections_on(&socket),
+        1,
+        "one kept-alive client connection, one model connection over the socket"
+    );
+
+    // The model connection closes with the client connection that owned it.
+    let Api { http, agent } = api;
+    drop(http);
+    let closed = crate::support::net::wait_until(Duration::from_secs(10), || {
+        (connections_on(&socket) == 0).then_some(())
+    });
+    assert!(closed.is_some(), "the model connection outlived its client");
+
+    // A socket that is gone (removed by hand, say) costs nothing but the hop: new client
+    // connections reach the model on its port.
+    std::fs::remove_file(&socket).unwrap();
+    let fresh = Api {
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        agent,
+    };
+    assert_eq!(fresh.ok("risk-analyzer", &input).await, first);
+    assert_eq!(connections_on(&socket), 0);
 }

@@ -802,3 +802,93 @@ fn only_the_model_binary_links_libtorch() {
     assert!(!needed(&agent).contains("libtorch"), "{}", needed(&agent));
     assert!(needed(&agent.with_file_name("warden-model")).contains("libtorch_cpu"));
 }
+
+/// One HTTP/1.1 request over a Unix socket (`connection: close`): the status and JSON body.
+async fn over_unix_socket(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer over {}", socket.display());
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_also_serves_on_a_private_unix_socket_and_removes_it_when_it_stops() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("model-risk-analyzer.sock");
+    // A socket a killed run left behind is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut server = Server::start(
+        "risk-analyzer",
+        &["--unix-socket", socket.to_str().unwrap()],
+    )
+    .await;
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the socket skips auth");
+
+    let example = server.example().await;
+    let (tcp_status, over_tcp) = server.infer(&example).await;
+    let body = serde_json::to_vec(&example).unwrap();
+    let (unix_status, over_unix) = over_unix_socket(&socket, "POST", "/infer", &body).await;
+    assert_eq!((tcp_status, unix_status), (200, 200), "{over_unix}");
+    assert_eq!(over_unix, over_tcp, "the same answer on both listeners");
+    let (status, _) = over_unix_socket(&socket, "POST", "/infer", b"{\"nope\": 1}").await;
+    assert_eq!(status, 422, "bad input over the socket is refused as over TCP");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut child = server.child.take().unwrap();
+    let status =
+        crate::support::net::wait_until(Duration::from_secs(30), || child.try_wait().unwrap());
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)));
+    assert!(!socket.exists(), "the socket file outlived the model");
+}
+
+#[test]
+fn a_unix_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("precious.txt");
+    std::fs::write(&path, "keep me").unwrap();
+    let mut child = Command::new(crate::support::warden_bin())
+        .args([
+            "serve-model",
+            "risk-analyzer",
+            "--port",
+            &free_port().to_string(),
+            "--models-dir",
+        ])
+        .arg(models_dir())
+        .arg("--unix-socket")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = crate::support::net::wait_until(Duration::from_secs(60), || {
+        child.try_wait().unwrap()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "it served anyway");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("precious.txt") && err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+}

@@ -26,6 +26,9 @@ pub struct ServeOptions {
     /// The model's name (a built-in, or any name with `--weights model.pt`).
     pub name: String,
     pub port: u16,
+    /// Also serve on this Unix socket (the agent's gateway uses it: cheaper than loopback TCP;
+    /// the TCP port stays for health checks and direct clients).
+    pub unix_socket: Option<PathBuf>,
     pub models_dir: Option<PathBuf>,
     pub weights: Option<PathBuf>,
     pub device: warden::config::Device,
@@ -171,6 +174,10 @@ pub async fn serve(
             "--max-batch and --queue-capacity must be at least 1".into(),
         ));
     }
+    let unix = match &opts.unix_socket {
+        Some(path) => Some(UnixSocket::bind(path)?),
+        None => None,
+    };
     let metrics = ModelMetrics::new(&opts.name)
         .map_err(|e| ServingError::Options(format!("metrics registry: {e}")))?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -240,13 +247,38 @@ pub async fn serve(
             Ok(()) = stop_rx => {}
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|source| ServingError::Io {
-            context: "serving HTTP".into(),
-            source,
-        })?;
+    let serving_error = |source| ServingError::Io {
+        context: "serving HTTP".into(),
+        source,
+    };
+    match unix {
+        Some(unix) => {
+            // Both listeners stop together; each drains its own connections.
+            let (stopping, stopped) = tokio::sync::watch::channel(false);
+            let signal = tokio::spawn(async move {
+                stop.await;
+                let _ = stopping.send(true);
+            });
+            let until_stopped = || {
+                let mut stopped = stopped.clone();
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }
+            };
+            let over_tcp =
+                axum::serve(listener, app.clone()).with_graceful_shutdown(until_stopped());
+            let over_unix = axum::serve(unix.listener, app).with_graceful_shutdown(until_stopped());
+            let (tcp, unix_served) = tokio::join!(over_tcp, over_unix);
+            signal.abort();
+            drop(unix.path);
+            tcp.map_err(serving_error)?;
+            unix_served.map_err(serving_error)?;
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(serving_error)?,
+    }
     // The router (and its queue handle) is gone: the thread drains what is queued and exits.
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     if load_watch.is_finished() {
@@ -259,6 +291,50 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The Unix socket listener and the file it made (removed when serving ends).
+struct UnixSocket {
+    listener: tokio::net::UnixListener,
+    path: SocketFile,
+}
+
+/// Removes the socket file when serving ends (or start-up fails after binding).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl UnixSocket {
+    /// Binds `path`, replacing a socket a previous run left behind (never any other file),
+    /// readable and writable by this user only: the socket skips the gateway's auth.
+    fn bind(path: &std::path::Path) -> Result<UnixSocket, ServingError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let bind_error = |source| ServingError::Bind {
+            addr: path.display().to_string(),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(bind_error(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                )));
+            }
+            std::fs::remove_file(path).map_err(bind_error)?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(bind_error)?;
+        }
+        let listener = tokio::net::UnixListener::bind(path).map_err(bind_error)?;
+        let path = SocketFile(path.to_path_buf());
+        std::fs::set_permissions(&path.0, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_error)?;
+        Ok(UnixSocket { listener, path })
+    }
 }
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {

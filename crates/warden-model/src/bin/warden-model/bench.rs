@@ -189,6 +189,7 @@ async fn http_runs(
     let serve_opts = ServeOptions {
         name: kind.name().into(),
         port,
+        unix_socket: None,
         models_dir: Some(dir.to_path_buf()),
         weights: None,
         device: warden::config::Device::Cpu,

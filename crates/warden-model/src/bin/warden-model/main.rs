@@ -35,6 +35,9 @@ struct ServeModelArgs {
     name: String,
     #[arg(long)]
     port: u16,
+    /// Also serve on this Unix socket (the agent's gateway connects there; created mode 0600).
+    #[arg(long)]
+    unix_socket: Option<PathBuf>,
     /// Directory `warden models init` wrote (default: the embedded config's models dir).
     #[arg(long, conflicts_with = "weights")]
     models_dir: Option<PathBuf>,
@@ -139,6 +142,7 @@ fn serve_model(args: ServeModelArgs) -> anyhow::Result<()> {
     let opts = serving::ServeOptions {
         name: args.name,
         port: args.port,
+        unix_socket: args.unix_socket,
         models_dir: args.models_dir,
         weights: args.weights,
         device,
