@@ -509,9 +509,13 @@ async fn write_loop(
                     tracing::info!("audit log writable again; buffered records written");
                 }
                 backoff = MIN_BACKOFF;
+                // A record is copied for the live feed only while someone (a console) watches.
+                let watched = live.receiver_count() > 0;
                 for e in queue.drain(..n) {
                     shared.release(e.line.len());
-                    let _ = live.send(e.record.clone());
+                    if watched {
+                        let _ = live.send(e.record.clone());
+                    }
                 }
                 file = Some(f);
             }
