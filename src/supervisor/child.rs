@@ -22,9 +22,7 @@ pub fn model_socket(model: &ModelConfig, config: &Config) -> Option<PathBuf> {
         return None;
     }
     let control = config.resolve(&config.agent.control_socket);
-    let path = control
-        .parent()?
-        .join(format!("model-{}.sock", model.name));
+    let path = control.parent()?.join(format!("model-{}.sock", model.name));
     (path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
 }
 

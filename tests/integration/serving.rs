@@ -837,7 +837,11 @@ async fn a_model_also_serves_on_a_private_unix_socket_and_removes_it_when_it_sto
     .await;
     let meta = std::fs::symlink_metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the socket skips auth");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the socket skips auth"
+    );
 
     let example = server.example().await;
     let (tcp_status, over_tcp) = server.infer(&example).await;
@@ -846,7 +850,10 @@ async fn a_model_also_serves_on_a_private_unix_socket_and_removes_it_when_it_sto
     assert_eq!((tcp_status, unix_status), (200, 200), "{over_unix}");
     assert_eq!(over_unix, over_tcp, "the same answer on both listeners");
     let (status, _) = over_unix_socket(&socket, "POST", "/infer", b"{\"nope\": 1}").await;
-    assert_eq!(status, 422, "bad input over the socket is refused as over TCP");
+    assert_eq!(
+        status, 422,
+        "bad input over the socket is refused as over TCP"
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.pid()),
@@ -880,15 +887,17 @@ fn a_unix_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = crate::support::net::wait_until(Duration::from_secs(60), || {
-        child.try_wait().unwrap()
-    });
+    let status =
+        crate::support::net::wait_until(Duration::from_secs(60), || child.try_wait().unwrap());
     if status.is_none() {
         let _ = child.kill();
     }
     let out = child.wait_with_output().unwrap();
     assert!(status.is_some_and(|s| !s.success()), "it served anyway");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("precious.txt") && err.contains("not a socket"), "{err}");
+    assert!(
+        err.contains("precious.txt") && err.contains("not a socket"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
 }

@@ -88,6 +88,12 @@ fn goals_table(
             met: Some(fast.gateway_added_p50_ms <= fast.nginx_added_p50_ms),
         },
         Goal {
+            name: "proxy CPU per request: gateway, nginx",
+            measured: format!("{:.1} vs {:.1} us", fast.gateway_cpu_us, fast.nginx_cpu_us),
+            goal: "(reported)",
+            met: None,
+        },
+        Goal {
             name: "c=1 /infer p50 / /health p50",
             measured: format!("{:.2}x", fast.lone_infer_vs_health),
             goal: "<= 3x",
@@ -182,6 +188,8 @@ mod tests {
             gateway_vs_nginx,
             nginx_added_p50_ms: 0.4,
             gateway_added_p50_ms: 0.6,
+            gateway_cpu_us: 30.0,
+            nginx_cpu_us: 20.0,
             lone_infer_vs_health: lone,
             many_p99_ms: 300.0,
             many_errors: 0,

@@ -240,6 +240,9 @@ pub struct FastSummary {
     pub gateway_vs_nginx: f64,
     pub nginx_added_p50_ms: f64,
     pub gateway_added_p50_ms: f64,
+    /// Each proxy's own CPU per request, microseconds.
+    pub gateway_cpu_us: f64,
+    pub nginx_cpu_us: f64,
     pub lone_infer_vs_health: f64,
     pub many_p99_ms: f64,
     pub many_errors: u64,
@@ -329,7 +332,7 @@ impl FastBench {
             .stderr(Stdio::inherit());
         die_with_parent(&mut agent);
         let agent = Proc(agent.spawn()?);
-        let _nginx = nginx(d, nginx_port, model_port)?;
+        let nginx_proc = nginx(d, nginx_port, model_port)?;
         let base_model = format!("http://127.0.0.1:{model_port}");
         let base_api = format!("http://127.0.0.1:{api_port}");
         wait_http(&format!("{base_model}/ready"), Duration::from_secs(120))?;
@@ -358,14 +361,25 @@ impl FastBench {
         )?;
         wrk(&post, &format!("{base_model}/infer"), c, warm)?;
 
-        let direct = wrk(&post, &format!("{base_model}/infer"), c, t)?;
-        let via_nginx = wrk(&post, &format!("http://127.0.0.1:{nginx_port}/infer"), c, t)?;
-        let gateway = wrk(
-            &post_auth,
-            &format!("{base_api}/api/v1/{}", self.model),
-            c,
-            t,
-        )?;
+        // Each side's CPU per request, the fair comparison when every process shares 2 cores:
+        // the proxy's (nginx's master and workers, or the whole agent) and the model's.
+        let model_pid = children(agent_pid).into_iter().next();
+        let nginx_pids = [vec![nginx_proc.0.id()], children(nginx_proc.0.id())].concat();
+        let model_pids: Vec<u32> = model_pid.into_iter().collect();
+        let (direct, direct_cost) = costed(&[], &model_pids, || {
+            wrk(&post, &format!("{base_model}/infer"), c, t)
+        })?;
+        let (via_nginx, nginx_cost) = costed(&nginx_pids, &model_pids, || {
+            wrk(&post, &format!("http://127.0.0.1:{nginx_port}/infer"), c, t)
+        })?;
+        let (gateway, gateway_cost) = costed(&[agent_pid], &model_pids, || {
+            wrk(
+                &post_auth,
+                &format!("{base_api}/api/v1/{}", self.model),
+                c,
+                t,
+            )
+        })?;
         let lone_infer = wrk(&post, &format!("{base_model}/infer"), 1, t)?;
         let lone_health = wrk(&get, &format!("{base_model}/health"), 1, t)?;
         let many = wrk(
@@ -384,24 +398,30 @@ impl FastBench {
         );
         let _ = writeln!(
             r,
-            "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7}",
-            "side", "req/s", "p50 ms", "p99 ms", "vs direct", "errors"
+            "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7} {:>10} {:>10}",
+            "side", "req/s", "p50 ms", "p99 ms", "vs direct", "errors", "proxy CPU", "model CPU"
         );
-        for (name, f) in [
-            ("direct (model process)", direct),
-            ("nginx, keepalive upstream", via_nginx),
-            ("warden gateway (auth+audit+metrics)", gateway),
+        for (name, f, cost) in [
+            ("direct (model process)", direct, direct_cost),
+            ("nginx, keepalive upstream", via_nginx, nginx_cost),
+            ("warden gateway (auth+audit+metrics)", gateway, gateway_cost),
         ] {
             let _ = writeln!(
                 r,
-                "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>8.2}x {:>7}",
+                "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>8.2}x {:>7} {:>7.1} us {:>7.1} us",
                 f.per_second,
                 f.p50_ms,
                 f.p99_ms,
                 ratio(f.per_second, direct.per_second),
-                f.errors
+                f.errors,
+                cost.proxy_us(f.requests),
+                cost.model_us(f.requests),
             );
         }
+        let _ = writeln!(
+            r,
+            "(CPU: microseconds of the proxy's and the model process's CPU time per request)"
+        );
         let _ = writeln!(
             r,
             "gateway / nginx throughput {:.2}x; added p50: nginx {:.3} ms, gateway {:.3} ms",
@@ -448,12 +468,79 @@ impl FastBench {
             gateway_vs_nginx: ratio(gateway.per_second, via_nginx.per_second),
             nginx_added_p50_ms: via_nginx.p50_ms - direct.p50_ms,
             gateway_added_p50_ms: gateway.p50_ms - direct.p50_ms,
+            gateway_cpu_us: gateway_cost.proxy_us(gateway.requests),
+            nginx_cpu_us: nginx_cost.proxy_us(via_nginx.requests),
             lone_infer_vs_health: ratio(lone_infer.p50_ms, lone_health.p50_ms),
             many_p99_ms: many.p99_ms,
             many_errors: many.errors,
         };
         Ok((r, summary))
     }
+}
+
+/// CPU ticks (USER_HZ) the proxy's and the model's processes spent during one measurement.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    proxy_ticks: u64,
+    model_ticks: u64,
+}
+
+impl Cost {
+    fn per_request(ticks: u64, requests: u64) -> f64 {
+        if requests == 0 {
+            return f64::NAN;
+        }
+        ticks as f64 * 1e6 / 100.0 / requests as f64
+    }
+
+    fn proxy_us(&self, requests: u64) -> f64 {
+        Self::per_request(self.proxy_ticks, requests)
+    }
+
+    fn model_us(&self, requests: u64) -> f64 {
+        Self::per_request(self.model_ticks, requests)
+    }
+}
+
+fn ticks_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| proc_usage(*p))
+        .map(|(ticks, _)| ticks)
+        .sum()
+}
+
+/// Runs `measure`, counting the CPU `proxies` and `models` spend meanwhile.
+fn costed<T>(
+    proxies: &[u32],
+    models: &[u32],
+    measure: impl FnOnce() -> Result<T, BenchError>,
+) -> Result<(T, Cost), BenchError> {
+    let (p0, m0) = (ticks_of(proxies), ticks_of(models));
+    let out = measure()?;
+    let (p1, m1) = (ticks_of(proxies), ticks_of(models));
+    Ok((
+        out,
+        Cost {
+            proxy_ticks: p1.saturating_sub(p0),
+            model_ticks: m1.saturating_sub(m0),
+        },
+    ))
+}
+
+/// A process's children (its threads' children, as the kernel lists them).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// The model's own `/metadata` example: a request `/infer` accepts.
