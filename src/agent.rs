@@ -103,35 +103,54 @@ impl telemetry::ModelSource for SupervisedModels {
 
 /// Gateway outcomes feed the store's latency histograms and request/error counters, and the
 /// SLO engine's successful-call latency counters.
-struct StoreObserver(
-    Arc<MetricStore>,
-    Option<Arc<crate::alerts::slo::RequestCounters>>,
-);
+struct StoreObserver {
+    store: Arc<MetricStore>,
+    slo: Option<Arc<crate::alerts::slo::RequestCounters>>,
+    /// Each model's series, keyed once: the gateway records an outcome per request.
+    series: std::sync::RwLock<std::collections::HashMap<String, Arc<telemetry::RequestSeries>>>,
+}
+
+impl StoreObserver {
+    fn new(store: Arc<MetricStore>, slo: Option<Arc<crate::alerts::slo::RequestCounters>>) -> Self {
+        StoreObserver {
+            store,
+            slo,
+            series: Default::default(),
+        }
+    }
+
+    fn series_of(&self, model: &str) -> Arc<telemetry::RequestSeries> {
+        if let Ok(known) = self.series.read()
+            && let Some(s) = known.get(model)
+        {
+            return s.clone();
+        }
+        let fresh = Arc::new(self.store.request_series(model));
+        if let Ok(mut known) = self.series.write() {
+            known.insert(model.to_string(), fresh.clone());
+        }
+        fresh
+    }
+}
 
 impl crate::api::RequestObserver for StoreObserver {
     fn observe(&self, model: &str, status: u16, latency: Duration) {
         // Client mistakes (4xx) are not the model's errors; 5xx and timeouts are.
         let ok = status < 500;
-        let now = std::time::SystemTime::now();
         let ms = latency.as_secs_f64() * 1000.0;
-        self.0.record_request(model, ms, ok, now);
-        if let Some(slo) = &self.1 {
+        let client_error = (400..500).contains(&status);
+        let now = std::time::SystemTime::now();
+        self.store
+            .record_outcome(&self.series_of(model), ms, ok, Some(client_error), now);
+        if let Some(slo) = &self.slo {
             slo.record(model, ms, ok);
         }
-        // Counted from the first request (0 included) so a burst rule sees a baseline.
-        let client_error = f64::from(u8::from((400..500).contains(&status)));
-        self.0.add_counter(
-            "ModelClientErrors",
-            &[(telemetry::Dim::Model, model)],
-            client_error,
-            now,
-        );
     }
 }
 
 impl crate::api::MetricsText for StoreObserver {
     fn render(&self) -> String {
-        self.0.render()
+        self.store.render()
     }
 }
 
@@ -201,12 +220,12 @@ async fn start_api(
     let peers = api::Peers {
         directory: std::sync::Arc::new(SupervisedModels(supervisor.clone())),
         audit: audit.clone(),
-        observer: Some(Arc::new(StoreObserver(
+        observer: Some(Arc::new(StoreObserver::new(
             store.clone(),
             alerts.request_counters(),
         ))),
         extra_metrics: Some(Arc::new(MetricsChain(vec![
-            Arc::new(StoreObserver(store.clone(), None)),
+            Arc::new(StoreObserver::new(store.clone(), None)),
             Arc::new(alerts.clone()),
         ]))),
     };

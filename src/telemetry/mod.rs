@@ -9,7 +9,7 @@ pub mod store;
 
 pub use catalog::{CATALOG, Dim, Kind, MetricDef, Unit};
 pub use models::{ModelSample, ModelSource, ProcessStat};
-pub use store::{MetricStore, SeriesKey};
+pub use store::{MetricStore, RequestSeries, SeriesKey};
 
 /// Something on-call should hear about now, not at the next flush (alerts subscribe).
 #[derive(Debug, Clone, PartialEq, Eq)]

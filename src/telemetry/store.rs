@@ -43,6 +43,15 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(600);
 /// 1 µs .. 60 s at 2 significant figures with u32 counts is 2,560 counters = 10 KiB dense.
 const WINDOW_LATENCY_MAX_US: u64 = 60_000_000;
 
+/// The series one model's requests update ([`MetricStore::request_series`]).
+#[derive(Debug, Clone)]
+pub struct RequestSeries {
+    latency: SeriesKey,
+    requests: SeriesKey,
+    errors: SeriesKey,
+    client_errors: SeriesKey,
+}
+
 /// A series: a catalogue metric plus its dimension values (Host always first).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
@@ -378,21 +387,28 @@ impl MetricStore {
     fn push(
         &self,
         inner: &mut Inner,
-        key: SeriesKey,
+        key: &SeriesKey,
         value: f64,
         increase: Option<f64>,
         at: SystemTime,
     ) {
         let history_len = self.history_len;
         let bucket = bucket_start(at, HISTORY_BUCKET);
-        let s = inner.series.entry(key).or_insert_with(|| Series {
-            latest: Point { at, value },
-            history: VecDeque::with_capacity(history_len.min(64)),
-            base: value - increase.unwrap_or(0.0),
-            counter: increase.is_some(),
-            source_total: None,
-            window: None,
-        });
+        // Looked up by reference: the key is copied only for a new series.
+        if !inner.series.contains_key(key) {
+            let fresh = Series {
+                latest: Point { at, value },
+                history: VecDeque::with_capacity(history_len.min(64)),
+                base: value - increase.unwrap_or(0.0),
+                counter: increase.is_some(),
+                source_total: None,
+                window: None,
+            };
+            inner.series.insert(key.clone(), fresh);
+        }
+        let Some(s) = inner.series.get_mut(key) else {
+            return;
+        };
         s.latest = Point { at, value };
         match s.history.back_mut() {
             // Same bucket, or a late update from an earlier one: the newest point carries it.
@@ -435,7 +451,7 @@ impl MetricStore {
         }
         let key = self.key(metric, dims);
         let mut inner = self.write();
-        self.push(&mut inner, key, value, None, at);
+        self.push(&mut inner, &key, value, None, at);
     }
 
     /// Adds `delta` to a counter; history holds the running total, the flush window the increase.
@@ -451,12 +467,20 @@ impl MetricStore {
         }
         let key = self.key(metric, dims);
         let mut inner = self.write();
-        let total = inner.series.get(&key).map_or(0.0, |s| s.latest.value) + delta;
-        if !total.is_finite() {
+        if !self.add_locked(&mut inner, &key, delta, at) {
             drop(inner);
-            return self.refuse_non_finite();
+            self.refuse_non_finite();
         }
-        self.push(&mut inner, key, total, Some(delta), at);
+    }
+
+    /// [`Self::add_counter`] under the lock; false when the total would not be finite.
+    fn add_locked(&self, inner: &mut Inner, key: &SeriesKey, delta: f64, at: SystemTime) -> bool {
+        let total = inner.series.get(key).map_or(0.0, |s| s.latest.value) + delta;
+        if !total.is_finite() {
+            return false;
+        }
+        self.push(inner, key, total, Some(delta), at);
+        true
     }
 
     /// Sets a counter from an observed running total (e.g. restarts), recording the increase;
@@ -486,7 +510,7 @@ impl MetricStore {
             }
             None => (total, 0.0),
         };
-        self.push(&mut inner, key.clone(), running, Some(delta), at);
+        self.push(&mut inner, &key, running, Some(delta), at);
         if let Some(s) = inner.series.get_mut(&key) {
             s.source_total = Some(total);
         }
@@ -503,15 +527,20 @@ impl MetricStore {
             return self.refuse_non_finite();
         }
         let key = self.key("ModelLatency", &[(Dim::Model, model)]);
+        let mut inner = self.write();
+        Self::record_latency(&mut inner, &key, ms, at);
+    }
+
+    /// Folds one finite latency into its series' histograms (the store's lock held).
+    fn record_latency(inner: &mut Inner, key: &SeriesKey, ms: f64, at: SystemTime) {
         let ms = ms.max(0.0);
         let us = (ms * 1000.0).round().max(1.0) as u64;
         let start = bucket_start(at, LATENCY_BUCKET);
-        let mut inner = self.write();
-        if !inner.latency.contains_key(&key) {
+        if !inner.latency.contains_key(key) {
             let Some(l) = new_latency() else { return };
             inner.latency.insert(key.clone(), l);
         }
-        let Some(l) = inner.latency.get_mut(&key) else {
+        let Some(l) = inner.latency.get_mut(key) else {
             return;
         };
         // Auto-resizing histograms accept any u64, so recording cannot fail.
@@ -587,13 +616,48 @@ impl MetricStore {
 
     /// One finished request: latency, the request counter and, on failure, the error counter.
     pub fn record_request(&self, model: &str, ms: f64, ok: bool, at: SystemTime) {
-        self.observe_latency_at(model, ms, at);
-        self.add_counter("ModelRequests", &[(Dim::Model, model)], 1.0, at);
-        if !ok {
-            self.add_counter("ModelErrors", &[(Dim::Model, model)], 1.0, at);
-        } else if self.latest("ModelErrors", &[(Dim::Model, model)]).is_none() {
-            // Create the series so error rate reads 0 rather than "no data".
-            self.add_counter("ModelErrors", &[(Dim::Model, model)], 0.0, at);
+        self.record_outcome(&self.request_series(model), ms, ok, None, at);
+    }
+
+    /// The series a model's requests update, keyed once for [`Self::record_outcome`].
+    pub fn request_series(&self, model: &str) -> RequestSeries {
+        let model = [(Dim::Model, model)];
+        RequestSeries {
+            latency: self.key("ModelLatency", &model),
+            requests: self.key("ModelRequests", &model),
+            errors: self.key("ModelErrors", &model),
+            client_errors: self.key("ModelClientErrors", &model),
+        }
+    }
+
+    /// One finished request under one lock: latency, the request counter, the error counter
+    /// (created at 0 so error rate reads 0 rather than "no data") and, when given, whether it
+    /// was the client's mistake (counted from the first request, 0 included, so a burst rule
+    /// sees a baseline).
+    pub fn record_outcome(
+        &self,
+        series: &RequestSeries,
+        ms: f64,
+        ok: bool,
+        client_error: Option<bool>,
+        at: SystemTime,
+    ) {
+        if !ms.is_finite() {
+            return self.refuse_non_finite();
+        }
+        let mut inner = self.write();
+        Self::record_latency(&mut inner, &series.latency, ms, at);
+        let mut finite = self.add_locked(&mut inner, &series.requests, 1.0, at);
+        if !ok || !inner.series.contains_key(&series.errors) {
+            finite &= self.add_locked(&mut inner, &series.errors, f64::from(u8::from(!ok)), at);
+        }
+        if let Some(client_error) = client_error {
+            let delta = f64::from(u8::from(client_error));
+            finite &= self.add_locked(&mut inner, &series.client_errors, delta, at);
+        }
+        drop(inner);
+        if !finite {
+            self.refuse_non_finite();
         }
     }
 
@@ -735,6 +799,34 @@ mod tests {
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+    }
+
+    #[test]
+    fn one_outcome_updates_latency_requests_errors_and_client_errors_together() {
+        let store = MetricStore::new("h1", 60);
+        let series = store.request_series("m");
+        let model = [(Dim::Model, "m")];
+        store.record_outcome(&series, 4.0, true, Some(false), t(0));
+        // A success creates the error series at 0: error rate reads 0, not "no data".
+        assert_eq!(store.latest("ModelErrors", &model), Some(0.0));
+        store.record_outcome(&series, 6.0, true, Some(true), t(1));
+        store.record_outcome(&series, 9.0, false, Some(false), t(1));
+        assert_eq!(store.latest("ModelRequests", &model), Some(3.0));
+        assert_eq!(store.latest("ModelErrors", &model), Some(1.0));
+        assert_eq!(store.latest("ModelClientErrors", &model), Some(1.0));
+        let window = store
+            .latency_window(&series.latency, t(1), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(window.hist.len(), 3);
+        assert_eq!(window.last_ms, Some(9.0));
+        // The same series through the per-model entry point, which leaves client errors alone.
+        store.record_request("m", 1.0, false, t(2));
+        assert_eq!(store.latest("ModelRequests", &model), Some(4.0));
+        assert_eq!(store.latest("ModelErrors", &model), Some(2.0));
+        assert_eq!(store.latest("ModelClientErrors", &model), Some(1.0));
+        // A non-finite latency is refused whole: nothing is counted.
+        store.record_outcome(&series, f64::NAN, true, Some(false), t(3));
+        assert_eq!(store.latest("ModelRequests", &model), Some(4.0));
     }
 
     #[test]
