@@ -760,20 +760,21 @@ fn models_init_writes_the_same_files_every_time() {
     }
 }
 
+/// `warden serve-model risk-analyzer` on a free port, its weights from `dir`.
+fn risk_analyzer_from(dir: &Path) -> Command {
+    let mut command = Command::new(crate::support::warden_bin());
+    command
+        .args(["serve-model", "risk-analyzer", "--port"])
+        .arg(free_port().to_string())
+        .arg("--models-dir")
+        .arg(dir);
+    command
+}
+
 #[test]
 fn missing_weights_fail_to_start_with_a_clear_error() {
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(crate::support::warden_bin())
-        .args([
-            "serve-model",
-            "risk-analyzer",
-            "--port",
-            &free_port().to_string(),
-            "--models-dir",
-        ])
-        .arg(empty.path())
-        .output()
-        .unwrap();
+    let out = risk_analyzer_from(empty.path()).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -872,15 +873,7 @@ fn a_unix_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("precious.txt");
     std::fs::write(&path, "keep me").unwrap();
-    let mut child = Command::new(crate::support::warden_bin())
-        .args([
-            "serve-model",
-            "risk-analyzer",
-            "--port",
-            &free_port().to_string(),
-            "--models-dir",
-        ])
-        .arg(models_dir())
+    let mut child = risk_analyzer_from(models_dir())
         .arg("--unix-socket")
         .arg(&path)
         .stdout(Stdio::null())
