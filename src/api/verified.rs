@@ -8,7 +8,7 @@
 
 use super::auth::Principal;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most tokens remembered (each a few hundred bytes).
@@ -16,7 +16,8 @@ const CAPACITY: usize = 1024;
 
 #[derive(Default)]
 pub struct VerifiedTokens {
-    entries: Mutex<HashMap<Box<str>, (Principal, u64)>>,
+    /// Read on every request by every gateway thread, written once per new token.
+    entries: RwLock<HashMap<Box<str>, (Principal, u64)>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -47,7 +48,7 @@ impl VerifiedTokens {
         now: u64,
         verify: impl FnOnce(&str) -> Result<Principal, E>,
     ) -> Result<Principal, E> {
-        if let Ok(entries) = self.entries.lock()
+        if let Ok(entries) = self.entries.read()
             && let Some((principal, exp)) = entries.get(token)
             && now < *exp
         {
@@ -57,7 +58,7 @@ impl VerifiedTokens {
         // Verified just now, so its claims parse; `exp` is read without checking again.
         if let Ok(claims) = jsonwebtoken::dangerous::insecure_decode_claims::<Expiry>(token)
             && now < claims.exp
-            && let Ok(mut entries) = self.entries.lock()
+            && let Ok(mut entries) = self.entries.write()
         {
             if entries.len() >= CAPACITY {
                 entries.retain(|_, (_, exp)| now < *exp);
@@ -72,7 +73,7 @@ impl VerifiedTokens {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().map_or(0, |e| e.len())
+        self.entries.read().map_or(0, |e| e.len())
     }
 }
 
