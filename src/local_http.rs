@@ -4,12 +4,9 @@
 //! reqwest, used before, costs far more than these requests need: a TLS-capable client (and a
 //! parse of the system's root certificates) per client, a pool, tower layers, and a separate task
 //! per connection that every request hands off to and back from. These are a few requests a
-//! second to loopback ports: one connection, one request, read here.
-//! - [`get_once`]: a fresh connection per request, closed after the answer (health probes: a
-//!   respawned child is never judged by a stale socket, and a child that stopped accepting
-//!   connections fails its probe).
-//! - [`KeptConnection`]: one keep-alive connection reused across requests (the per-second
-//!   scrape); a connection the child closed meanwhile is noticed before reuse and replaced.
+//! second to loopback ports: a [`KeptConnection`] per child and purpose, one request at a time,
+//! read here. A connection the child closed meanwhile is noticed before reuse and replaced;
+//! dropping a request midway (a timeout) drops its connection with it.
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
@@ -79,18 +76,10 @@ impl Open {
     }
 
     /// One GET, driving the connection in this task until the whole body is read.
-    async fn get(
-        &mut self,
-        port: u16,
-        path: &str,
-        close: bool,
-        limit: usize,
-    ) -> Result<Reply, LocalHttpError> {
-        let mut request = Request::get(path).header(header::HOST, format!("127.0.0.1:{port}"));
-        if close {
-            request = request.header(header::CONNECTION, "close");
-        }
-        let request = request.body(Empty::new())?;
+    async fn get(&mut self, port: u16, path: &str, limit: usize) -> Result<Reply, LocalHttpError> {
+        let request = Request::get(path)
+            .header(header::HOST, format!("127.0.0.1:{port}"))
+            .body(Empty::new())?;
         let Open {
             sender,
             connection,
@@ -131,15 +120,6 @@ impl Open {
     }
 }
 
-/// `GET http://127.0.0.1:{port}{path}` on a fresh connection, closed after the answer; the
-/// body is read up to `limit` bytes (more is an error). Bound it with a timeout.
-pub async fn get_once(port: u16, path: &str, limit: usize) -> Result<Reply, LocalHttpError> {
-    Open::connect(port)
-        .await?
-        .get(port, path, true, limit)
-        .await
-}
-
 /// One keep-alive connection to `127.0.0.1:{port}`, opened on first use and replaced when the
 /// child closed it (a restart, an idle timeout).
 pub struct KeptConnection {
@@ -156,8 +136,9 @@ impl KeptConnection {
         self.port
     }
 
-    /// As [`get_once`], reusing the kept connection. A GET that failed on a reused connection
-    /// (the child closed it just then) is sent once more on a fresh one: GETs are idempotent.
+    /// `GET http://127.0.0.1:{port}{path}`, its body read up to `limit` bytes (more is an
+    /// error); bound it with a timeout. A GET that failed on a reused connection (the child
+    /// closed it just then) is sent once more on a fresh one: GETs are idempotent.
     pub async fn get(&mut self, path: &str, limit: usize) -> Result<Reply, LocalHttpError> {
         let mut kept = self.open.take();
         loop {
@@ -170,7 +151,7 @@ impl KeptConnection {
                 Some(open) => open,
                 None => Open::connect(self.port).await?,
             };
-            match open.get(self.port, path, false, limit).await {
+            match open.get(self.port, path, limit).await {
                 Ok(reply) => {
                     if open.usable() {
                         self.open = Some(open);
@@ -193,8 +174,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// A tiny HTTP/1.1 server: answers `status` with the request path as body, on kept-alive
-    /// connections unless asked to close; closes each connection after `per_connection`
-    /// answers. Counts connections.
+    /// connections; closes each connection after `per_connection` answers. Counts connections.
     async fn server(status: u16, per_connection: usize) -> (u16, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -222,7 +202,6 @@ mod tests {
                             let head = String::from_utf8_lossy(&buf[..end]).to_string();
                             buf.drain(..end + 4);
                             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                            let close = head.to_ascii_lowercase().contains("connection: close");
                             let reply = format!(
                                 "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{path}",
                                 path.len()
@@ -231,7 +210,7 @@ mod tests {
                                 return;
                             }
                             answered += 1;
-                            if close || answered == per_connection {
+                            if answered == per_connection {
                                 return;
                             }
                         }
@@ -243,19 +222,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn get_once_reads_status_and_body_on_a_connection_of_its_own() {
-        let (port, connections) = server(200, usize::MAX).await;
-        for _ in 0..3 {
-            let reply = get_once(port, "/health", 1024).await.unwrap();
-            assert_eq!(reply.status, StatusCode::OK);
-            assert_eq!(&reply.body[..], b"/health");
-        }
-        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    async fn reads_status_and_body() {
+        let (port, _) = server(200, usize::MAX).await;
+        let reply = KeptConnection::new(port)
+            .get("/health", 1024)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(&reply.body[..], b"/health");
         let (port, _) = server(503, usize::MAX).await;
-        assert_eq!(
-            get_once(port, "/ready", 1024).await.unwrap().status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        let reply = KeptConnection::new(port).get("/ready", 1024).await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]
@@ -264,12 +241,12 @@ mod tests {
         let port = free.local_addr().unwrap().port();
         drop(free);
         assert!(matches!(
-            get_once(port, "/health", 1024).await,
+            KeptConnection::new(port).get("/health", 1024).await,
             Err(LocalHttpError::Connect(_))
         ));
         let (port, _) = server(200, usize::MAX).await;
         assert!(matches!(
-            get_once(port, "/a-long-path", 4).await,
+            KeptConnection::new(port).get("/a-long-path", 4).await,
             Err(LocalHttpError::Body(_))
         ));
     }
