@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod local_http;
 pub mod ops;
 pub mod sinks;
 pub mod supervisor;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, mpsc};
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct AuditRecord {
@@ -123,8 +123,8 @@ impl Shared {
     }
 }
 
+/// One record as the file takes it: its JSON line.
 struct Entry {
-    record: AuditRecord,
     line: Vec<u8>,
 }
 
@@ -134,7 +134,6 @@ pub struct AuditSink {
     shared: Arc<Shared>,
     to_file: mpsc::UnboundedSender<Arc<Entry>>,
     to_shipper: Option<mpsc::UnboundedSender<(AuditRecord, usize)>>,
-    live: broadcast::Sender<AuditRecord>,
 }
 
 /// The audit pipeline has no room for another record.
@@ -212,8 +211,7 @@ impl AuditSink {
             store: options.store.clone(),
         });
         let (to_file, file_rx) = mpsc::unbounded_channel();
-        let (live, _) = broadcast::channel(4096);
-        let writer = tokio::spawn(write_loop(file, file_rx, shared.clone(), live.clone()));
+        let writer = tokio::spawn(write_loop(file, file_rx, shared.clone()));
         let (to_shipper, shipper_task) = match forward {
             Some(tx) => {
                 let (to, rx) = mpsc::unbounded_channel();
@@ -235,7 +233,6 @@ impl AuditSink {
                 shared,
                 to_file,
                 to_shipper,
-                live,
             },
             handle,
         ))
@@ -305,7 +302,7 @@ impl AuditSink {
             .fetch_add(len * self.shared.ways, Ordering::AcqRel);
         self.shared.release(reserved);
         if let Some(to) = &self.to_shipper
-            && to.send((record.clone(), len)).is_err()
+            && to.send((record, len)).is_err()
         {
             self.shared.release(len);
             drops::record(
@@ -315,7 +312,7 @@ impl AuditSink {
                 1,
             );
         }
-        if self.to_file.send(Arc::new(Entry { record, line })).is_err() {
+        if self.to_file.send(Arc::new(Entry { line })).is_err() {
             self.shared.release(len);
             drops::record(
                 self.shared.store.as_deref(),
@@ -324,11 +321,6 @@ impl AuditSink {
                 1,
             );
         }
-    }
-
-    /// Every record as it is written, best effort (a lagging subscriber misses records).
-    pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
-        self.live.subscribe()
     }
 }
 
@@ -446,7 +438,6 @@ async fn write_loop(
     file: AuditFile,
     mut rx: mpsc::UnboundedReceiver<Arc<Entry>>,
     shared: Arc<Shared>,
-    live: broadcast::Sender<AuditRecord>,
 ) {
     let mut file = Some(file);
     let mut queue: VecDeque<Arc<Entry>> = VecDeque::new();
@@ -509,13 +500,8 @@ async fn write_loop(
                     tracing::info!("audit log writable again; buffered records written");
                 }
                 backoff = MIN_BACKOFF;
-                // A record is copied for the live feed only while someone (a console) watches.
-                let watched = live.receiver_count() > 0;
                 for e in queue.drain(..n) {
                     shared.release(e.line.len());
-                    if watched {
-                        let _ = live.send(e.record.clone());
-                    }
                 }
                 file = Some(f);
             }

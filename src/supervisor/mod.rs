@@ -18,7 +18,7 @@ pub use types::{
 };
 
 use crate::config::{Config, ModelConfig};
-use health::{Prober, probe_timeout};
+use health::{ProbeConnection, probe_timeout};
 use policy::{RestartPolicy, RestartTracker};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -40,8 +40,6 @@ pub enum SupervisorError {
     UnknownModel(String),
     #[error("the supervisor of {0:?} has stopped")]
     RunnerGone(String),
-    #[error(transparent)]
-    Probe(#[from] health::ProbeError),
 }
 
 /// How the supervisor finds what to spawn and how much it buffers.
@@ -89,7 +87,6 @@ struct Inner {
     events: broadcast::Sender<SupervisorEvent>,
     logs: Arc<LogSink>,
     samples: Mutex<HashMap<u32, stats::ProcessSample>>,
-    prober: Prober,
     options: SupervisorOptions,
 }
 
@@ -141,7 +138,6 @@ impl SupervisorHandle {
             events,
             logs,
             samples: Mutex::new(HashMap::new()),
-            prober: Prober::new()?,
             options,
         });
         let handle = SupervisorHandle { inner };
@@ -174,7 +170,6 @@ impl SupervisorHandle {
             live: live.clone(),
             events: self.inner.events.clone(),
             logs: self.inner.logs.clone(),
-            prober: self.inner.prober.clone(),
             commands: rx,
             pending: Vec::new(),
             unready_since: Instant::now(),
@@ -417,7 +412,8 @@ enum Outcome {
     Shutdown(Option<oneshot::Sender<()>>),
 }
 
-type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), health::ProbeError>> + Send>>;
+type ProbeFuture =
+    Pin<Box<dyn Future<Output = (ProbeConnection, Result<(), health::ProbeError>)> + Send>>;
 
 /// One model's supervisor task.
 struct Runner {
@@ -426,7 +422,6 @@ struct Runner {
     live: Arc<Mutex<Live>>,
     events: broadcast::Sender<SupervisorEvent>,
     logs: Arc<LogSink>,
-    prober: Prober,
     commands: mpsc::Receiver<Command>,
     tracker: RestartTracker,
     /// Start/restart callers answered once the next child is spawned.
@@ -586,6 +581,8 @@ impl Runner {
         let mut failures = 0u32;
         let mut next_probe = tokio::time::Instant::now() + READY_POLL;
         let mut inflight: Option<ProbeFuture> = None;
+        // This child's own probe connection (back here whenever no probe is in flight).
+        let mut probes = Some(ProbeConnection::new(port));
         loop {
             tokio::select! {
                 status = child.wait() => {
@@ -617,17 +614,18 @@ impl Runner {
                     return outcome;
                 }
                 _ = tokio::time::sleep_until(next_probe), if inflight.is_none() => {
-                    let prober = self.prober.clone();
-                    let (path, limit) = if ready { ("/health", timeout) } else { ("/ready", timeout) };
-                    inflight = Some(Box::pin(async move { prober.probe(port, path, limit).await }));
+                    let connection = probes.take().unwrap_or_else(|| ProbeConnection::new(port));
+                    let path = if ready { "/health" } else { "/ready" };
+                    inflight = Some(Box::pin(connection.probe(path, timeout)));
                 }
-                result = async {
+                (connection, result) = async {
                     match inflight.as_mut() {
                         Some(f) => f.await,
                         None => std::future::pending().await,
                     }
                 } => {
                     inflight = None;
+                    probes = Some(connection);
                     next_probe = tokio::time::Instant::now() + if ready { interval } else { READY_POLL };
                     match (ready, result) {
                         (false, Ok(())) => {

@@ -4,7 +4,11 @@
 use super::catalog::Dim;
 use super::nvml::ProcessMemory;
 use super::store::MetricStore;
+use crate::local_http::KeptConnection;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
@@ -96,12 +100,17 @@ pub fn parse_child_metrics(text: &str) -> ChildMetrics {
     out
 }
 
+/// Largest `/metrics` body read from a child (a model's is a few KiB).
+const SCRAPE_BODY_LIMIT: usize = 1 << 20;
+
 /// Samples every model the source reports.
 pub struct ModelSampler {
     source: std::sync::Arc<dyn ModelSource>,
     gpu: ProcessMemory,
     sys: Option<System>,
-    http: Option<reqwest::Client>,
+    /// One keep-alive connection per model port: the scrape runs every round.
+    scrapes: HashMap<u16, KeptConnection>,
+    scrape_timeout: Duration,
 }
 
 impl ModelSampler {
@@ -111,15 +120,6 @@ impl ModelSampler {
         gpu: ProcessMemory,
         scrape_timeout: Duration,
     ) -> Self {
-        // reqwest is built without a default TLS provider; plain http needs none, but
-        // building a client still asks for one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(scrape_timeout)
-            .no_proxy()
-            .build()
-            .map_err(|e| tracing::warn!(error = %e, "no HTTP client: child /metrics not scraped"))
-            .ok();
         let sys = System::new()
             .map_err(|e| tracing::warn!(error = %e, "no process info: model CPU/RSS not sampled"))
             .ok();
@@ -127,7 +127,8 @@ impl ModelSampler {
             source,
             gpu,
             sys,
-            http,
+            scrapes: HashMap::new(),
+            scrape_timeout,
         }
     }
 
@@ -150,20 +151,37 @@ impl ModelSampler {
                 ProcessRefreshKind::nothing().with_cpu().with_memory(),
             );
         }
+        // Connections of models no longer listed (or on another port now) are closed.
+        let mut kept = std::mem::take(&mut self.scrapes);
+        let timeout = self.scrape_timeout;
         let scrapes = models.iter().map(|m| {
-            let http = self.http.clone();
-            let url = format!("http://127.0.0.1:{}/metrics", m.port);
-            let up = m.up;
+            let connection = m.up.then(|| {
+                kept.remove(&m.port)
+                    .unwrap_or_else(|| KeptConnection::new(m.port))
+            });
             async move {
-                let http = http.filter(|_| up)?;
-                let resp = http.get(&url).send().await.ok()?;
-                if !resp.status().is_success() {
-                    return None;
-                }
-                resp.text().await.ok().map(|t| parse_child_metrics(&t))
+                let mut connection = connection?;
+                let reply =
+                    tokio::time::timeout(timeout, connection.get("/metrics", SCRAPE_BODY_LIMIT))
+                        .await;
+                let metrics = match reply {
+                    Ok(Ok(r)) if r.status.is_success() => {
+                        Some(parse_child_metrics(&String::from_utf8_lossy(&r.body)))
+                    }
+                    _ => None,
+                };
+                Some((connection, metrics))
             }
         });
-        let scraped = join_scrapes(scrapes.collect()).await;
+        let scraped: Vec<Option<ChildMetrics>> = join_all(scrapes.collect())
+            .await
+            .into_iter()
+            .map(|done| {
+                let (connection, metrics) = done?;
+                self.scrapes.insert(connection.port(), connection);
+                metrics
+            })
+            .collect();
 
         for (m, child) in models.iter().zip(scraped) {
             let dims = [(Dim::Model, m.name.as_str())];
@@ -204,17 +222,31 @@ impl ModelSampler {
     }
 }
 
-/// Runs the scrapes concurrently (each bounded by the client timeout), results in order.
-async fn join_scrapes<F>(futs: Vec<F>) -> Vec<Option<ChildMetrics>>
-where
-    F: std::future::Future<Output = Option<ChildMetrics>> + Send + 'static,
-{
-    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.ok().flatten());
-    }
-    out
+/// Runs the scrapes concurrently in this task (each bounded by its own timeout), results in
+/// order. Polled together here rather than spawned: a task per scrape per round only added
+/// wake-ups.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    // Every slot is filled once the poll above is ready, so this keeps order and length.
+    done.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
@@ -266,6 +298,25 @@ mod tests {
         let dims = [(Dim::Model, "m")];
         assert_eq!(store.latest("ModelCPUUtilization", &dims), Some(12.5));
         assert_eq!(store.latest("ModelRSS", &dims), Some(4096.0));
+    }
+
+    #[tokio::test]
+    async fn concurrent_scrapes_keep_their_order_and_overlap() {
+        let finished = std::sync::Mutex::new(Vec::new());
+        let futures: Vec<_> = [30u64, 10, 20]
+            .into_iter()
+            .map(|ms| {
+                let finished = &finished;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    finished.lock().unwrap().push(ms);
+                    ms
+                }
+            })
+            .collect();
+        assert_eq!(join_all(futures).await, vec![30, 10, 20]);
+        // They ran together (one after another would have finished 30, 10, 20).
+        assert_eq!(*finished.lock().unwrap(), vec![10, 20, 30]);
     }
 
     #[test]

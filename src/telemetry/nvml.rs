@@ -24,6 +24,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc};
 
+/// How long one wait for XID events blocks. A driver answers an event at once, whatever
+/// this is; it only bounds how soon the thread sees that its handle was dropped, so a second
+/// keeps it to one wake-up a second (it was four).
+const XID_WAIT_MS: u32 = 1000;
+
 /// Clock-limiting reasons that mean "slowed down" (power cap, thermal, hardware), not idle.
 const THROTTLE_MASK: u64 = 0x4 | 0x8 | 0x20 | 0x40 | 0x80;
 
@@ -300,6 +305,8 @@ impl NvmlSampler {
         self.store
             .set_gauge("GPUCount", &[], up.gpus.len() as f64, at);
 
+        // Every read starts now, so one deadline for the round is each read's own timeout.
+        let deadline = tokio::time::Instant::now() + self.cfg.call_timeout;
         let mut pending = Vec::new();
         for gpu in &up.gpus {
             // A device whose previous read never returned is skipped, not queued behind.
@@ -318,18 +325,16 @@ impl NvmlSampler {
                 flag.store(false, Ordering::Release);
                 r
             });
-            // Spawned so all devices run concurrently: the round costs at most one timeout.
-            pending.push((
-                index,
-                tokio::spawn(tokio::time::timeout(self.cfg.call_timeout, task)),
-            ));
+            // All devices run concurrently: the round costs at most one timeout.
+            pending.push((index, task));
         }
         let timeout = self.cfg.call_timeout;
         let mut results = Vec::with_capacity(pending.len());
-        for (index, handle) in pending {
-            if let Ok(r) = handle.await {
-                results.push((index, r));
-            }
+        // Awaited here, not through a spawned task per device (that only added wake-ups). A
+        // read still running at the deadline is left to finish on its thread; its in-flight
+        // flag keeps the device out of later rounds until then.
+        for (index, task) in pending {
+            results.push((index, tokio::time::timeout_at(deadline, task).await));
         }
 
         // The driver went away or was reloaded: this handle is dead. Drop it (stops the XID
@@ -497,7 +502,7 @@ fn xid_loop(nvml: &Nvml, count: u32, tx: &mpsc::UnboundedSender<(u32, u64)>, sto
         return;
     }
     while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
-        match set.wait(250) {
+        match set.wait(XID_WAIT_MS) {
             Ok(ev) => {
                 let Some(code) = ev.event_data.map(|x| match x {
                     nvml_wrapper::enums::event::XidError::Value(v) => v,
