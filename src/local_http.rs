@@ -9,9 +9,9 @@
 //! dropping a request midway (a timeout) drops its connection with it.
 
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
+use hyper::body::{Body, Bytes, Incoming};
 use hyper::client::conn::http1;
-use hyper::http::{Request, StatusCode, header};
+use hyper::http::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,23 +39,42 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-type Connection = http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+/// Why an exchange on a [`Driven`] connection failed.
+#[derive(Debug)]
+pub enum ExchangeError<E> {
+    /// The request never left (the peer had closed the connection): safe to send again.
+    Unsent,
+    /// The connection failed before the answer's head arrived.
+    Failed(hyper::Error),
+    /// Reading the answer failed.
+    Read(E),
+}
 
-struct Open {
-    sender: http1::SendRequest<Empty<Bytes>>,
-    connection: Pin<Box<Connection>>,
+/// An HTTP/1.1 client connection with no task of its own: each exchange drives it in the
+/// caller's task, so a request costs no hand-off to another task and back. One request at a
+/// time (HTTP/1.1); shared by the health probes, the `/metrics` scrapes and the gateway's
+/// connections to its models.
+pub struct Driven<IO, B>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+{
+    sender: http1::SendRequest<B>,
+    connection: Pin<Box<http1::Connection<IO, B>>>,
     /// The connection's future completed (it must not be polled again).
     ended: bool,
 }
 
-impl Open {
-    async fn connect(port: u16) -> Result<Open, LocalHttpError> {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(LocalHttpError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Open {
+impl<IO, B> Driven<IO, B>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub async fn handshake(io: IO) -> Result<Self, hyper::Error> {
+        let (sender, connection) = http1::handshake(io).await?;
+        Ok(Driven {
             sender,
             connection: Box::pin(connection),
             ended: false,
@@ -63,46 +82,44 @@ impl Open {
     }
 
     /// Whether an idle connection is still usable: one poll lets it see that the peer closed it.
-    async fn still_open(&mut self) -> bool {
-        if self.ended || self.sender.is_closed() {
+    pub async fn still_open(&mut self) -> bool {
+        if !self.usable() {
             return false;
         }
         let connection = &mut self.connection;
         std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx).is_pending())).await
     }
 
-    fn usable(&self) -> bool {
+    /// Whether the connection can take another request (it did not end or close).
+    pub fn usable(&self) -> bool {
         !self.ended && !self.sender.is_closed()
     }
 
-    /// One GET, driving the connection in this task until the whole body is read.
-    async fn get(&mut self, port: u16, path: &str, limit: usize) -> Result<Reply, LocalHttpError> {
-        let request = Request::get(path)
-            .header(header::HOST, format!("127.0.0.1:{port}"))
-            .body(Empty::new())?;
-        let Open {
+    /// Sends `request` and hands its answer to `read`, driving the connection in this task
+    /// until `read` is done.
+    pub async fn exchange<T, E, F>(
+        &mut self,
+        request: Request<B>,
+        read: impl FnOnce(Response<Incoming>) -> F,
+    ) -> Result<T, ExchangeError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let Driven {
             sender,
             connection,
             ended,
         } = self;
         let work =
             async {
-                sender.ready().await.map_err(|_| LocalHttpError::Unsent)?;
+                sender.ready().await.map_err(|_| ExchangeError::Unsent)?;
                 let response = sender.try_send_request(request).await.map_err(|mut e| {
                     match e.take_message() {
-                        Some(_) => LocalHttpError::Unsent,
-                        None => LocalHttpError::Http(e.into_error()),
+                        Some(_) => ExchangeError::Unsent,
+                        None => ExchangeError::Failed(e.into_error()),
                     }
                 })?;
-                let (parts, body) = response.into_parts();
-                let body = Limited::new(body, limit)
-                    .collect()
-                    .await
-                    .map_err(|e| LocalHttpError::Body(e.to_string()))?;
-                Ok(Reply {
-                    status: parts.status,
-                    body: body.to_bytes(),
-                })
+                read(response).await.map_err(ExchangeError::Read)
             };
         let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
@@ -118,6 +135,44 @@ impl Open {
         })
         .await
     }
+}
+
+type Open = Driven<TokioIo<TcpStream>, Empty<Bytes>>;
+
+async fn connect(port: u16) -> Result<Open, LocalHttpError> {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(LocalHttpError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    Ok(Driven::handshake(TokioIo::new(stream)).await?)
+}
+
+/// One GET on `open`, its body read up to `limit` bytes.
+async fn get(
+    open: &mut Open,
+    port: u16,
+    path: &str,
+    limit: usize,
+) -> Result<Reply, LocalHttpError> {
+    let request = Request::get(path)
+        .header(header::HOST, format!("127.0.0.1:{port}"))
+        .body(Empty::new())?;
+    let read = |response: Response<Incoming>| async move {
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(Reply {
+            status: parts.status,
+            body: body.to_bytes(),
+        })
+    };
+    open.exchange(request, read).await.map_err(|e| match e {
+        ExchangeError::Unsent => LocalHttpError::Unsent,
+        ExchangeError::Failed(e) => LocalHttpError::Http(e),
+        ExchangeError::Read(e) => LocalHttpError::Body(e),
+    })
 }
 
 /// One keep-alive connection to `127.0.0.1:{port}`, opened on first use and replaced when the
@@ -149,9 +204,9 @@ impl KeptConnection {
             let was_reused = reused.is_some();
             let mut open = match reused {
                 Some(open) => open,
-                None => Open::connect(self.port).await?,
+                None => connect(self.port).await?,
             };
-            match open.get(self.port, path, limit).await {
+            match get(&mut open, self.port, path, limit).await {
                 Ok(reply) => {
                     if open.usable() {
                         self.open = Some(open);

@@ -13,19 +13,16 @@
 //! uses the model's TCP port, as the pool always does.
 
 use super::error::ApiError;
+use crate::local_http::{Driven, ExchangeError};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
@@ -50,7 +47,7 @@ pub fn upstream(max_idle_per_host: usize) -> Upstream {
 /// Most model processes one client connection keeps a connection to (one per model it calls).
 const LANE_PORTS: usize = 5;
 
-type UpstreamConnection = http1::Connection<TokioIo<Either<UnixStream, TcpStream>>, Full<Bytes>>;
+type UpstreamConnection = Driven<TokioIo<Either<UnixStream, TcpStream>>, Full<Bytes>>;
 
 /// Where a model process answers.
 #[derive(Clone, Copy)]
@@ -63,10 +60,7 @@ pub struct Target<'a> {
 struct Held {
     port: u16,
     host: HeaderValue,
-    sender: http1::SendRequest<Full<Bytes>>,
-    connection: Pin<Box<UpstreamConnection>>,
-    /// The connection's future has completed (it must not be polled again).
-    ended: bool,
+    connection: UpstreamConnection,
 }
 
 /// One client connection's own connections to the model processes. HTTP/1.1 answers one
@@ -233,25 +227,15 @@ async fn open_stream(target: Target<'_>) -> Result<Either<UnixStream, TcpStream>
 
 async fn connect(target: Target<'_>) -> Result<Held, Failure> {
     let stream = open_stream(target).await?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+    let connection = Driven::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Unreachable(e.to_string()))?;
     let port = target.port;
     Ok(Held {
         port,
         host: host(port),
-        sender,
-        connection: Box::pin(connection),
-        ended: false,
+        connection,
     })
-}
-
-/// Whether an idle connection is still usable: polling it lets it notice the model closed it.
-async fn still_open(held: &mut Held) -> bool {
-    if held.ended || held.sender.is_closed() {
-        return false;
-    }
-    std::future::poll_fn(|cx| Poll::Ready(held.connection.as_mut().poll(cx).is_pending())).await
 }
 
 async fn via_lane(
@@ -263,7 +247,7 @@ async fn via_lane(
     let mut reused = lane.take(target.port);
     loop {
         let kept = match reused.take() {
-            Some(mut h) => still_open(&mut h).await.then_some(h),
+            Some(mut h) => h.connection.still_open().await.then_some(h),
             None => None,
         };
         let (mut held, was_reused) = match kept {
@@ -271,9 +255,14 @@ async fn via_lane(
             None => (connect(target).await?, false),
         };
         let request = infer_request(held.host.clone(), body.clone(), request_id);
-        match exchange(&mut held, request).await {
+        let answer = held.connection.exchange(request, read_reply).await;
+        match answer.map_err(|e| match e {
+            ExchangeError::Unsent => Failure::Unsent,
+            ExchangeError::Failed(e) => Failure::Unreachable(e.to_string()),
+            ExchangeError::Read(failure) => failure,
+        }) {
             Ok(reply) => {
-                if !held.ended && !held.sender.is_closed() {
+                if held.connection.usable() {
                     lane.put(held);
                 }
                 return Ok(reply);
@@ -288,41 +277,6 @@ async fn via_lane(
             Err(failure) => return Err(failure),
         }
     }
-}
-
-/// One request on `held`, driving its connection in this task until the whole answer is read.
-async fn exchange(held: &mut Held, request: Request<Full<Bytes>>) -> Result<Exchanged, Failure> {
-    let Held {
-        sender,
-        connection,
-        ended,
-        ..
-    } = held;
-    let work = async {
-        sender.ready().await.map_err(|_| Failure::Unsent)?;
-        let response =
-            sender
-                .try_send_request(request)
-                .await
-                .map_err(|mut e| match e.take_message() {
-                    Some(_) => Failure::Unsent,
-                    None => Failure::Unreachable(e.into_error().to_string()),
-                })?;
-        read_reply(response).await
-    };
-    let mut work = std::pin::pin!(work);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = work.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        if !*ended && connection.as_mut().poll(cx).is_ready() {
-            // The dispatcher finished and failed what it held: `work` sees that error.
-            *ended = true;
-            return work.as_mut().poll(cx);
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 /// A model's metadata document, or `None` when it does not answer quickly.
