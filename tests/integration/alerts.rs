@@ -1348,7 +1348,10 @@ async fn a_notification_the_full_disk_refused_is_retried_not_marked_sent() {
     // acknowledged first (Slack sees it before the outbox deletes its segment, which would
     // free room on the disk filled next).
     let acked = wait_until(LONG, || (e.handle.undelivered() == 0).then_some(()));
-    assert!(acked.is_some(), "the delivered notification was never acknowledged");
+    assert!(
+        acked.is_some(),
+        "the delivered notification was never acknowledged"
+    );
     disk.fill();
     assert_eq!(e.gpu("2", 99.0, 1000).await.len(), 1);
     assert_eq!(e.handle.unsent(), 1);
