@@ -240,17 +240,6 @@ pub(crate) fn gpu_state(gpus: usize, pids: &[u32]) -> FakeState {
     )
 }
 
-fn run_ok(command: &mut Command, what: &str) -> Result<(), BenchError> {
-    let out = command.stderr(Stdio::piped()).output()?;
-    if !out.status.success() {
-        return Err(BenchError::Setup(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(())
-}
-
 /// node_exporter on a free port (started now, measured in the agent's window).
 pub(crate) fn start_node_exporter() -> Result<Option<(Proc, String)>, BenchError> {
     let Some(bin) = which("prometheus-node-exporter") else {
@@ -319,19 +308,7 @@ impl AgentBench {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         let warden = sibling("warden")?;
-        let models_dir = match &self.models_dir {
-            Some(m) => m.clone(),
-            None => {
-                let m = d.join("models");
-                run_ok(
-                    Command::new(&warden)
-                        .args(["models", "init", "--dir"])
-                        .arg(&m),
-                    "warden models init",
-                )?;
-                m
-            }
-        };
+        let models_dir = crate::fast::models_dir_or_init(&warden, self.models_dir.as_ref(), d)?;
         let moto = warden_testkit::moto::Moto::try_start(&self.moto_server)?;
         let fake = FakeNvml::try_new(&gpu_state(self.gpus, &[]))?;
         let api_port = warden_testkit::net::try_free_port()?;

@@ -113,6 +113,25 @@ pub fn setup() -> Result<(), BenchError> {
     Ok(())
 }
 
+/// The models dir a bench was given, or a fresh `warden models init` under `scratch`.
+pub(crate) fn models_dir_or_init(
+    warden: &Path,
+    given: Option<&PathBuf>,
+    scratch: &Path,
+) -> Result<PathBuf, BenchError> {
+    if let Some(dir) = given {
+        return Ok(dir.clone());
+    }
+    let dir = scratch.join("models");
+    run_ok(
+        Command::new(warden)
+            .args(["models", "init", "--dir"])
+            .arg(&dir),
+        "warden models init",
+    )?;
+    Ok(dir)
+}
+
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -257,19 +276,7 @@ impl FastBench {
     pub fn run_summary(&self) -> Result<(String, FastSummary), BenchError> {
         let dir = tempfile::tempdir()?;
         let warden = sibling("warden")?;
-        let models_dir = match &self.models_dir {
-            Some(d) => d.clone(),
-            None => {
-                let d = dir.path().join("models");
-                run_ok(
-                    Command::new(&warden)
-                        .args(["models", "init", "--dir"])
-                        .arg(&d),
-                    "warden models init",
-                )?;
-                d
-            }
-        };
+        let models_dir = models_dir_or_init(&warden, self.models_dir.as_ref(), dir.path())?;
         // Keys for auth: the gateway is measured as deployed (bearer token, rate limit, audit).
         let private = dir.path().join("private.pem");
         let public = dir.path().join("public.pem");
