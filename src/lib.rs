@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod local_http;
+pub mod model_wire;
 pub mod ops;
 pub mod sinks;
 pub mod supervisor;

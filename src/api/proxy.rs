@@ -9,13 +9,15 @@
 //! for the rare metadata fetch.
 //!
 //! A lane reaches a model over its Unix socket when it has one (a supervised `serve-model`
-//! does): no loopback TCP on either side of the hop. If the socket does not answer, the lane
-//! uses the model's TCP port, as the pool always does.
+//! does), in the private framing of [`crate::model_wire`]: no loopback TCP and no HTTP on
+//! either side of the hop. If the socket does not answer, the lane uses HTTP to the model's
+//! TCP port, as the pool always does.
 
 use super::error::ApiError;
 use crate::local_http::{Driven, ExchangeError};
+use crate::model_wire::{self, FrameReader, Next, PREFACE};
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -24,8 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
-use tokio_util::either::Either;
 
 /// The keep-alive pool to the model processes.
 pub type Upstream = Client<HttpConnector, Full<Bytes>>;
@@ -47,7 +49,10 @@ pub fn upstream(max_idle_per_host: usize) -> Upstream {
 /// Most model processes one client connection keeps a connection to (one per model it calls).
 const LANE_PORTS: usize = 5;
 
-type UpstreamConnection = Driven<TokioIo<Either<UnixStream, TcpStream>>, Full<Bytes>>;
+type HttpConnection = Driven<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// Largest answer a model sends over its socket (its answers are small JSON documents).
+const ANSWER_LIMIT: usize = 64 << 20;
 
 /// Where a model process answers.
 #[derive(Clone, Copy)]
@@ -59,8 +64,97 @@ pub struct Target<'a> {
 /// An idle connection to one model process, owned by one client connection.
 struct Held {
     port: u16,
-    host: HeaderValue,
-    connection: UpstreamConnection,
+    link: Link,
+}
+
+/// How a held connection talks to its model.
+enum Link {
+    /// Frames over the model's Unix socket; the preface goes out with the first request.
+    Framed {
+        stream: UnixStream,
+        reader: FrameReader,
+        prefaced: bool,
+    },
+    /// HTTP/1.1 over the model's TCP port.
+    Http {
+        host: HeaderValue,
+        connection: HttpConnection,
+    },
+}
+
+impl Link {
+    /// Whether an idle connection can carry another exchange (the model did not close it).
+    async fn still_open(&mut self) -> bool {
+        match self {
+            Link::Framed { stream, reader, .. } => reader.idle_and_open(stream),
+            Link::Http { connection, .. } => connection.still_open().await,
+        }
+    }
+
+    /// Whether the connection can be kept after an exchange that succeeded.
+    fn usable(&self) -> bool {
+        match self {
+            Link::Framed { reader, .. } => reader.buffered().is_empty(),
+            Link::Http { connection, .. } => connection.usable(),
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        body: Bytes,
+        request_id: &HeaderValue,
+    ) -> Result<Exchanged, Failure> {
+        match self {
+            Link::Framed {
+                stream,
+                reader,
+                prefaced,
+            } => {
+                let mut frame =
+                    Vec::with_capacity(PREFACE.len() + 5 + request_id.len() + body.len());
+                if !*prefaced {
+                    frame.extend_from_slice(PREFACE);
+                }
+                model_wire::encode_request(request_id.as_bytes(), &body, &mut frame);
+                // The model acts on whole frames only: one that did not all go out was not
+                // acted on, so it may be sent again.
+                stream
+                    .write_all(&frame)
+                    .await
+                    .map_err(|_| Failure::Unsent)?;
+                *prefaced = true;
+                let answer = match reader.next(stream, ANSWER_LIMIT).await {
+                    Ok(Next::Frame(frame)) => model_wire::decode_answer(frame)
+                        .map_err(|e| Failure::Unreachable(e.to_string()))?,
+                    Ok(Next::TooLarge(n)) => {
+                        return Err(Failure::Unreachable(format!("answer of {n} bytes")));
+                    }
+                    Ok(Next::Closed) | Err(_) => return Err(Failure::Closed),
+                };
+                let status = StatusCode::from_u16(answer.status)
+                    .map_err(|e| Failure::Unreachable(e.to_string()))?;
+                let retry_after = answer
+                    .retry_after
+                    .and_then(|v| String::from_utf8(v.to_vec()).ok());
+                Ok(ModelReply {
+                    status,
+                    body: answer.body,
+                    retry_after,
+                })
+            }
+            Link::Http { host, connection } => {
+                let request = infer_request(host.clone(), body, request_id);
+                connection
+                    .exchange(request, read_reply)
+                    .await
+                    .map_err(|e| match e {
+                        ExchangeError::Unsent => Failure::Unsent,
+                        ExchangeError::Failed(e) => Failure::Unreachable(e.to_string()),
+                        ExchangeError::Read(failure) => failure,
+                    })
+            }
+        }
+    }
 }
 
 /// One client connection's own connections to the model processes. HTTP/1.1 answers one
@@ -150,7 +244,7 @@ pub async fn forward(
     let outcome = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ApiError::Timeout(model.to_string()))?;
-    let (status, headers, body) = outcome.map_err(|failure| {
+    outcome.map_err(|failure| {
         let message = match failure {
             Failure::Unreachable(error) => {
                 tracing::warn!(model, error, "model unreachable");
@@ -160,24 +254,24 @@ pub async fn forward(
             Failure::Closed => format!("model {model} closed the connection"),
         };
         ApiError::Unavailable(message, Duration::from_secs(1))
-    })?;
-    let retry_after = headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    Ok(ModelReply {
-        status,
-        body,
-        retry_after,
     })
 }
 
-type Exchanged = (StatusCode, HeaderMap, Bytes);
+type Exchanged = ModelReply;
 
 async fn read_reply(response: Response<Incoming>) -> Result<Exchanged, Failure> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(|_| Failure::Closed)?;
-    Ok((parts.status, parts.headers, body.to_bytes()))
+    let retry_after = parts
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok(ModelReply {
+        status: parts.status,
+        body: body.to_bytes(),
+        retry_after,
+    })
 }
 
 async fn via_pool(
@@ -202,11 +296,19 @@ fn host(port: u16) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("127.0.0.1"))
 }
 
-/// A connection to the model's Unix socket, else to its port.
-async fn open_stream(target: Target<'_>) -> Result<Either<UnixStream, TcpStream>, Failure> {
+/// A connection to the model's Unix socket (framed), else to its port (HTTP).
+async fn connect(target: Target<'_>) -> Result<Held, Failure> {
+    let port = target.port;
     if let Some(socket) = target.socket {
         match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(socket)).await {
-            Ok(Ok(stream)) => return Ok(Either::Left(stream)),
+            Ok(Ok(stream)) => {
+                let link = Link::Framed {
+                    stream,
+                    reader: FrameReader::default(),
+                    prefaced: false,
+                };
+                return Ok(Held { port, link });
+            }
             Ok(Err(e)) => {
                 tracing::debug!(socket = %socket.display(), error = %e, "model socket refused; using its port");
             }
@@ -216,26 +318,20 @@ async fn open_stream(target: Target<'_>) -> Result<Either<UnixStream, TcpStream>
         }
     }
     let unreachable = |e: &dyn std::fmt::Display| Failure::Unreachable(e.to_string());
-    let connecting = TcpStream::connect(("127.0.0.1", target.port));
+    let connecting = TcpStream::connect(("127.0.0.1", port));
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|e| unreachable(&e))?
         .map_err(|e| unreachable(&e))?;
     let _ = stream.set_nodelay(true);
-    Ok(Either::Right(stream))
-}
-
-async fn connect(target: Target<'_>) -> Result<Held, Failure> {
-    let stream = open_stream(target).await?;
     let connection = Driven::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| Failure::Unreachable(e.to_string()))?;
-    let port = target.port;
-    Ok(Held {
-        port,
+        .map_err(|e| unreachable(&e))?;
+    let link = Link::Http {
         host: host(port),
         connection,
-    })
+    };
+    Ok(Held { port, link })
 }
 
 async fn via_lane(
@@ -247,22 +343,16 @@ async fn via_lane(
     let mut reused = lane.take(target.port);
     loop {
         let kept = match reused.take() {
-            Some(mut h) => h.connection.still_open().await.then_some(h),
+            Some(mut h) => h.link.still_open().await.then_some(h),
             None => None,
         };
         let (mut held, was_reused) = match kept {
             Some(h) => (h, true),
             None => (connect(target).await?, false),
         };
-        let request = infer_request(held.host.clone(), body.clone(), request_id);
-        let answer = held.connection.exchange(request, read_reply).await;
-        match answer.map_err(|e| match e {
-            ExchangeError::Unsent => Failure::Unsent,
-            ExchangeError::Failed(e) => Failure::Unreachable(e.to_string()),
-            ExchangeError::Read(failure) => failure,
-        }) {
+        match held.link.exchange(body.clone(), request_id).await {
             Ok(reply) => {
-                if held.connection.usable() {
+                if held.link.usable() {
                     lane.put(held);
                 }
                 return Ok(reply);

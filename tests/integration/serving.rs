@@ -868,6 +868,121 @@ async fn a_model_also_serves_on_a_private_unix_socket_and_removes_it_when_it_sto
     assert!(!socket.exists(), "the socket file outlived the model");
 }
 
+/// The gateway's side of a framed connection to a model's socket.
+struct Framed {
+    stream: tokio::net::UnixStream,
+    reader: warden::model_wire::FrameReader,
+}
+
+impl Framed {
+    async fn open(socket: &Path) -> Framed {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        stream.write_all(warden::model_wire::PREFACE).await.unwrap();
+        Framed {
+            stream,
+            reader: Default::default(),
+        }
+    }
+
+    async fn send_raw(&mut self, frame: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(frame).await.unwrap();
+    }
+
+    /// The next answer, or `None` once the model closed the connection.
+    async fn answer(&mut self) -> Option<(u16, Option<String>, Value)> {
+        use warden::model_wire::{Next, decode_answer};
+        let next = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.reader.next(&mut self.stream, 1 << 24),
+        )
+        .await
+        .expect("no answer within 30 s");
+        match next {
+            Ok(Next::Frame(frame)) => {
+                let a = decode_answer(frame).unwrap();
+                let retry = a
+                    .retry_after
+                    .map(|v| String::from_utf8(v.to_vec()).unwrap());
+                Some((a.status, retry, serde_json::from_slice(&a.body).unwrap()))
+            }
+            Ok(Next::Closed) | Err(_) => None,
+            Ok(Next::TooLarge(n)) => panic!("answer of {n} bytes"),
+        }
+    }
+
+    async fn call(&mut self, request_id: &str, body: &[u8]) -> (u16, Option<String>, Value) {
+        let mut frame = Vec::new();
+        warden::model_wire::encode_request(request_id.as_bytes(), body, &mut frame);
+        self.send_raw(&frame).await;
+        self.answer()
+            .await
+            .expect("the model closed the connection")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_framed_calls_over_the_socket_are_answered_and_counted_as_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("model-risk-analyzer.sock");
+    let mut server = Server::start(
+        "risk-analyzer",
+        &["--unix-socket", socket.to_str().unwrap()],
+    )
+    .await;
+    let example = server.example().await;
+    let body = serde_json::to_vec(&example).unwrap();
+    let (_, over_tcp) = server.infer(&example).await;
+    let (_, refused_over_tcp) = server.infer(&json!({"nope": 1})).await;
+    let served0 = server.metric("warden_model_requests_total").await;
+
+    let mut framed = Framed::open(&socket).await;
+    for i in 0..3 {
+        let (status, retry, answer) = framed.call(&format!("req-{i}"), &body).await;
+        assert_eq!((status, retry), (200, None));
+        assert_eq!(answer, over_tcp, "the same answer as over HTTP");
+    }
+    let (status, _, refused) = framed.call("bad", b"{\"nope\": 1}").await;
+    assert_eq!(status, 422);
+    assert_eq!(refused, refused_over_tcp, "refused with the same error");
+    // A body past the model's limit is refused, and the connection still serves.
+    let huge = vec![b' '; 3 << 20];
+    let (status, _, refused) = framed.call("huge", &huge).await;
+    assert_eq!(status, 413, "{refused}");
+    assert_eq!(refused["error"]["code"], "body_too_large");
+    let (status, _, answer) = framed.call("after", &body).await;
+    assert_eq!((status, &answer), (200, &over_tcp));
+    let served = server.metric("warden_model_requests_total").await - served0;
+    assert_eq!(served, 6.0, "every framed call is counted");
+
+    // HTTP on the same socket still works beside an open framed connection.
+    let (status, over_unix) = over_unix_socket(&socket, "POST", "/infer", &body).await;
+    assert_eq!((status, &over_unix), (200, &over_tcp));
+
+    // A frame that does not parse closes that connection, not the model.
+    framed.send_raw(&[0, 0, 0, 3, 200, b'x', b'y']).await;
+    assert!(
+        framed.answer().await.is_none(),
+        "a malformed frame was answered"
+    );
+    let mut again = Framed::open(&socket).await;
+    assert_eq!(again.call("again", &body).await.0, 200);
+
+    // Stopping ends idle framed connections: the model exits at once and removes its socket.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(again.answer().await.is_none());
+    let mut child = server.child.take().unwrap();
+    let status =
+        crate::support::net::wait_until(Duration::from_secs(30), || child.try_wait().unwrap());
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)));
+    assert!(!socket.exists());
+}
+
 #[test]
 fn a_unix_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod models;
 pub mod schema;
 pub mod server;
+mod socket;
 pub mod teachers;
 pub mod torchscript;
 pub mod training;

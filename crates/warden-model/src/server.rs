@@ -2,6 +2,7 @@
 
 use super::batcher::{self, BatchQueue, InferenceSpec, SubmitError};
 use super::metrics::ModelMetrics;
+use super::socket::UnixSocket;
 use super::{BatchConfig, ModelKind, ServingError, select_device};
 use axum::Router;
 use axum::body::Bytes;
@@ -67,21 +68,22 @@ impl ServeOptions {
 }
 
 /// Shared by every handler (behind one `Arc`: axum clones the state for each request).
-struct AppState {
+pub(crate) struct AppState {
     name: Arc<str>,
     kind: ModelKind,
     metadata: Arc<Value>,
-    queue: BatchQueue,
+    pub(crate) queue: BatchQueue,
     metrics: ModelMetrics,
     ready: Arc<AtomicBool>,
 }
 
 /// An /infer failure as `{"error": {"code", "message"}}`.
-struct ApiError {
-    status: StatusCode,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
     code: &'static str,
     message: String,
-    retry_after: bool,
+    /// Answered with `Retry-After: 1`.
+    pub(crate) retry_after: bool,
 }
 
 impl ApiError {
@@ -93,12 +95,16 @@ impl ApiError {
             retry_after: false,
         }
     }
+
+    /// The answer's body.
+    pub(crate) fn body(&self) -> Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
         if self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -193,7 +199,7 @@ pub async fn serve(
         loaded,
         handle: thread,
     } = batcher::spawn(spec, metrics.clone(), ready.clone())?;
-    let state = AppState {
+    let state = Arc::new(AppState {
         name: Arc::from(opts.name.as_str()),
         kind,
         metadata: Arc::new(tokio::task::block_in_place(|| {
@@ -206,7 +212,7 @@ pub async fn serve(
         queue,
         metrics,
         ready,
-    };
+    });
     let app = Router::new()
         .route("/infer", post(infer))
         .route("/health", get(health))
@@ -214,7 +220,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/metadata", get(metadata))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(Arc::new(state));
+        .with_state(state.clone());
     tracing::info!(
         model = %opts.name,
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -267,17 +273,18 @@ pub async fn serve(
             };
             let over_tcp =
                 axum::serve(listener, app.clone()).with_graceful_shutdown(until_stopped());
-            let over_unix = axum::serve(unix.listener, app).with_graceful_shutdown(until_stopped());
-            let (tcp, unix_served) = tokio::join!(over_tcp, over_unix);
+            let over_unix = unix.serve(app, state, stopped.clone());
+            let (tcp, ()) = tokio::join!(over_tcp, over_unix);
             signal.abort();
-            drop(unix.path);
             tcp.map_err(serving_error)?;
-            unix_served.map_err(serving_error)?;
         }
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(serving_error)?,
+        None => {
+            drop(state);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(serving_error)?
+        }
     }
     // The router (and its queue handle) is gone: the thread drains what is queued and exits.
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -293,55 +300,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// The Unix socket listener and the file it made (removed when serving ends).
-struct UnixSocket {
-    listener: tokio::net::UnixListener,
-    path: SocketFile,
-}
-
-/// Removes the socket file when serving ends (or start-up fails after binding).
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-impl UnixSocket {
-    /// Binds `path`, replacing a socket a previous run left behind (never any other file),
-    /// readable and writable by this user only: the socket skips the gateway's auth.
-    fn bind(path: &std::path::Path) -> Result<UnixSocket, ServingError> {
-        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-        let bind_error = |source| ServingError::Bind {
-            addr: path.display().to_string(),
-            source,
-        };
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(bind_error(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the path exists and is not a socket",
-                )));
-            }
-            std::fs::remove_file(path).map_err(bind_error)?;
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(bind_error)?;
-        }
-        let listener = tokio::net::UnixListener::bind(path).map_err(bind_error)?;
-        let path = SocketFile(path.to_path_buf());
-        std::fs::set_permissions(&path.0, std::fs::Permissions::from_mode(0o600))
-            .map_err(bind_error)?;
-        Ok(UnixSocket { listener, path })
-    }
-}
-
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(&REQUEST_ID)
-        .filter(|v| v.len() <= 128)
-        .cloned()
+    request_id_or_new(headers.get(&REQUEST_ID).cloned())
+}
+
+/// The caller's request id (128 bytes at most), else a new one.
+pub(crate) fn request_id_or_new(given: Option<HeaderValue>) -> HeaderValue {
+    given
+        .filter(|v| !v.is_empty() && v.len() <= 128)
         .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok())
         .unwrap_or_else(|| HeaderValue::from_static("unknown"))
 }
@@ -352,33 +318,74 @@ async fn infer(State(state): State<Arc<AppState>>, req: Request) -> Response {
     // Counted from its headers on, before the body is read, so that a batch forming while
     // this caller's body arrives waits for it.
     let announced = state.queue.announce();
-    let body = Bytes::from_request(req, &state).await;
-    let result = infer_inner(&state, announced, body).await;
-    let mut resp = match result {
+    let body = Bytes::from_request(req, &state)
+        .await
+        .map_err(body_rejected);
+    let mut resp = match infer_counted(&state, &id, announced, body, started).await {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert(REQUEST_ID, id);
+    resp
+}
+
+/// One inference call, whichever way it came (HTTP or the gateway's frames), counted in the
+/// model's metrics and logged when refused.
+pub(crate) async fn infer_counted(
+    state: &AppState,
+    id: &HeaderValue,
+    announced: batcher::Announced<'_>,
+    body: Result<Bytes, (&'static str, ApiError)>,
+    started: Instant,
+) -> Result<Value, ApiError> {
+    let result = infer_inner(state, announced, body).await;
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
         Err((kind, e)) => {
             state.metrics.errors.with_label_values(&[kind]).inc();
             tracing::info!(request_id = ?id, status = e.status.as_u16(), code = e.code, message = %e.message, "infer rejected");
-            e.into_response()
+            e.status
         }
     };
     state
         .metrics
         .requests
-        .with_label_values(&[resp.status().as_str()])
+        .with_label_values(&[status.as_str()])
         .inc();
     state
         .metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    resp.headers_mut().insert(REQUEST_ID, id);
-    resp
+    result.map_err(|(_, e)| e)
+}
+
+fn body_rejected(r: axum::extract::rejection::BytesRejection) -> (&'static str, ApiError) {
+    let status = r.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        body_too_large()
+    } else {
+        (
+            "invalid_body",
+            ApiError::new(status, "invalid_body", r.body_text()),
+        )
+    }
+}
+
+pub(crate) fn body_too_large() -> (&'static str, ApiError) {
+    (
+        "body_too_large",
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds {BODY_LIMIT} bytes"),
+        ),
+    )
 }
 
 async fn infer_inner(
     state: &AppState,
     announced: batcher::Announced<'_>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Result<Bytes, (&'static str, ApiError)>,
 ) -> Result<Value, (&'static str, ApiError)> {
     if !state.ready.load(Ordering::SeqCst) {
         let mut e = ApiError::new(
@@ -389,24 +396,7 @@ async fn infer_inner(
         e.retry_after = true;
         return Err(("not_ready", e));
     }
-    let body = body.map_err(|r| {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            (
-                "body_too_large",
-                ApiError::new(
-                    status,
-                    "body_too_large",
-                    format!("request body exceeds {BODY_LIMIT} bytes"),
-                ),
-            )
-        } else {
-            (
-                "invalid_body",
-                ApiError::new(status, "invalid_body", r.body_text()),
-            )
-        }
-    })?;
+    let body = body?;
     // A TorchScript body goes straight into rows; anything unusual takes the tree path below,
     // which names the problem.
     let fast = (state.kind == ModelKind::TorchScript)

@@ -1,0 +1,216 @@
+//! The model's private Unix socket: binding it, and serving each connection either as the
+//! gateway's framed inference calls ([`warden::model_wire`]) or, for anyone else, as HTTP.
+//!
+//! A connection that opens with the wire's preface carries inference frames only; any other
+//! is HTTP with the same routes as the TCP port (an operator's `curl --unix-socket`).
+
+use super::server::{self, AppState};
+use axum::Router;
+use axum::http::HeaderValue;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+use warden::model_wire::{self, FrameReader, Next, PREFACE};
+
+use super::ServingError;
+
+/// The Unix socket listener and the file it made (removed when serving ends).
+pub(crate) struct UnixSocket {
+    listener: UnixListener,
+    path: SocketFile,
+}
+
+/// Removes the socket file when serving ends (or start-up fails after binding).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl UnixSocket {
+    /// Binds `path`, replacing a socket a previous run left behind (never any other file),
+    /// readable and writable by this user only: the socket skips the gateway's auth.
+    pub(crate) fn bind(path: &Path) -> Result<UnixSocket, ServingError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let bind_error = |source| ServingError::Bind {
+            addr: path.display().to_string(),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(bind_error(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                )));
+            }
+            std::fs::remove_file(path).map_err(bind_error)?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(bind_error)?;
+        }
+        let listener = UnixListener::bind(path).map_err(bind_error)?;
+        let path = SocketFile(path.to_path_buf());
+        std::fs::set_permissions(&path.0, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_error)?;
+        Ok(UnixSocket { listener, path })
+    }
+
+    /// Serves connections until `stopped` turns true; then lets each finish the call in
+    /// progress, and removes the socket file.
+    pub(crate) async fn serve(
+        self,
+        app: Router,
+        state: Arc<AppState>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let connections = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = stopped.wait_for(|s| *s) => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let connection =
+                        serve_connection(stream, app.clone(), state.clone(), stopped.clone());
+                    connections.spawn(connection);
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting on the model socket");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        drop(self.path);
+        connections.close();
+        connections.wait().await;
+    }
+}
+
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Tells a framed connection from an HTTP one by its first bytes, and serves it.
+async fn serve_connection(
+    mut stream: UnixStream,
+    app: Router,
+    state: Arc<AppState>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut opening = [0u8; PREFACE.len()];
+    let mut have = 0;
+    while have < opening.len() && opening[..have] == PREFACE[..have] {
+        let read = tokio::select! {
+            _ = stop_requested(&mut stopped) => return,
+            read = stream.read(&mut opening[have..]) => read,
+        };
+        match read {
+            Ok(0) | Err(_) if have == 0 => return,
+            Ok(0) | Err(_) => break,
+            Ok(n) => have += n,
+        }
+    }
+    if opening[..have] == PREFACE[..] {
+        if let Err(e) = serve_frames(stream, &state, stopped).await {
+            tracing::debug!(error = %e, "framed connection ended with an error");
+        }
+    } else {
+        serve_http(opening[..have].to_vec(), stream, app, stopped).await;
+    }
+}
+
+/// Longest request frame read whole: the body limit, its request id and the id's length.
+const FRAME_LIMIT: usize = server::BODY_LIMIT + model_wire::MAX_REQUEST_ID + 1;
+
+/// Answers frames one at a time until the gateway closes the connection or serving stops
+/// between two calls.
+async fn serve_frames(
+    mut stream: UnixStream,
+    state: &AppState,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), model_wire::WireError> {
+    let mut reader = FrameReader::default();
+    let mut answer = Vec::new();
+    loop {
+        let next = if reader.buffered().is_empty() {
+            tokio::select! {
+                _ = stop_requested(&mut stopped) => return Ok(()),
+                next = reader.next(&mut stream, FRAME_LIMIT) => next?,
+            }
+        } else {
+            reader.next(&mut stream, FRAME_LIMIT).await?
+        };
+        let started = Instant::now();
+        let (id, body) = match next {
+            Next::Closed => return Ok(()),
+            Next::TooLarge(_) => (None, Err(server::body_too_large())),
+            Next::Frame(frame) => {
+                let request = model_wire::decode_request(frame)?;
+                let id = HeaderValue::from_maybe_shared(request.request_id).ok();
+                let body = if request.body.len() > server::BODY_LIMIT {
+                    Err(server::body_too_large())
+                } else {
+                    Ok(request.body)
+                };
+                (id, body)
+            }
+        };
+        let id = server::request_id_or_new(id);
+        let announced = state.queue.announce();
+        let result = server::infer_counted(state, &id, announced, body, started).await;
+        answer.clear();
+        match result {
+            Ok(value) => {
+                let body = serde_json::to_vec(&value).unwrap_or_default();
+                model_wire::encode_answer(200, None, &body, &mut answer);
+            }
+            Err(e) => {
+                let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+                let retry = e.retry_after.then_some(&b"1"[..]);
+                model_wire::encode_answer(e.status.as_u16(), retry, &body, &mut answer);
+            }
+        }
+        stream.write_all(&answer).await?;
+    }
+}
+
+/// Serves HTTP on a connection whose first bytes were already read to tell it apart.
+async fn serve_http(
+    opening: Vec<u8>,
+    stream: UnixStream,
+    app: Router,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let (reader, writer) = stream.into_split();
+    let io = tokio::io::join(std::io::Cursor::new(opening).chain(reader), writer);
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let mut app = app.clone();
+        async move { app.call(request).await }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop_requested(&mut stopped) => {
+            // Finish the request in progress (if any), then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection on the model socket ended with an error");
+    }
+}

@@ -1,0 +1,308 @@
+//! The private framing the gateway speaks to a supervised model over the model's Unix socket:
+//! a preface, then one length-prefixed frame per inference request and one per answer.
+//!
+//! Both ends are warden. HTTP/1.1 on this hop cost a request head to write and parse, header
+//! maps and hyper's dispatch on both sides of every request, only to carry a body, a request id
+//! and a status back. A socket connection that does not open with [`PREFACE`] is served as HTTP
+//! (so `curl --unix-socket` still works for an operator).
+//!
+//! Frames, all integers big-endian:
+//! - request: `u32` length of the rest, `u8` id length, the request id, the JSON body;
+//! - answer: `u32` length of the rest, `u16` status, `u8` Retry-After length, its value, the
+//!   JSON body.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// What a framed connection opens with. No HTTP request starts with a NUL byte.
+pub const PREFACE: &[u8; 8] = b"\0warden1";
+
+/// Longest request id carried (longer ones are not forwarded, as over HTTP).
+pub const MAX_REQUEST_ID: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the connection in the middle of a frame")]
+    Truncated,
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+/// One inference request as it crosses the socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    pub request_id: Bytes,
+    pub body: Bytes,
+}
+
+/// One answer as it crosses the socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferAnswer {
+    pub status: u16,
+    pub retry_after: Option<Bytes>,
+    pub body: Bytes,
+}
+
+/// Appends a request frame to `out`; an id longer than [`MAX_REQUEST_ID`] is left out.
+pub fn encode_request(request_id: &[u8], body: &[u8], out: &mut Vec<u8>) {
+    let id = if request_id.len() <= MAX_REQUEST_ID {
+        request_id
+    } else {
+        &[]
+    };
+    out.reserve(5 + id.len() + body.len());
+    out.put_u32((1 + id.len() + body.len()) as u32);
+    out.put_u8(id.len() as u8);
+    out.put_slice(id);
+    out.put_slice(body);
+}
+
+/// Appends an answer frame to `out`; a Retry-After value longer than 255 bytes is left out.
+pub fn encode_answer(status: u16, retry_after: Option<&[u8]>, body: &[u8], out: &mut Vec<u8>) {
+    let retry = retry_after
+        .filter(|v| v.len() <= u8::MAX as usize)
+        .unwrap_or(&[]);
+    out.reserve(7 + retry.len() + body.len());
+    out.put_u32((3 + retry.len() + body.len()) as u32);
+    out.put_u16(status);
+    out.put_u8(retry.len() as u8);
+    out.put_slice(retry);
+    out.put_slice(body);
+}
+
+fn take_short(frame: &mut Bytes, what: &'static str) -> Result<Bytes, WireError> {
+    if frame.is_empty() {
+        return Err(WireError::Malformed(what));
+    }
+    let len = frame.get_u8() as usize;
+    if frame.len() < len {
+        return Err(WireError::Malformed(what));
+    }
+    Ok(frame.split_to(len))
+}
+
+/// A request frame's parts (the frame as [`FrameReader::next`] returns it, without its length).
+pub fn decode_request(mut frame: Bytes) -> Result<InferRequest, WireError> {
+    let request_id = take_short(&mut frame, "request id")?;
+    Ok(InferRequest {
+        request_id,
+        body: frame,
+    })
+}
+
+/// An answer frame's parts (the frame as [`FrameReader::next`] returns it, without its length).
+pub fn decode_answer(mut frame: Bytes) -> Result<InferAnswer, WireError> {
+    if frame.len() < 2 {
+        return Err(WireError::Malformed("status"));
+    }
+    let status = frame.get_u16();
+    if !(100..=999).contains(&status) {
+        return Err(WireError::Malformed("status"));
+    }
+    let retry = take_short(&mut frame, "retry-after")?;
+    Ok(InferAnswer {
+        status,
+        retry_after: (!retry.is_empty()).then_some(retry),
+        body: frame,
+    })
+}
+
+/// What [`FrameReader::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// A whole frame, without its length prefix.
+    Frame(Bytes),
+    /// A frame longer than the reader's limit: its bytes were read and dropped.
+    TooLarge(usize),
+    /// The peer closed the connection between frames.
+    Closed,
+}
+
+/// Reads frames off a stream, with as few reads as the data allows.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buffer: BytesMut,
+}
+
+impl FrameReader {
+    /// Bytes already read past the frames returned so far.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// Reads until one frame is whole; one longer than `limit` is consumed and reported.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        limit: usize,
+    ) -> Result<Next, WireError> {
+        while self.buffer.len() < 4 {
+            if !self.fill(io).await? {
+                return if self.buffer.is_empty() {
+                    Ok(Next::Closed)
+                } else {
+                    Err(WireError::Truncated)
+                };
+            }
+        }
+        let len = u32::from_be_bytes([
+            self.buffer[0],
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+        ]) as usize;
+        if len > limit {
+            self.skip(io, 4 + len).await?;
+            return Ok(Next::TooLarge(len));
+        }
+        self.buffer.reserve(4 + len);
+        while self.buffer.len() < 4 + len {
+            if !self.fill(io).await? {
+                return Err(WireError::Truncated);
+            }
+        }
+        self.buffer.advance(4);
+        Ok(Next::Frame(self.buffer.split_to(len).freeze()))
+    }
+
+    /// Reads what is available; `false` at end of stream.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<bool, WireError> {
+        if self.buffer.capacity() - self.buffer.len() < 4096 {
+            self.buffer.reserve(16 * 1024);
+        }
+        Ok(io.read_buf(&mut self.buffer).await? > 0)
+    }
+
+    async fn skip<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        mut remaining: usize,
+    ) -> Result<(), WireError> {
+        let here = remaining.min(self.buffer.len());
+        self.buffer.advance(here);
+        remaining -= here;
+        let mut scratch = vec![0u8; 64 * 1024];
+        while remaining > 0 {
+            let want = remaining.min(scratch.len());
+            let n = io.read(&mut scratch[..want]).await?;
+            if n == 0 {
+                return Err(WireError::Truncated);
+            }
+            remaining -= n;
+        }
+        Ok(())
+    }
+
+    /// A non-blocking look: `false` once the peer closed the connection or sent bytes nobody
+    /// asked for (either way it cannot carry another exchange).
+    pub fn idle_and_open(&mut self, stream: &tokio::net::UnixStream) -> bool {
+        if !self.buffer.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frames(bytes: Vec<u8>, limit: usize) -> Vec<Result<Next, String>> {
+        let mut io = std::io::Cursor::new(bytes);
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        loop {
+            match reader.next(&mut io, limit).await {
+                Ok(Next::Closed) => return out,
+                Ok(next) => out.push(Ok(next)),
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_and_answers_round_trip_back_to_back() {
+        let mut wire = Vec::new();
+        encode_request(b"req-1", br#"{"a":1}"#, &mut wire);
+        encode_answer(503, Some(b"1"), br#"{"error":{}}"#, &mut wire);
+        encode_answer(200, None, b"", &mut wire);
+        let got = frames(wire, 1 << 20).await;
+        let [Ok(Next::Frame(r)), Ok(Next::Frame(a)), Ok(Next::Frame(b))] = &got[..] else {
+            panic!("{got:?}");
+        };
+        assert_eq!(
+            decode_request(r.clone()).unwrap(),
+            InferRequest {
+                request_id: Bytes::from_static(b"req-1"),
+                body: Bytes::from_static(br#"{"a":1}"#),
+            }
+        );
+        let a = decode_answer(a.clone()).unwrap();
+        assert_eq!((a.status, a.retry_after.as_deref()), (503, Some(&b"1"[..])));
+        assert_eq!(&a.body[..], br#"{"error":{}}"#);
+        let b = decode_answer(b.clone()).unwrap();
+        assert_eq!((b.status, b.retry_after, b.body.len()), (200, None, 0));
+    }
+
+    #[tokio::test]
+    async fn an_overlong_request_id_is_left_out_not_truncated() {
+        let mut wire = Vec::new();
+        encode_request(&[b'x'; MAX_REQUEST_ID + 1], b"{}", &mut wire);
+        let got = frames(wire, 1 << 20).await;
+        let [Ok(Next::Frame(r))] = &got[..] else {
+            panic!("{got:?}")
+        };
+        let r = decode_request(r.clone()).unwrap();
+        assert!(r.request_id.is_empty());
+        assert_eq!(&r.body[..], b"{}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_skipped_and_the_next_one_still_read() {
+        let mut wire = Vec::new();
+        encode_request(b"big", &vec![b' '; 200_000], &mut wire);
+        encode_request(b"small", b"{}", &mut wire);
+        let got = frames(wire, 1024).await;
+        assert!(
+            matches!(got[0], Ok(Next::TooLarge(n)) if n == 200_004),
+            "{got:?}"
+        );
+        let Ok(Next::Frame(f)) = &got[1] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(&decode_request(f.clone()).unwrap().request_id[..], b"small");
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_an_error_not_a_short_frame() {
+        let mut wire = Vec::new();
+        encode_request(b"id", b"{\"inputs\":[1,2,3]}", &mut wire);
+        wire.truncate(wire.len() - 3);
+        let got = frames(wire, 1 << 20).await;
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("middle of a frame")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_named() {
+        for (frame, what) in [
+            (&b""[..], "status"),
+            (&b"\x00\xc8"[..], "retry-after"),
+            (&b"\x00\xc8\x05ab"[..], "retry-after"),
+            (&b"\x00\x05\x00"[..], "status"),
+        ] {
+            let e = decode_answer(Bytes::copy_from_slice(frame)).unwrap_err();
+            assert!(e.to_string().contains(what), "{frame:?}: {e}");
+        }
+        let e = decode_request(Bytes::from_static(b"\x09id")).unwrap_err();
+        assert!(e.to_string().contains("request id"), "{e}");
+    }
+}
