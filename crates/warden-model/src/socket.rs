@@ -171,19 +171,26 @@ async fn serve_frames(
         let announced = state.queue.announce();
         let result = server::infer_counted(state, &id, announced, body, started).await;
         answer.clear();
-        match result {
-            Ok(value) => {
-                let body = serde_json::to_vec(&value).unwrap_or_default();
-                model_wire::encode_answer(200, None, &body, &mut answer);
-            }
-            Err(e) => {
-                let body = serde_json::to_vec(&e.body()).unwrap_or_default();
-                let retry = e.retry_after.then_some(&b"1"[..]);
-                model_wire::encode_answer(e.status.as_u16(), retry, &body, &mut answer);
-            }
-        }
+        encode(result, &mut answer);
         stream.write_all(&answer).await?;
     }
+}
+
+/// The answer frame: the outputs, else the error document with its status and Retry-After.
+fn encode(result: Result<serde_json::Value, server::ApiError>, out: &mut Vec<u8>) {
+    let error = match result.map(|value| serde_json::to_vec(&value)) {
+        Ok(Ok(body)) => return model_wire::encode_answer(200, None, &body, out),
+        Ok(Err(e)) => server::ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "inference_failed",
+            format!("encoding the outputs: {e}"),
+        ),
+        Err(e) => e,
+    };
+    let retry = error.retry_after.then_some(&b"1"[..]);
+    // A `Value` of strings and numbers always serializes; the fallback only keeps the frame whole.
+    let body = serde_json::to_vec(&error.body()).unwrap_or_else(|_| b"{}".to_vec());
+    model_wire::encode_answer(error.status.as_u16(), retry, &body, out);
 }
 
 /// Serves HTTP on a connection whose first bytes were already read to tell it apart.
