@@ -196,13 +196,24 @@ impl FrameReader {
     }
 
     /// A non-blocking look: `false` once the peer closed the connection or sent bytes nobody
-    /// asked for (either way it cannot carry another exchange).
+    /// asked for (either way it cannot carry another exchange). Asks the runtime first, so an
+    /// idle connection with nothing to read costs no system call.
     pub fn idle_and_open(&mut self, stream: &tokio::net::UnixStream) -> bool {
+        use std::task::{Context, Poll, Waker};
         if !self.buffer.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut cx = Context::from_waker(Waker::noop());
+        match stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readable while idle: the end of the stream, stray bytes, or a stale readiness.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(stream.try_read(&mut probe),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
     }
 }
 
@@ -289,6 +300,22 @@ mod tests {
             matches!(&got[..], [Err(e)] if e.contains("middle of a frame")),
             "{got:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_open_until_the_peer_closes_or_sends_unasked() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut reader = FrameReader::default();
+        assert!(reader.idle_and_open(&ours));
+        theirs.write_all(b"x").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!reader.idle_and_open(&ours), "stray bytes");
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        assert!(reader.idle_and_open(&ours));
+        drop(theirs);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!reader.idle_and_open(&ours), "closed by the peer");
     }
 
     #[test]
