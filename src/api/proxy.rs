@@ -74,6 +74,8 @@ enum Link {
         stream: UnixStream,
         reader: FrameReader,
         prefaced: bool,
+        /// The outgoing frame, its allocation kept for the connection's next request.
+        frame: Vec<u8>,
     },
     /// HTTP/1.1 over the model's TCP port.
     Http {
@@ -109,22 +111,19 @@ impl Link {
                 stream,
                 reader,
                 prefaced,
+                frame,
             } => {
-                let mut frame =
-                    Vec::with_capacity(PREFACE.len() + 5 + request_id.len() + body.len());
+                frame.clear();
                 if !*prefaced {
                     frame.extend_from_slice(PREFACE);
                 }
-                model_wire::encode_request(request_id.as_bytes(), &body, &mut frame);
+                model_wire::encode_request(request_id.as_bytes(), &body, frame);
                 // The model acts on whole frames only: one that did not all go out was not
                 // acted on, so it may be sent again.
-                stream
-                    .write_all(&frame)
-                    .await
-                    .map_err(|_| Failure::Unsent)?;
+                stream.write_all(frame).await.map_err(|_| Failure::Unsent)?;
                 *prefaced = true;
                 let answer = match reader.next(stream, ANSWER_LIMIT).await {
-                    Ok(Next::Frame(frame)) => model_wire::decode_answer(frame)
+                    Ok(Next::Frame(reply)) => model_wire::decode_answer(reply)
                         .map_err(|e| Failure::Unreachable(e.to_string()))?,
                     Ok(Next::TooLarge(n)) => {
                         return Err(Failure::Unreachable(format!("answer of {n} bytes")));
@@ -306,6 +305,7 @@ async fn connect(target: Target<'_>) -> Result<Held, Failure> {
                     stream,
                     reader: FrameReader::default(),
                     prefaced: false,
+                    frame: Vec::new(),
                 };
                 return Ok(Held { port, link });
             }

@@ -4,6 +4,7 @@
 //! A connection that opens with the wire's preface carries inference frames only; any other
 //! is HTTP with the same routes as the TCP port (an operator's `curl --unix-socket`).
 
+use super::ServingError;
 use super::server::{self, AppState};
 use axum::Router;
 use axum::http::HeaderValue;
@@ -17,9 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower::Service;
-use warden::model_wire::{self, FrameReader, Next, PREFACE};
-
-use super::ServingError;
+use warden::model_wire::{self, FrameReader, Next, PREFACE, WireError};
 
 /// The Unix socket listener and the file it made (removed when serving ends).
 pub(crate) struct UnixSocket {
@@ -123,8 +122,13 @@ async fn serve_connection(
         }
     }
     if opening[..have] == PREFACE[..] {
-        if let Err(e) = serve_frames(stream, &state, stopped).await {
-            tracing::debug!(error = %e, "framed connection ended with an error");
+        match serve_frames(stream, &state, stopped).await {
+            Ok(()) => {}
+            // Our own gateway sent something this model cannot read: a bug worth seeing.
+            Err(e @ WireError::Malformed(_)) => {
+                tracing::warn!(error = %e, "closed a framed connection on a malformed frame");
+            }
+            Err(e) => tracing::debug!(error = %e, "framed connection ended with an error"),
         }
     } else {
         serve_http(opening[..have].to_vec(), stream, app, stopped).await;
