@@ -73,13 +73,13 @@ fn goals_table(
     };
     let mut goals = vec![
         Goal {
-            name: "gateway throughput / nginx's",
+            name: "gateway throughput / nginx's (median)",
             measured: format!("{:.2}x", fast.gateway_vs_nginx),
             goal: ">= 1.00x",
             met: Some(fast.gateway_vs_nginx >= 1.0),
         },
         Goal {
-            name: "gateway added p50 vs nginx's",
+            name: "gateway added p50 vs nginx's (median)",
             measured: format!(
                 "{:.3} vs {:.3} ms",
                 fast.gateway_added_p50_ms, fast.nginx_added_p50_ms
@@ -161,7 +161,7 @@ fn goals_table(
     let mut out = String::from("goals (this run)\n");
     let _ = writeln!(
         out,
-        "{:<36} {:>22} {:>14}  met",
+        "{:<38} {:>22} {:>14}  met",
         "figure", "measured", "goal"
     );
     for g in goals {
@@ -172,7 +172,7 @@ fn goals_table(
         };
         let _ = writeln!(
             out,
-            "{:<36} {:>22} {:>14}  {met}",
+            "{:<38} {:>22} {:>14}  {met}",
             g.name, g.measured, g.goal
         );
     }

@@ -21,6 +21,9 @@ pub struct FastBench {
     pub connections: u32,
     /// Each wrk measurement's length.
     pub duration: Duration,
+    /// Rounds of the direct / nginx / gateway comparison, each side once per round in a
+    /// rotating order, so that the machine's drift between measurements falls on every side.
+    pub rounds: u32,
     /// Concurrent clients for the gateway's P99.
     pub many: u32,
     pub model: String,
@@ -373,20 +376,40 @@ impl FastBench {
         let model_pid = children(agent_pid).into_iter().next();
         let nginx_pids = [vec![nginx_proc.0.id()], children(nginx_proc.0.id())].concat();
         let model_pids: Vec<u32> = model_pid.into_iter().collect();
-        let (direct, direct_cost) = costed(&[], &model_pids, || {
-            wrk(&post, &format!("{base_model}/infer"), c, t)
-        })?;
-        let (via_nginx, nginx_cost) = costed(&nginx_pids, &model_pids, || {
-            wrk(&post, &format!("http://127.0.0.1:{nginx_port}/infer"), c, t)
-        })?;
-        let (gateway, gateway_cost) = costed(&[agent_pid], &model_pids, || {
-            wrk(
-                &post_auth,
-                &format!("{base_api}/api/v1/{}", self.model),
-                c,
-                t,
-            )
-        })?;
+        let sides = [
+            Side {
+                name: "direct (model process)",
+                script: &post,
+                url: format!("{base_model}/infer"),
+                proxies: Vec::new(),
+            },
+            Side {
+                name: "nginx, keepalive upstream",
+                script: &post,
+                url: format!("http://127.0.0.1:{nginx_port}/infer"),
+                proxies: nginx_pids,
+            },
+            Side {
+                name: "warden gateway (auth+audit+metrics)",
+                script: &post_auth,
+                url: format!("{base_api}/api/v1/{}", self.model),
+                proxies: vec![agent_pid],
+            },
+        ];
+        let rounds = self.rounds.max(1) as usize;
+        let mut measured: Vec<[(WrkFigures, Cost); 3]> = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            let mut this = [(WrkFigures::default(), Cost::default()); 3];
+            for k in 0..sides.len() {
+                let i = (round + k) % sides.len();
+                let side = &sides[i];
+                this[i] = costed(&side.proxies, &model_pids, || {
+                    wrk(side.script, &side.url, c, t)
+                })?;
+            }
+            measured.push(this);
+        }
+        let comparison = Comparison::of(&measured);
         let lone_infer = wrk(&post, &format!("{base_model}/infer"), 1, t)?;
         let lone_health = wrk(&get, &format!("{base_model}/health"), 1, t)?;
         let many = wrk(
@@ -400,30 +423,40 @@ impl FastBench {
         let mut r = String::new();
         let _ = writeln!(
             r,
-            "warden bench fast: model {}, wrk -c{c} for {t:?} per side, one run (ratios, then figures)\n",
+            "warden bench fast: model {}, wrk -c{c} for {t:?} per side, {rounds} rounds in one run \
+             (each side once per round, in a rotating order; ratios are within a round)\n",
             self.model
         );
         let _ = writeln!(
             r,
-            "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7} {:>10} {:>10}",
-            "side", "req/s", "p50 ms", "p99 ms", "vs direct", "errors", "proxy CPU", "model CPU"
+            "{:<5} {:<34} {:>10} {:>9} {:>9} {:>8} {:>7} {:>10} {:>10}",
+            "round",
+            "side",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "vs direct",
+            "errors",
+            "proxy CPU",
+            "model CPU"
         );
-        for (name, f, cost) in [
-            ("direct (model process)", direct, direct_cost),
-            ("nginx, keepalive upstream", via_nginx, nginx_cost),
-            ("warden gateway (auth+audit+metrics)", gateway, gateway_cost),
-        ] {
-            let _ = writeln!(
-                r,
-                "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>8.2}x {:>7} {:>7.1} us {:>7.1} us",
-                f.per_second,
-                f.p50_ms,
-                f.p99_ms,
-                ratio(f.per_second, direct.per_second),
-                f.errors,
-                cost.proxy_us(f.requests),
-                cost.model_us(f.requests),
-            );
+        for (n, round) in measured.iter().enumerate() {
+            let direct = round[0].0;
+            for (side, (f, cost)) in sides.iter().zip(round) {
+                let _ = writeln!(
+                    r,
+                    "{:<5} {:<34} {:>10.0} {:>9.3} {:>9.3} {:>8.2}x {:>7} {:>7.1} us {:>7.1} us",
+                    n + 1,
+                    side.name,
+                    f.per_second,
+                    f.p50_ms,
+                    f.p99_ms,
+                    ratio(f.per_second, direct.per_second),
+                    f.errors,
+                    cost.proxy_us(f.requests),
+                    cost.model_us(f.requests),
+                );
+            }
         }
         let _ = writeln!(
             r,
@@ -431,10 +464,23 @@ impl FastBench {
         );
         let _ = writeln!(
             r,
-            "gateway / nginx throughput {:.2}x; added p50: nginx {:.3} ms, gateway {:.3} ms",
-            ratio(gateway.per_second, via_nginx.per_second),
-            via_nginx.p50_ms - direct.p50_ms,
-            gateway.p50_ms - direct.p50_ms
+            "gateway / nginx throughput per round: {}; median {:.2}x",
+            comparison
+                .gateway_vs_nginx
+                .iter()
+                .map(|x| format!("{x:.2}x"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(&comparison.gateway_vs_nginx)
+        );
+        let _ = writeln!(
+            r,
+            "added p50, median of rounds: nginx {:.3} ms, gateway {:.3} ms; \
+             proxy CPU per request, all rounds: nginx {:.1} us, gateway {:.1} us",
+            median(&comparison.nginx_added_p50_ms),
+            median(&comparison.gateway_added_p50_ms),
+            comparison.nginx_cpu_us,
+            comparison.gateway_cpu_us
         );
         let _ = writeln!(
             r,
@@ -472,11 +518,11 @@ impl FastBench {
         }
         drop(agent);
         let summary = FastSummary {
-            gateway_vs_nginx: ratio(gateway.per_second, via_nginx.per_second),
-            nginx_added_p50_ms: via_nginx.p50_ms - direct.p50_ms,
-            gateway_added_p50_ms: gateway.p50_ms - direct.p50_ms,
-            gateway_cpu_us: gateway_cost.proxy_us(gateway.requests),
-            nginx_cpu_us: nginx_cost.proxy_us(via_nginx.requests),
+            gateway_vs_nginx: median(&comparison.gateway_vs_nginx),
+            nginx_added_p50_ms: median(&comparison.nginx_added_p50_ms),
+            gateway_added_p50_ms: median(&comparison.gateway_added_p50_ms),
+            gateway_cpu_us: comparison.gateway_cpu_us,
+            nginx_cpu_us: comparison.nginx_cpu_us,
             lone_infer_vs_health: ratio(lone_infer.p50_ms, lone_health.p50_ms),
             many_p99_ms: many.p99_ms,
             many_errors: many.errors,
@@ -485,8 +531,55 @@ impl FastBench {
     }
 }
 
+/// One side of the throughput comparison: where wrk sends its load, and whose CPU is counted.
+struct Side<'a> {
+    name: &'static str,
+    script: &'a Path,
+    url: String,
+    proxies: Vec<u32>,
+}
+
+/// The comparison's figures across rounds: each ratio within one round, CPU over all rounds.
+struct Comparison {
+    gateway_vs_nginx: Vec<f64>,
+    nginx_added_p50_ms: Vec<f64>,
+    gateway_added_p50_ms: Vec<f64>,
+    nginx_cpu_us: f64,
+    gateway_cpu_us: f64,
+}
+
+impl Comparison {
+    /// `rounds` holds, per round, the direct, nginx and gateway measurements in that order.
+    fn of(rounds: &[[(WrkFigures, Cost); 3]]) -> Comparison {
+        let per_round = |f: fn(&[(WrkFigures, Cost); 3]) -> f64| rounds.iter().map(f).collect();
+        let cpu_us = |i: usize| {
+            let ticks = rounds.iter().map(|r| r[i].1.proxy_ticks).sum();
+            let requests = rounds.iter().map(|r| r[i].0.requests).sum();
+            Cost::per_request(ticks, requests)
+        };
+        Comparison {
+            gateway_vs_nginx: per_round(|r| ratio(r[2].0.per_second, r[1].0.per_second)),
+            nginx_added_p50_ms: per_round(|r| r[1].0.p50_ms - r[0].0.p50_ms),
+            gateway_added_p50_ms: per_round(|r| r[2].0.p50_ms - r[0].0.p50_ms),
+            nginx_cpu_us: cpu_us(1),
+            gateway_cpu_us: cpu_us(2),
+        }
+    }
+}
+
+/// The middle value (the mean of the middle two for an even count); NaN when empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// CPU ticks (USER_HZ) the proxy's and the model's processes spent during one measurement.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Cost {
     proxy_ticks: u64,
     model_ticks: u64,
@@ -626,5 +719,50 @@ mod tests {
         assert_eq!(f.per_second, 1000.0);
         assert_eq!((f.p50_ms, f.p99_ms), (1.5, 9.0));
         assert!(super::WrkFigures::parse("no summary").is_none());
+    }
+
+    #[test]
+    fn the_median_ignores_missing_figures_and_averages_the_middle_pair() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(super::median(&[f64::NAN, 5.0]), 5.0);
+        assert!(super::median(&[]).is_nan());
+    }
+
+    #[test]
+    fn ratios_are_taken_within_a_round_and_cpu_over_all_rounds() {
+        use super::{Comparison, Cost, WrkFigures};
+        let side = |per_second: f64, p50_ms: f64, requests: u64, proxy_ticks: u64| {
+            let f = WrkFigures {
+                per_second,
+                p50_ms,
+                requests,
+                ..WrkFigures::default()
+            };
+            let cost = Cost {
+                proxy_ticks,
+                model_ticks: 0,
+            };
+            (f, cost)
+        };
+        // Round 2 ran on a slower machine: every side halved, the ratio did not move.
+        let rounds = [
+            [
+                side(400.0, 1.0, 4000, 0),
+                side(200.0, 1.5, 2000, 10),
+                side(300.0, 1.4, 3000, 12),
+            ],
+            [
+                side(200.0, 2.0, 2000, 0),
+                side(100.0, 3.0, 1000, 10),
+                side(150.0, 2.8, 1500, 12),
+            ],
+        ];
+        let c = Comparison::of(&rounds);
+        assert_eq!(c.gateway_vs_nginx, vec![1.5, 1.5]);
+        assert_eq!(c.nginx_added_p50_ms, vec![0.5, 1.0]);
+        // 20 ticks (0.2 s) over 3,000 requests; 24 ticks over 4,500.
+        assert!((c.nginx_cpu_us - 200_000.0 / 3000.0).abs() < 1e-9);
+        assert!((c.gateway_cpu_us - 240_000.0 / 4500.0).abs() < 1e-9);
     }
 }

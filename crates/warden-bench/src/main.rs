@@ -74,6 +74,10 @@ enum BenchCommand {
         connections: u32,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Rounds of direct / nginx / gateway, each side once per round in a rotating order;
+        /// the ratios reported are the medians of the rounds'.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Concurrent clients for the gateway's P99.
         #[arg(long, default_value_t = 1000)]
         many: u32,
@@ -210,6 +214,7 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fast {
             connections,
             duration,
+            rounds,
             many,
             model,
             models_dir,
@@ -222,6 +227,7 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
             let bench = fast::FastBench {
                 connections,
                 duration,
+                rounds,
                 many,
                 model,
                 models_dir,
@@ -277,6 +283,7 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 fast: fast::FastBench {
                     connections: 32,
                     duration,
+                    rounds: 3,
                     many: 1000,
                     model: "risk-analyzer".into(),
                     models_dir: models_dir.clone(),
