@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::middleware;
 use super::proxy::Lane;
 use super::routes;
+use super::verified::LastToken;
 use axum::body::Bytes;
 use axum::http::{Method, Request, header};
 use axum::response::Response;
@@ -22,6 +23,26 @@ use std::sync::Arc;
 
 /// The route template, as the router would label it.
 const ROUTE: &str = "/api/v1/{model}";
+
+/// What one client connection keeps for its requests: its address (formatted once, for the
+/// audit records), its lane to the models, and its last verified token.
+pub(super) struct ClientConnection {
+    pub remote: SocketAddr,
+    client: Box<str>,
+    pub lane: Lane,
+    token: LastToken,
+}
+
+impl ClientConnection {
+    pub fn new(remote: SocketAddr) -> ClientConnection {
+        ClientConnection {
+            remote,
+            client: remote.to_string().into(),
+            lane: Lane::default(),
+            token: LastToken::default(),
+        }
+    }
+}
 
 /// The model named by a request the fast path serves, or `None` for the router's requests.
 pub(super) fn model_of<B>(request: &Request<B>) -> Option<&str> {
@@ -40,24 +61,22 @@ pub(super) fn model_of<B>(request: &Request<B>) -> Option<&str> {
 /// Answers one inference request (see the module doc for what it checks).
 pub(super) async fn infer(
     state: Arc<AppState>,
-    lane: Lane,
-    client: SocketAddr,
+    connection: &ClientConnection,
     mut request: Request<Incoming>,
     model: String,
 ) -> Response {
     let request_id = middleware::ensure_request_id(request.headers_mut());
-    let mut response = admitted(&state, &lane, client, request, model).await;
+    let mut response = admitted(&state, connection, request, model).await;
     response
         .headers_mut()
-        .entry("x-request-id")
+        .entry(middleware::X_REQUEST_ID)
         .or_insert(request_id);
     response
 }
 
 async fn admitted(
     state: &Arc<AppState>,
-    lane: &Lane,
-    client: SocketAddr,
+    connection: &ClientConnection,
     request: Request<Incoming>,
     model: String,
 ) -> Response {
@@ -66,14 +85,14 @@ async fn admitted(
         ROUTE.to_string(),
         Method::POST.as_str(),
         request.headers(),
-        Some(client),
+        Some(&connection.client),
     ) {
         Ok(o) => o,
         Err(refused) => return *refused,
     };
     let response = match middleware::reserve_capacity(state) {
         Ok(permit) => {
-            let response = authorized(state, lane, request, model).await;
+            let response = authorized(state, connection, request, model).await;
             drop(permit);
             response
         }
@@ -85,18 +104,20 @@ async fn admitted(
 
 async fn authorized(
     state: &AppState,
-    lane: &Lane,
+    connection: &ClientConnection,
     request: Request<Incoming>,
     model: String,
 ) -> Response {
-    let access = match middleware::check_access(state, request.headers(), Role::User) {
+    let headers = request.headers();
+    let access = match middleware::check_access(state, headers, Role::User, Some(&connection.token))
+    {
         Ok(access) => access,
         Err(refused) => return *refused,
     };
     let (parts, body) = request.into_parts();
     let body = read_body(body, state.body_limit).await;
     let mut response =
-        routes::answer_inference(state, model, Some(lane), &parts.headers, body).await;
+        routes::answer_inference(state, model, Some(&connection.lane), &parts.headers, body).await;
     access.stamp(&mut response);
     response
 }

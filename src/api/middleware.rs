@@ -4,6 +4,7 @@
 use super::auth::{Principal, Role};
 use super::error::{ApiError, status_error};
 use super::ratelimit::Decision;
+use super::verified::LastToken;
 use super::{AppState, audit};
 use crate::telemetry::drops;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -23,6 +24,12 @@ pub struct ModelTag(pub String);
 /// What is left of the subject's allowance after a handler charged extra tokens.
 #[derive(Debug, Clone, Copy)]
 pub struct RateRemaining(pub u32);
+
+// Header names parsed once: a name given as a string is parsed and hashed anew on every use.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// The role a route group requires.
 #[derive(Debug, Clone, Copy)]
@@ -48,30 +55,31 @@ pub fn cors(origins: &[String]) -> CorsLayer {
             allowed.contains(origin)
         }))
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("x-request-id"),
-        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, X_REQUEST_ID])
 }
 
 /// The request's `x-request-id`, made up (a UUID, as the router's layer does) when absent.
 pub(super) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get("x-request-id") {
+    if let Some(id) = headers.get(X_REQUEST_ID) {
         return id.clone();
     }
-    let made = uuid::Uuid::new_v4().hyphenated().to_string();
-    let id = HeaderValue::from_str(&made).unwrap_or(HeaderValue::from_static("unknown"));
-    headers.insert("x-request-id", id.clone());
+    let mut made = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let made = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut made);
+    let id = HeaderValue::from_str(made).unwrap_or(HeaderValue::from_static("unknown"));
+    headers.insert(X_REQUEST_ID, id.clone());
     id
 }
 
-pub fn request_id(headers: &HeaderMap) -> String {
+/// The request's `x-request-id`, or "" when it has none (or one that is not text).
+pub fn request_id_str(headers: &HeaderMap) -> &str {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_string()
+}
+
+pub fn request_id(headers: &HeaderMap) -> String {
+    request_id_str(headers).to_string()
 }
 
 /// Routes served even when the audit trail is full (still audited while there is headroom):
@@ -121,7 +129,7 @@ pub(super) fn begin(
     route: String,
     method: &str,
     headers: &HeaderMap,
-    client: Option<SocketAddr>,
+    client: Option<&str>,
 ) -> Result<Observation, Refused> {
     let started = Instant::now();
     let admission = match state.audit.admit(audit_exempt(&route)) {
@@ -169,7 +177,7 @@ pub(super) fn begin(
         latency_ms: 0.0,
         bytes_in: content_length(headers),
         bytes_out: 0,
-        client: client.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+        client: client.unwrap_or("unknown").to_string(),
         user_agent,
         detail: None,
     };
@@ -248,8 +256,9 @@ pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Nex
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let observation = match begin(&state, route, req.method().as_str(), req.headers(), client) {
+        .map(|c| c.0.to_string());
+    let method = req.method().as_str();
+    let observation = match begin(&state, route, method, req.headers(), client.as_deref()) {
         Ok(o) => o,
         Err(refused) => return *refused,
     };
@@ -345,10 +354,12 @@ pub(super) enum Access {
 
 /// Authenticates the bearer token, checks the role, then the subject's rate limit; a refusal
 /// is the answer (carrying the principal, when known, for the audit record).
+/// `last` is the connection's own last token, when the caller keeps one.
 pub(super) fn check_access(
     state: &AppState,
     headers: &HeaderMap,
     required: Role,
+    last: Option<&LastToken>,
 ) -> Result<Access, Refused> {
     let Some(auth) = &state.auth else {
         return Ok(Access::Open);
@@ -365,10 +376,13 @@ pub(super) fn check_access(
             ApiError::Unauthenticated("missing_token").into_response(),
         ));
     };
-    let principal = match auth
-        .verified
-        .get_or_verify(token.trim(), |t| auth.tokens.verify_access(t))
-    {
+    let token = token.trim();
+    let verify = |t: &str| auth.tokens.verify_access(t);
+    let verified = match last {
+        Some(last) => auth.verified.get_or_verify_remembered(last, token, verify),
+        None => auth.verified.get_or_verify(token, verify),
+    };
+    let principal = match verified {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");
@@ -435,7 +449,7 @@ pub async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    let access = match check_access(&state, req.headers(), required) {
+    let access = match check_access(&state, req.headers(), required, None) {
         Ok(access) => access,
         Err(refused) => return *refused,
     };
@@ -454,12 +468,9 @@ pub(crate) fn set_rate_headers(
     remaining: u32,
     reset: Option<Duration>,
 ) {
-    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
     if let Some(reset) = reset {
-        headers.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from(reset.as_secs().max(1)),
-        );
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset.as_secs().max(1)));
     }
 }

@@ -218,7 +218,7 @@ fn infer_request(host: HeaderValue, body: Bytes, request_id: &HeaderValue) -> Re
         HeaderValue::from_static("application/json"),
     );
     if !request_id.is_empty() {
-        headers.insert("x-request-id", request_id.clone());
+        headers.insert(super::middleware::X_REQUEST_ID, request_id.clone());
     }
     request
 }

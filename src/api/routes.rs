@@ -2,7 +2,7 @@
 
 use super::auth::Principal;
 use super::error::ApiError;
-use super::middleware::{ModelTag, RateRemaining, request_id, set_rate_headers};
+use super::middleware::{ModelTag, RateRemaining, request_id, request_id_str, set_rate_headers};
 use super::ratelimit::Decision;
 use super::{AppState, proxy};
 use axum::Extension;
@@ -254,7 +254,7 @@ pub(super) async fn answer_inference(
     let result = async {
         require_json(headers)?;
         let body = body?;
-        call_endpoint(state, &model, endpoint, lane, body, &request_id(headers)).await
+        call_endpoint(state, &model, endpoint, lane, body, request_id_str(headers)).await
     }
     .await;
     let mut response = match result {

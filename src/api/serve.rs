@@ -8,8 +8,8 @@
 //! connections out in turn. Each request carries the client's address (`ConnectInfo`) and its
 //! connection's lane as extensions; the router is the same as with `axum::serve`.
 
-use super::proxy::Lane;
-use super::{AppState, fast_path};
+use super::AppState;
+use super::fast_path::{self, ClientConnection};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -200,17 +200,17 @@ async fn serve_connection(
     // Answers are written whole; without this a small answer after a partial write waits on
     // the client's delayed ACK.
     let _ = stream.set_nodelay(true);
-    let lane = Lane::default();
+    let client = Arc::new(ClientConnection::new(remote));
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let serves = serves.clone();
-        let lane = lane.clone();
+        let client = client.clone();
         async move {
             if let Some(model) = fast_path::model_of(&request).map(str::to_owned) {
-                let answer = fast_path::infer(serves.state, lane, remote, request, model).await;
+                let answer = fast_path::infer(serves.state, &client, request, model).await;
                 return Ok::<_, std::convert::Infallible>(answer);
             }
-            request.extensions_mut().insert(ConnectInfo(remote));
-            request.extensions_mut().insert(lane);
+            request.extensions_mut().insert(ConnectInfo(client.remote));
+            request.extensions_mut().insert(client.lane.clone());
             let mut app = serves.app;
             app.call(request).await
         }
