@@ -45,6 +45,82 @@ pub struct AuditRecord {
     pub detail: Option<String>,
 }
 
+impl AuditRecord {
+    /// Appends the record as one JSON line, byte for byte what `serde_json` writes for it.
+    ///
+    /// Written field by field because serde's generic path (a map entry per field, every key
+    /// and string escaped a byte at a time) was a tenth of the gateway's own work per request.
+    /// A string that needs escaping still goes through `serde_json`.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":");
+        json_str(out, &self.time);
+        out.extend_from_slice(b",\"request_id\":");
+        json_str(out, &self.request_id);
+        out.extend_from_slice(b",\"interaction_id\":");
+        json_str(out, &self.interaction_id);
+        if let Some(session_id) = &self.session_id {
+            out.extend_from_slice(b",\"session_id\":");
+            json_str(out, session_id);
+        }
+        out.extend_from_slice(b",\"subject\":");
+        json_opt_str(out, self.subject.as_deref());
+        out.extend_from_slice(b",\"role\":");
+        json_opt_str(out, self.role.as_deref());
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, &self.method);
+        out.extend_from_slice(b",\"route\":");
+        json_str(out, &self.route);
+        out.extend_from_slice(b",\"model\":");
+        json_opt_str(out, self.model.as_deref());
+        out.extend_from_slice(b",\"status\":");
+        json_value(out, &self.status);
+        out.extend_from_slice(b",\"outcome\":");
+        json_str(out, self.outcome);
+        out.extend_from_slice(b",\"latency_ms\":");
+        json_value(out, &self.latency_ms);
+        out.extend_from_slice(b",\"bytes_in\":");
+        json_value(out, &self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        json_value(out, &self.bytes_out);
+        out.extend_from_slice(b",\"client\":");
+        json_str(out, &self.client);
+        out.extend_from_slice(b",\"user_agent\":");
+        json_opt_str(out, self.user_agent.as_deref());
+        if let Some(detail) = &self.detail {
+            out.extend_from_slice(b",\"detail\":");
+            json_str(out, detail);
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// A JSON string: copied as is when nothing in it needs escaping, else escaped by serde_json.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // A fold over every byte rather than a short-circuiting `all`, so it compiles to vector code.
+    let special = s.bytes().fold(false, |seen, b| {
+        seen | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !special {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        json_value(out, s);
+    }
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A number or string as serde_json writes it (writing to memory cannot fail).
+fn json_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
+}
+
 /// Status of a request the client abandoned before it was answered (nginx's convention).
 pub const CLIENT_CLOSED: u16 = 499;
 
@@ -72,6 +148,8 @@ pub enum AuditError {
 /// Bytes reserved per admitted request until its real record is known (records are a few
 /// hundred bytes: every free-text field is truncated).
 const RESERVE_BYTES: usize = 1024;
+/// A record's line is written into this much room first, so it rarely grows while written.
+const LINE_CAPACITY: usize = 512;
 /// How long the writer lets records gather after the first one before writing them.
 const WRITE_COALESCE: Duration = Duration::from_millis(5);
 /// Largest write handed to the file at once.
@@ -280,22 +358,8 @@ impl AuditSink {
     }
 
     fn enqueue(&self, record: AuditRecord, reserved: usize) {
-        let mut line = match serde_json::to_vec(&record) {
-            Ok(line) => line,
-            Err(e) => {
-                // Cannot happen for this struct; counted rather than silently lost.
-                tracing::error!(error = %e, "audit record not serialisable");
-                self.shared.release(reserved);
-                drops::record(
-                    self.shared.store.as_deref(),
-                    drops::sink::AUDIT,
-                    drops::reason::REJECTED,
-                    1,
-                );
-                return;
-            }
-        };
-        line.push(b'\n');
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        record.write_json_line(&mut line);
         let len = line.len();
         self.shared
             .pending
@@ -589,6 +653,49 @@ mod tests {
             user_agent: None,
             detail: None,
         }
+    }
+
+    #[test]
+    fn a_record_line_is_byte_for_byte_what_serde_json_writes() {
+        let awkward = [
+            "",
+            "plain",
+            "quote \" and backslash \\",
+            "controls \n\r\t\u{8}\u{c}\u{1}\u{1f} and \u{7f}",
+            "ünïcødé ✓ 🚀",
+            "</script>",
+        ];
+        let mut checked = 0;
+        for (n, text) in awkward.iter().enumerate() {
+            for some in [false, true] {
+                let maybe = |s: &str| some.then(|| s.to_string());
+                let mut r = record(n);
+                r.time = (*text).to_string();
+                r.request_id = format!("{text}-id");
+                r.session_id = maybe(text);
+                r.subject = maybe(text);
+                r.role = maybe("user");
+                r.method = (*text).to_string();
+                r.model = maybe(text);
+                r.client = (*text).to_string();
+                r.user_agent = maybe(text);
+                r.detail = maybe(text);
+                r.outcome = if some { "client_closed" } else { "success" };
+                r.latency_ms = [0.0, 1.5, 1e-7, 123456789.125, f64::NAN, f64::INFINITY][n];
+                r.bytes_in = if some { u64::MAX } else { 0 };
+                r.status = if some { CLIENT_CLOSED } else { 200 };
+                let mut expected = serde_json::to_vec(&r).unwrap();
+                expected.push(b'\n');
+                let mut line = Vec::new();
+                r.write_json_line(&mut line);
+                assert_eq!(
+                    String::from_utf8_lossy(&line),
+                    String::from_utf8_lossy(&expected)
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2 * awkward.len());
     }
 
     fn ids(text: &str) -> Vec<String> {

@@ -392,23 +392,26 @@ impl MetricStore {
         increase: Option<f64>,
         at: SystemTime,
     ) {
-        let history_len = self.history_len;
-        let bucket = bucket_start(at, HISTORY_BUCKET);
-        // Looked up by reference: the key is copied only for a new series.
-        if !inner.series.contains_key(key) {
-            let fresh = Series {
-                latest: Point { at, value },
-                history: VecDeque::with_capacity(history_len.min(64)),
-                base: value - increase.unwrap_or(0.0),
-                counter: increase.is_some(),
-                source_total: None,
-                window: None,
-            };
-            inner.series.insert(key.clone(), fresh);
-        }
-        let Some(s) = inner.series.get_mut(key) else {
+        // Looked up once, by reference: the key is copied only for a new series.
+        if let Some(s) = inner.series.get_mut(key) {
+            Self::fold(s, self.history_len, value, increase, at);
             return;
+        }
+        let mut fresh = Series {
+            latest: Point { at, value },
+            history: VecDeque::with_capacity(self.history_len.min(64)),
+            base: value - increase.unwrap_or(0.0),
+            counter: increase.is_some(),
+            source_total: None,
+            window: None,
         };
+        Self::fold(&mut fresh, self.history_len, value, increase, at);
+        inner.series.insert(key.clone(), fresh);
+    }
+
+    /// [`Self::push`] into a series that exists.
+    fn fold(s: &mut Series, history_len: usize, value: f64, increase: Option<f64>, at: SystemTime) {
+        let bucket = bucket_start(at, HISTORY_BUCKET);
         s.latest = Point { at, value };
         match s.history.back_mut() {
             // Same bucket, or a late update from an earlier one: the newest point carries it.
@@ -475,11 +478,18 @@ impl MetricStore {
 
     /// [`Self::add_counter`] under the lock; false when the total would not be finite.
     fn add_locked(&self, inner: &mut Inner, key: &SeriesKey, delta: f64, at: SystemTime) -> bool {
-        let total = inner.series.get(key).map_or(0.0, |s| s.latest.value) + delta;
-        if !total.is_finite() {
+        if let Some(s) = inner.series.get_mut(key) {
+            let total = s.latest.value + delta;
+            if !total.is_finite() {
+                return false;
+            }
+            Self::fold(s, self.history_len, total, Some(delta), at);
+            return true;
+        }
+        if !delta.is_finite() {
             return false;
         }
-        self.push(inner, key, total, Some(delta), at);
+        self.push(inner, key, delta, Some(delta), at);
         true
     }
 
@@ -536,13 +546,17 @@ impl MetricStore {
         let ms = ms.max(0.0);
         let us = (ms * 1000.0).round().max(1.0) as u64;
         let start = bucket_start(at, LATENCY_BUCKET);
-        if !inner.latency.contains_key(key) {
-            let Some(l) = new_latency() else { return };
-            inner.latency.insert(key.clone(), l);
+        // Looked up once, by reference: the key is copied only for a new series.
+        if let Some(l) = inner.latency.get_mut(key) {
+            return Self::fold_latency(l, us, ms, start, at);
         }
-        let Some(l) = inner.latency.get_mut(key) else {
-            return;
-        };
+        let Some(mut l) = new_latency() else { return };
+        Self::fold_latency(&mut l, us, ms, start, at);
+        inner.latency.insert(key.clone(), l);
+    }
+
+    /// [`Self::record_latency`] into a series that exists.
+    fn fold_latency(l: &mut Latency, us: u64, ms: f64, start: u64, at: SystemTime) {
         // Auto-resizing histograms accept any u64, so recording cannot fail.
         let _ = l.all.record(us);
         let _ = l.window.record(us);

@@ -32,7 +32,10 @@ pub(super) fn audit_event(record: &AuditRecord) -> Option<LogEvent> {
     let ts = humantime::parse_rfc3339_weak(record.time.trim_end_matches('Z'))
         .or_else(|_| humantime::parse_rfc3339(&record.time))
         .map_or_else(|_| unix_ms(SystemTime::now()), unix_ms);
-    let json = serde_json::to_string(record).ok()?;
+    let mut line = Vec::with_capacity(512);
+    record.write_json_line(&mut line);
+    line.pop(); // the newline: an event is the record alone
+    let json = String::from_utf8(line).ok()?;
     Some(LogEvent::new(ts, json))
 }
 
