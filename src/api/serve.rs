@@ -1,5 +1,6 @@
 //! Accepting client connections and serving each on one of the gateway's own threads, over
-//! HTTP/1.1 with the connection's own [`Lane`] to the model processes; draining on shutdown.
+//! HTTP/1.1 with the connection's own state ([`ClientConnection`]: its lane to the model
+//! processes, its formatted address, its last verified token); draining on shutdown.
 //!
 //! Like nginx's workers: each gateway thread runs a single-threaded runtime with its own
 //! event loop, and a connection lives on one thread for good. A proxied request then never
