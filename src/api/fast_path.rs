@@ -10,6 +10,7 @@ use super::AppState;
 use super::auth::Role;
 use super::error::ApiError;
 use super::middleware;
+use super::multiplex::Multiplexer;
 use super::proxy::Lane;
 use super::routes;
 use super::verified::LastToken;
@@ -34,11 +35,13 @@ pub(super) struct ClientConnection {
 }
 
 impl ClientConnection {
-    pub fn new(remote: SocketAddr) -> ClientConnection {
+    /// A connection served on a gateway thread, reaching models through the thread's
+    /// `multiplexer` (without one, over HTTP).
+    pub fn new(remote: SocketAddr, multiplexer: Option<Multiplexer>) -> ClientConnection {
         ClientConnection {
             remote,
             client: remote.to_string().into(),
-            lane: Lane::default(),
+            lane: multiplexer.map(Lane::on).unwrap_or_default(),
             token: LastToken::default(),
         }
     }

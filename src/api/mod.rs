@@ -9,6 +9,7 @@ mod fast_path;
 pub mod metrics;
 mod middleware;
 pub mod model_meta;
+mod multiplex;
 pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;

@@ -8,14 +8,16 @@
 //! The pool stays for requests without a lane (batch items run concurrently). reqwest is kept
 //! for the rare metadata fetch.
 //!
-//! A lane reaches a model over its Unix socket when it has one (a supervised `serve-model`
-//! does), in the private framing of [`crate::model_wire`]: no loopback TCP and no HTTP on
-//! either side of the hop. If the socket does not answer, the lane uses HTTP to the model's
-//! TCP port, as the pool always does.
+//! A model with a Unix socket (a supervised `serve-model` has one) is reached through its
+//! gateway thread's [`Multiplexer`] instead: one connection per thread and model in the
+//! private framing of [`crate::model_wire`], every request of the thread's clients in flight
+//! on it at once. No loopback TCP, no HTTP on either side of the hop, and the requests that
+//! arrive together go out in one write, their answers back in one read. If the socket does not
+//! answer, the lane uses HTTP to the model's TCP port, as the pool always does.
 
 use super::error::ApiError;
+use super::multiplex::{CallError, Multiplexer};
 use crate::local_http::{Driven, ExchangeError};
-use crate::model_wire::{self, FrameReader, Next, PREFACE};
 use axum::body::Bytes;
 use axum::http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
@@ -26,8 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 
 /// The keep-alive pool to the model processes.
 pub type Upstream = Client<HttpConnector, Full<Bytes>>;
@@ -51,9 +52,6 @@ const LANE_PORTS: usize = 5;
 
 type HttpConnection = Driven<TokioIo<TcpStream>, Full<Bytes>>;
 
-/// Largest answer a model sends over its socket (its answers are small JSON documents).
-const ANSWER_LIMIT: usize = 64 << 20;
-
 /// Where a model process answers.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
@@ -67,38 +65,21 @@ struct Held {
     link: Link,
 }
 
-/// How a held connection talks to its model.
-enum Link {
-    /// Frames over the model's Unix socket; the preface goes out with the first request.
-    Framed {
-        stream: UnixStream,
-        reader: FrameReader,
-        prefaced: bool,
-        /// The outgoing frame, its allocation kept for the connection's next request.
-        frame: Vec<u8>,
-    },
-    /// HTTP/1.1 over the model's TCP port.
-    Http {
-        host: HeaderValue,
-        connection: HttpConnection,
-    },
+/// How a held connection talks to its model: HTTP/1.1 over the model's TCP port.
+struct Link {
+    host: HeaderValue,
+    connection: HttpConnection,
 }
 
 impl Link {
     /// Whether an idle connection can carry another exchange (the model did not close it).
     async fn still_open(&mut self) -> bool {
-        match self {
-            Link::Framed { stream, reader, .. } => reader.idle_and_open(stream),
-            Link::Http { connection, .. } => connection.still_open().await,
-        }
+        self.connection.still_open().await
     }
 
     /// Whether the connection can be kept after an exchange that succeeded.
     fn usable(&self) -> bool {
-        match self {
-            Link::Framed { reader, .. } => reader.buffered().is_empty(),
-            Link::Http { connection, .. } => connection.usable(),
-        }
+        self.connection.usable()
     }
 
     async fn exchange(
@@ -106,71 +87,45 @@ impl Link {
         body: Bytes,
         request_id: &HeaderValue,
     ) -> Result<Exchanged, Failure> {
-        match self {
-            Link::Framed {
-                stream,
-                reader,
-                prefaced,
-                frame,
-            } => {
-                frame.clear();
-                if !*prefaced {
-                    frame.extend_from_slice(PREFACE);
-                }
-                model_wire::encode_request(request_id.as_bytes(), &body, frame);
-                // The model acts on whole frames only: one that did not all go out was not
-                // acted on, so it may be sent again.
-                stream.write_all(frame).await.map_err(|_| Failure::Unsent)?;
-                *prefaced = true;
-                let answer = match reader.next(stream, ANSWER_LIMIT).await {
-                    Ok(Next::Frame(reply)) => model_wire::decode_answer(reply)
-                        .map_err(|e| Failure::Unreachable(e.to_string()))?,
-                    Ok(Next::TooLarge(n)) => {
-                        return Err(Failure::Unreachable(format!("answer of {n} bytes")));
-                    }
-                    Ok(Next::Closed) | Err(_) => return Err(Failure::Closed),
-                };
-                let status = StatusCode::from_u16(answer.status)
-                    .map_err(|e| Failure::Unreachable(e.to_string()))?;
-                let retry_after = answer
-                    .retry_after
-                    .and_then(|v| String::from_utf8(v.to_vec()).ok());
-                Ok(ModelReply {
-                    status,
-                    body: answer.body,
-                    retry_after,
-                })
-            }
-            Link::Http { host, connection } => {
-                let request = infer_request(host.clone(), body, request_id);
-                connection
-                    .exchange(request, read_reply)
-                    .await
-                    .map_err(|e| match e {
-                        ExchangeError::Unsent => Failure::Unsent,
-                        ExchangeError::Failed(e) => Failure::Unreachable(e.to_string()),
-                        ExchangeError::Read(failure) => failure,
-                    })
-            }
-        }
+        let request = infer_request(self.host.clone(), body, request_id);
+        self.connection
+            .exchange(request, read_reply)
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Unsent => Failure::Unsent,
+                ExchangeError::Failed(e) => Failure::Unreachable(e.to_string()),
+                ExchangeError::Read(failure) => failure,
+            })
     }
 }
 
 /// One client connection's own connections to the model processes. HTTP/1.1 answers one
 /// request at a time per connection, so a lane is never contended; a request that finds no
 /// idle connection for its model (first call, or the model closed it) opens one.
+/// A lane made on a gateway thread also carries the thread's [`Multiplexer`].
 #[derive(Clone, Default)]
-pub struct Lane(Arc<Mutex<Vec<Held>>>);
+pub struct Lane {
+    held: Arc<Mutex<Vec<Held>>>,
+    multiplexer: Option<Multiplexer>,
+}
 
 impl Lane {
+    /// A lane that reaches models with sockets through `multiplexer`.
+    pub(super) fn on(multiplexer: Multiplexer) -> Lane {
+        Lane {
+            held: Arc::default(),
+            multiplexer: Some(multiplexer),
+        }
+    }
+
     fn take(&self, port: u16) -> Option<Held> {
-        let mut held = self.0.lock().ok()?;
+        let mut held = self.held.lock().ok()?;
         let at = held.iter().position(|h| h.port == port)?;
         Some(held.swap_remove(at))
     }
 
     fn put(&self, connection: Held) {
-        if let Ok(mut held) = self.0.lock() {
+        if let Ok(mut held) = self.held.lock() {
             if held.len() >= LANE_PORTS {
                 held.remove(0);
             }
@@ -295,28 +250,8 @@ fn host(port: u16) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("127.0.0.1"))
 }
 
-/// A connection to the model's Unix socket (framed), else to its port (HTTP).
-async fn connect(target: Target<'_>) -> Result<Held, Failure> {
-    let port = target.port;
-    if let Some(socket) = target.socket {
-        match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(socket)).await {
-            Ok(Ok(stream)) => {
-                let link = Link::Framed {
-                    stream,
-                    reader: FrameReader::default(),
-                    prefaced: false,
-                    frame: Vec::new(),
-                };
-                return Ok(Held { port, link });
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(socket = %socket.display(), error = %e, "model socket refused; using its port");
-            }
-            Err(_) => {
-                tracing::debug!(socket = %socket.display(), "model socket timed out; using its port");
-            }
-        }
-    }
+/// An HTTP/1.1 connection to the model's port.
+async fn connect(port: u16) -> Result<Held, Failure> {
     let unreachable = |e: &dyn std::fmt::Display| Failure::Unreachable(e.to_string());
     let connecting = TcpStream::connect(("127.0.0.1", port));
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
@@ -327,7 +262,7 @@ async fn connect(target: Target<'_>) -> Result<Held, Failure> {
     let connection = Driven::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(&e))?;
-    let link = Link::Http {
+    let link = Link {
         host: host(port),
         connection,
     };
@@ -340,6 +275,27 @@ async fn via_lane(
     body: Bytes,
     request_id: &HeaderValue,
 ) -> Result<Exchanged, Failure> {
+    if let (Some(multiplexer), Some(socket)) = (&lane.multiplexer, target.socket) {
+        let called = multiplexer.call(target.port, socket, &body, request_id.as_bytes());
+        match called.await {
+            Ok(answer) => {
+                let status = StatusCode::from_u16(answer.status)
+                    .map_err(|e| Failure::Unreachable(e.to_string()))?;
+                let retry_after = answer
+                    .retry_after
+                    .and_then(|v| String::from_utf8(v.to_vec()).ok());
+                return Ok(ModelReply {
+                    status,
+                    body: answer.body,
+                    retry_after,
+                });
+            }
+            // The socket does not answer: the model's port may.
+            Err(CallError::Unsent) => {}
+            Err(CallError::Closed) => return Err(Failure::Closed),
+            Err(CallError::Malformed(e)) => return Err(Failure::Unreachable(e)),
+        }
+    }
     let mut reused = lane.take(target.port);
     loop {
         let kept = match reused.take() {
@@ -348,7 +304,7 @@ async fn via_lane(
         };
         let (mut held, was_reused) = match kept {
             Some(h) => (h, true),
-            None => (connect(target).await?, false),
+            None => (connect(target.port).await?, false),
         };
         match held.link.exchange(body.clone(), request_id).await {
             Ok(reply) => {

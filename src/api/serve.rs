@@ -7,10 +7,12 @@
 //! changes threads (read, forward, read the model's answer, answer), where the agent's shared
 //! work-stealing runtime woke another thread for most of those steps. The acceptor hands
 //! connections out in turn. Each request carries the client's address (`ConnectInfo`) and its
-//! connection's lane as extensions; the router is the same as with `axum::serve`.
+//! connection's lane as extensions; the router is the same as with `axum::serve`. A thread's
+//! connections share its [`Multiplexer`]: one connection per model socket for all of them.
 
 use super::AppState;
 use super::fast_path::{self, ClientConnection};
+use super::multiplex::Multiplexer;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -45,6 +47,8 @@ type Handoff = (std::net::TcpStream, SocketAddr);
 struct Serves {
     app: Router,
     state: Arc<AppState>,
+    /// The thread's connections to the model sockets (`None` off the gateway's threads).
+    multiplexer: Option<Multiplexer>,
 }
 
 /// One gateway thread: takes connections from the acceptor and serves them to the end.
@@ -67,6 +71,10 @@ impl Worker {
             .name(format!("warden-api-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    let serves = Serves {
+                        multiplexer: Some(Multiplexer::default()),
+                        ..serves
+                    };
                     let mine = TaskTracker::new();
                     while let Some((stream, remote)) = handed.recv().await {
                         match TcpStream::from_std(stream) {
@@ -107,6 +115,7 @@ pub async fn accept_until(
         let serves = Serves {
             app: app.clone(),
             state: state.clone(),
+            multiplexer: None,
         };
         match Worker::start(index, serves, connections.clone(), shutdown.clone()) {
             Ok(w) => workers.push(w),
@@ -139,6 +148,7 @@ pub async fn accept_until(
         let serves = Serves {
             app: app.clone(),
             state: state.clone(),
+            multiplexer: None,
         };
         connections.spawn(serve_connection(stream, remote, serves, shutdown.clone()));
     }
@@ -201,7 +211,7 @@ async fn serve_connection(
     // Answers are written whole; without this a small answer after a partial write waits on
     // the client's delayed ACK.
     let _ = stream.set_nodelay(true);
-    let client = Arc::new(ClientConnection::new(remote));
+    let client = Arc::new(ClientConnection::new(remote, serves.multiplexer.clone()));
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let serves = serves.clone();
         let client = client.clone();

@@ -872,6 +872,7 @@ async fn a_model_also_serves_on_a_private_unix_socket_and_removes_it_when_it_sto
 struct Framed {
     stream: tokio::net::UnixStream,
     reader: warden::model_wire::FrameReader,
+    next_tag: u32,
 }
 
 impl Framed {
@@ -882,6 +883,7 @@ impl Framed {
         Framed {
             stream,
             reader: Default::default(),
+            next_tag: 0,
         }
     }
 
@@ -892,6 +894,11 @@ impl Framed {
 
     /// The next answer, or `None` once the model closed the connection.
     async fn answer(&mut self) -> Option<(u16, Option<String>, Value)> {
+        self.tagged_answer().await.map(|(_, answer)| answer)
+    }
+
+    /// The next answer with its tag.
+    async fn tagged_answer(&mut self) -> Option<(u32, (u16, Option<String>, Value))> {
         use warden::model_wire::{Next, decode_answer};
         let next = tokio::time::timeout(
             Duration::from_secs(30),
@@ -905,20 +912,32 @@ impl Framed {
                 let retry = a
                     .retry_after
                     .map(|v| String::from_utf8(v.to_vec()).unwrap());
-                Some((a.status, retry, serde_json::from_slice(&a.body).unwrap()))
+                let body = serde_json::from_slice(&a.body).unwrap();
+                Some((a.tag, (a.status, retry, body)))
             }
             Ok(Next::Closed) | Err(_) => None,
-            Ok(Next::TooLarge(n)) => panic!("answer of {n} bytes"),
+            Ok(Next::TooLarge { len, .. }) => panic!("answer of {len} bytes"),
         }
+    }
+
+    /// Appends a request frame to `frames`; its tag.
+    fn frame(&mut self, request_id: &str, body: &[u8], frames: &mut Vec<u8>) -> u32 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        warden::model_wire::encode_request(tag, request_id.as_bytes(), body, frames);
+        tag
     }
 
     async fn call(&mut self, request_id: &str, body: &[u8]) -> (u16, Option<String>, Value) {
         let mut frame = Vec::new();
-        warden::model_wire::encode_request(request_id.as_bytes(), body, &mut frame);
+        let tag = self.frame(request_id, body, &mut frame);
         self.send_raw(&frame).await;
-        self.answer()
+        let (answered, answer) = self
+            .tagged_answer()
             .await
-            .expect("the model closed the connection")
+            .expect("the model closed the connection");
+        assert_eq!(answered, tag, "the answer names its request");
+        answer
     }
 }
 
@@ -953,8 +972,40 @@ async fn the_gateways_framed_calls_over_the_socket_are_answered_and_counted_as_o
     assert_eq!(refused["error"]["code"], "body_too_large");
     let (status, _, answer) = framed.call("after", &body).await;
     assert_eq!((status, &answer), (200, &over_tcp));
+    // Many calls in flight on the one connection, sent in one write: each answer names its
+    // call, whatever order they finish in.
+    let mut frames = Vec::new();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..8 {
+        let (input, status) = if i % 3 == 2 {
+            (&b"{\"nope\": 1}"[..], 422)
+        } else {
+            (&body[..], 200)
+        };
+        let tag = framed.frame(&format!("many-{i}"), input, &mut frames);
+        expected.insert(tag, status);
+    }
+    framed.send_raw(&frames).await;
+    for _ in 0..8 {
+        let (tag, (status, _, answer)) = framed.tagged_answer().await.expect("an answer");
+        let want = expected
+            .remove(&tag)
+            .expect("a tag that was sent, answered once");
+        assert_eq!(status, want, "tag {tag}: {answer}");
+        if status == 200 {
+            // Batched with the others: the same answer, to the float rounding of a batch.
+            assert_eq!(answer["risk_class"], over_tcp["risk_class"]);
+            let (a, b) = (answer["score"].as_f64(), over_tcp["score"].as_f64());
+            assert!(
+                (a.unwrap() - b.unwrap()).abs() < 1e-4,
+                "{answer} vs {over_tcp}"
+            );
+        } else {
+            assert_eq!(answer, refused_over_tcp);
+        }
+    }
     let served = server.metric("warden_model_requests_total").await - served0;
-    assert_eq!(served, 6.0, "every framed call is counted");
+    assert_eq!(served, 14.0, "every framed call is counted");
 
     // HTTP on the same socket still works beside an open framed connection.
     let (status, over_unix) = over_unix_socket(&socket, "POST", "/infer", &body).await;

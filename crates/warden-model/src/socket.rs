@@ -7,7 +7,10 @@
 use super::ServingError;
 use super::server::{self, AppState};
 use axum::Router;
+use axum::body::Bytes;
 use axum::http::HeaderValue;
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
@@ -135,55 +138,90 @@ async fn serve_connection(
     }
 }
 
-/// Longest request frame read whole: the body limit, its request id and the id's length.
-const FRAME_LIMIT: usize = server::BODY_LIMIT + model_wire::MAX_REQUEST_ID + 1;
+/// Longest request frame read whole: the body limit, its tag, request id and the id's length.
+const FRAME_LIMIT: usize = server::BODY_LIMIT + model_wire::MAX_REQUEST_ID + 5;
 
-/// Answers frames one at a time until the gateway closes the connection or serving stops
-/// between two calls.
+/// Most calls one framed connection has in flight; past it the connection is not read until
+/// one is answered (the gateway's own concurrency bound keeps it well below).
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Serves a framed connection: every call read is in flight at once (those read together are
+/// announced to the batcher together, so they batch), and the answers that are ready together
+/// go back in one write. One task does it all: a finished batch wakes it once, not once per
+/// call. Ends when the gateway closes the connection, or when serving stops, after answering
+/// every call already read.
 async fn serve_frames(
-    mut stream: UnixStream,
+    stream: UnixStream,
     state: &AppState,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), model_wire::WireError> {
+    let (mut read, mut write) = stream.into_split();
     let mut reader = FrameReader::default();
-    let mut answer = Vec::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut out = Vec::new();
+    let mut stopping = false;
     loop {
-        let next = if reader.buffered().is_empty() {
-            tokio::select! {
-                _ = stop_requested(&mut stopped) => return Ok(()),
-                next = reader.next(&mut stream, FRAME_LIMIT) => next?,
+        tokio::select! {
+            biased;
+            Some((tag, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                out.clear();
+                encode(tag, result, &mut out);
+                while let Some(Some((tag, result))) = in_flight.next().now_or_never() {
+                    encode(tag, result, &mut out);
+                }
+                write.write_all(&out).await?;
             }
-        } else {
-            reader.next(&mut stream, FRAME_LIMIT).await?
-        };
-        let started = Instant::now();
-        let (id, body) = match next {
-            Next::Closed => return Ok(()),
-            Next::TooLarge(_) => (None, Err(server::body_too_large())),
-            Next::Frame(frame) => {
-                let request = model_wire::decode_request(frame)?;
-                let id = HeaderValue::from_maybe_shared(request.request_id).ok();
-                let body = if request.body.len() > server::BODY_LIMIT {
-                    Err(server::body_too_large())
-                } else {
-                    Ok(request.body)
+            next = reader.next(&mut read, FRAME_LIMIT),
+                if !stopping && in_flight.len() < MAX_IN_FLIGHT =>
+            {
+                let started = Instant::now();
+                let Some((tag, id, body)) = call_of(next?)? else {
+                    stopping = true;
+                    continue;
                 };
-                (id, body)
+                // Counted before it is parsed, so a batch forming meanwhile expects it.
+                let announced = state.queue.announce();
+                in_flight.push(async move {
+                    let id = server::request_id_or_new(id);
+                    (tag, server::infer_counted(state, &id, announced, body, started).await)
+                });
             }
-        };
-        let id = server::request_id_or_new(id);
-        let announced = state.queue.announce();
-        let result = server::infer_counted(state, &id, announced, body, started).await;
-        answer.clear();
-        encode(result, &mut answer);
-        stream.write_all(&answer).await?;
+            _ = stop_requested(&mut stopped), if !stopping => stopping = true,
+        }
+        if stopping && in_flight.is_empty() {
+            return Ok(());
+        }
     }
 }
 
+type Body = Result<Bytes, (&'static str, server::ApiError)>;
+
+/// A frame's call: its tag, request id and body (refused when too large); `None` once the
+/// gateway closed the connection.
+fn call_of(next: Next) -> Result<Option<(u32, Option<HeaderValue>, Body)>, WireError> {
+    Ok(Some(match next {
+        Next::Closed => return Ok(None),
+        Next::TooLarge { head, .. } => {
+            let tag = model_wire::tag_of(&head).ok_or(WireError::Malformed("tag"))?;
+            (tag, None, Err(server::body_too_large()))
+        }
+        Next::Frame(frame) => {
+            let request = model_wire::decode_request(frame)?;
+            let id = HeaderValue::from_maybe_shared(request.request_id).ok();
+            let body = if request.body.len() > server::BODY_LIMIT {
+                Err(server::body_too_large())
+            } else {
+                Ok(request.body)
+            };
+            (request.tag, id, body)
+        }
+    }))
+}
+
 /// The answer frame: the outputs, else the error document with its status and Retry-After.
-fn encode(result: Result<serde_json::Value, server::ApiError>, out: &mut Vec<u8>) {
+fn encode(tag: u32, result: Result<serde_json::Value, server::ApiError>, out: &mut Vec<u8>) {
     let error = match result.map(|value| serde_json::to_vec(&value)) {
-        Ok(Ok(body)) => return model_wire::encode_answer(200, None, &body, out),
+        Ok(Ok(body)) => return model_wire::encode_answer(tag, 200, None, &body, out),
         Ok(Err(e)) => server::ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "inference_failed",
@@ -194,7 +232,7 @@ fn encode(result: Result<serde_json::Value, server::ApiError>, out: &mut Vec<u8>
     let retry = error.retry_after.then_some(&b"1"[..]);
     // A `Value` of strings and numbers always serializes; the fallback only keeps the frame whole.
     let body = serde_json::to_vec(&error.body()).unwrap_or_else(|_| b"{}".to_vec());
-    model_wire::encode_answer(error.status.as_u16(), retry, &body, out);
+    model_wire::encode_answer(tag, error.status.as_u16(), retry, &body, out);
 }
 
 /// Serves HTTP on a connection whose first bytes were already read to tell it apart.
