@@ -8,17 +8,15 @@
 //! multiplexer, so each hand-off is a wake-up on the same thread, not a system call, and the
 //! requests that arrive together cost the model one read and one write between them.
 
+use super::proxy::CONNECT_TIMEOUT;
 use crate::model_wire::{self, FrameReader, InferAnswer, Next, PREFACE, WireError};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest answer a model sends over its socket (its answers are small JSON documents).
 const ANSWER_LIMIT: usize = 64 << 20;
@@ -74,11 +72,15 @@ impl Multiplexer {
         let tag = connection.queue(body, request_id, waiter)?;
         connection.wake_writer.notify_one();
         // Given up (timed out, or the client left): its answer, if it comes, has nobody to go to.
-        let _forget = Forget {
+        let mut forget = Forget {
             connection: &connection,
             tag,
+            armed: true,
         };
-        answer.await.unwrap_or(Err(CallError::Closed))
+        let answered = answer.await.unwrap_or(Err(CallError::Closed));
+        // Whoever answered (the reader, or a failing connection) already took the waiter.
+        forget.armed = false;
+        answered
     }
 
     /// The thread's open connection to the model on `port`, else a new one.
@@ -126,10 +128,14 @@ impl Multiplexer {
 struct Forget<'a> {
     connection: &'a Connection,
     tag: u32,
+    armed: bool,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         if let Ok(mut state) = self.connection.state.lock() {
             state.waiting.remove(&self.tag);
         }
@@ -329,7 +335,7 @@ mod tests {
         let silent = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             // Read the request, then close without answering.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             drop(stream);
             listener
         });

@@ -33,7 +33,8 @@ use tokio::net::TcpStream;
 /// The keep-alive pool to the model processes.
 pub type Upstream = Client<HttpConnector, Full<Bytes>>;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long opening a connection to a model may take.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A pool keeping up to `max_idle_per_host` idle connections per model process.
 pub fn upstream(max_idle_per_host: usize) -> Upstream {
