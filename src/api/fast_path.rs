@@ -7,7 +7,7 @@
 //! router, and so does any request carrying `Origin` (a browser's, which needs CORS).
 
 use super::AppState;
-use super::auth::Role;
+use super::auth::{Principal, Role};
 use super::error::ApiError;
 use super::middleware;
 use super::multiplex::Multiplexer;
@@ -93,16 +93,41 @@ async fn admitted(
         Ok(o) => o,
         Err(refused) => return *refused,
     };
-    let response = match middleware::reserve_capacity(state) {
+    let answered = match middleware::reserve_capacity(state) {
         Ok(permit) => {
-            let response = authorized(state, connection, request, model).await;
+            let answered = authorized(state, connection, request, model).await;
             drop(permit);
-            response
+            answered
         }
-        Err(refused) => *refused,
+        Err(refused) => Answered::refused(*refused),
     };
-    observation.finish(&response);
-    response
+    // Handed over directly: the router's path leaves these in the answer's extensions.
+    observation.finish_as(
+        &answered.response,
+        answered.model,
+        answered.principal.as_ref(),
+    );
+    answered.response
+}
+
+/// An answer, with what its audit record and metrics need to know about it.
+struct Answered {
+    response: Response,
+    /// The model, when it is one the gateway knows.
+    model: Option<String>,
+    principal: Option<Principal>,
+}
+
+impl Answered {
+    fn refused(refused: Response) -> Answered {
+        let mut response = refused;
+        let principal = response.extensions_mut().remove::<Principal>();
+        Answered {
+            response,
+            model: None,
+            principal,
+        }
+    }
 }
 
 async fn authorized(
@@ -110,19 +135,23 @@ async fn authorized(
     connection: &ClientConnection,
     request: Request<Incoming>,
     model: String,
-) -> Response {
+) -> Answered {
     let headers = request.headers();
     let access = match middleware::check_access(state, headers, Role::User, Some(&connection.token))
     {
         Ok(access) => access,
-        Err(refused) => return *refused,
+        Err(refused) => return Answered::refused(*refused),
     };
     let (parts, body) = request.into_parts();
     let body = read_body(body, state.body_limit).await;
-    let mut response =
+    let (mut response, model) =
         routes::answer_inference(state, model, Some(&connection.lane), &parts.headers, body).await;
-    access.stamp(&mut response);
-    response
+    let principal = access.stamp_allowance(&mut response);
+    Answered {
+        response,
+        model,
+        principal,
+    }
 }
 
 /// The whole body, refused past `limit` bytes.

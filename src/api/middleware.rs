@@ -118,8 +118,6 @@ pub(super) type Refused = Box<Response>;
 /// One request being audited and measured, from admission to its answer.
 pub(super) struct Observation {
     in_flight: InFlight,
-    route: String,
-    method: String,
 }
 
 /// Starts observing a request. Admission to the audit trail comes first: a request whose
@@ -163,14 +161,14 @@ pub(super) fn begin(
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(256).collect());
     let template = audit::AuditRecord {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        time: audit::rfc3339_millis_now(),
         interaction_id: request_id.clone(),
         request_id,
         session_id,
         subject: None,
         role: None,
         method: method.to_string(),
-        route: route.clone(),
+        route,
         model: None,
         status: 0,
         outcome: "",
@@ -189,56 +187,47 @@ pub(super) fn begin(
             record: Some(template),
             started,
         },
-        route,
-        method: method.to_string(),
     })
 }
 
 impl Observation {
-    /// Counts and audits the answer (dropped unfinished, the request is audited as a 499).
-    pub(super) fn finish(mut self, response: &Response) {
-        let state = &self.in_flight.state;
-        let (route, method) = (self.route.as_str(), self.method.as_str());
-        let latency = self.in_flight.started.elapsed();
-        let status = response.status().as_u16();
-        let status_label = response.status();
-        let status_label = status_label.as_str();
-        state
-            .metrics
-            .requests
-            .with_label_values(&[route, method, status_label])
-            .inc();
-        state
-            .metrics
-            .latency
-            .with_label_values(&[route, method])
-            .observe(latency.as_secs_f64());
+    /// Counts and audits the answer (dropped unfinished, the request is audited as a 499),
+    /// with the model and principal its handlers left in its extensions.
+    pub(super) fn finish(self, response: &Response) {
         let model = response.extensions().get::<ModelTag>().map(|m| m.0.clone());
-        if let Some(model) = &model {
-            state
-                .metrics
-                .model_requests
-                .with_label_values(&[model.as_str(), status_label])
-                .inc();
-            state
-                .metrics
-                .model_latency
-                .with_label_values(&[model.as_str()])
-                .observe(latency.as_secs_f64());
-            if let Some(observer) = &state.observer {
-                observer.observe(model, status, latency);
-            }
-        }
         let principal = response.extensions().get::<Principal>();
-        if let (Some(admission), Some(mut record)) = (
-            self.in_flight.admission.take(),
-            self.in_flight.record.take(),
-        ) {
+        self.finish_as(response, model, principal);
+    }
+
+    /// [`Self::finish`] for a caller that knows the model and principal itself.
+    pub(super) fn finish_as(
+        mut self,
+        response: &Response,
+        model: Option<String>,
+        principal: Option<&Principal>,
+    ) {
+        let Some(mut record) = self.in_flight.record.take() else {
+            return;
+        };
+        let state = &self.in_flight.state;
+        let latency = self.in_flight.started.elapsed();
+        let status = response.status();
+        state.metrics.record_request(
+            &record.route,
+            &record.method,
+            status,
+            model.as_deref(),
+            latency,
+        );
+        if let (Some(model), Some(observer)) = (&model, &state.observer) {
+            observer.observe(model, status.as_u16(), latency);
+        }
+        if let Some(admission) = self.in_flight.admission.take() {
             record.subject = principal.map(|p| p.subject.clone());
             record.role = principal.map(|p| p.role.as_str().to_string());
             record.model = model;
-            record.status = status;
-            record.outcome = audit::outcome(status);
+            record.status = status.as_u16();
+            record.outcome = audit::outcome(record.status);
             record.latency_ms = latency.as_secs_f64() * 1000.0;
             record.bytes_out = response_length(response);
             admission.record(record);
@@ -426,20 +415,28 @@ pub(super) fn check_access(
 impl Access {
     /// Marks the answer with the subject's allowance and, for the audit record, the principal.
     pub(super) fn stamp(self, response: &mut Response) {
-        if let Access::Granted {
+        if let Some(principal) = self.stamp_allowance(response) {
+            response.extensions_mut().insert(principal);
+        }
+    }
+
+    /// Marks the answer with the subject's allowance; gives back the principal.
+    pub(super) fn stamp_allowance(self, response: &mut Response) -> Option<Principal> {
+        let Access::Granted {
             principal,
             limit,
             remaining,
         } = self
-        {
-            // A handler that charged more (batch items) reports what is left.
-            let remaining = response
-                .extensions()
-                .get::<RateRemaining>()
-                .map_or(remaining, |r| r.0);
-            set_rate_headers(response.headers_mut(), limit, remaining, None);
-            response.extensions_mut().insert(principal);
-        }
+        else {
+            return None;
+        };
+        // A handler that charged more (batch items) reports what is left.
+        let remaining = response
+            .extensions()
+            .get::<RateRemaining>()
+            .map_or(remaining, |r| r.0);
+        set_rate_headers(response.headers_mut(), limit, remaining, None);
+        Some(principal)
     }
 }
 

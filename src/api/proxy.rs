@@ -26,9 +26,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The keep-alive pool to the model processes.
 pub type Upstream = Client<HttpConnector, Full<Bytes>>;
@@ -108,14 +110,35 @@ impl Link {
 pub struct Lane {
     held: Arc<Mutex<Vec<Held>>>,
     multiplexer: Option<Multiplexer>,
+    /// The connection's request timer, kept between its requests (see [`forward`]).
+    timer: Arc<Mutex<Option<Timer>>>,
 }
+
+type Timer = Pin<Box<tokio::time::Sleep>>;
 
 impl Lane {
     /// A lane that reaches models with sockets through `multiplexer`.
     pub(super) fn on(multiplexer: Multiplexer) -> Lane {
         Lane {
-            held: Arc::default(),
             multiplexer: Some(multiplexer),
+            ..Lane::default()
+        }
+    }
+
+    /// The connection's timer, set to `deadline` (a new one when another request has it).
+    fn timer(&self, deadline: Instant) -> Timer {
+        match self.timer.lock().ok().and_then(|mut t| t.take()) {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    fn keep_timer(&self, timer: Timer) {
+        if let Ok(mut kept) = self.timer.lock() {
+            kept.get_or_insert(timer);
         }
     }
 
@@ -196,9 +219,25 @@ pub async fn forward(
             None => via_pool(upstream, target.port, body, &request_id).await,
         }
     };
-    let outcome = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ApiError::Timeout(model.to_string()))?;
+    // A connection's requests share one timer, moved to each one's deadline. A timer of its
+    // own per request would be registered with the runtime's timer wheel and taken out again
+    // every time, and registering into an empty wheel (every answer of a batch arrives
+    // together, so the wheel often empties) wakes the thread's event loop with a system call.
+    // Moving a registered timer later is an atomic store.
+    let deadline = Instant::now() + timeout;
+    let mut timer = match lane {
+        Some(lane) => lane.timer(deadline),
+        None => Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    let outcome = tokio::select! {
+        biased;
+        outcome = exchange => Some(outcome),
+        () = timer.as_mut() => None,
+    };
+    if let Some(lane) = lane {
+        lane.keep_timer(timer);
+    }
+    let outcome = outcome.ok_or_else(|| ApiError::Timeout(model.to_string()))?;
     outcome.map_err(|failure| {
         let message = match failure {
             Failure::Unreachable(error) => {

@@ -236,19 +236,23 @@ pub async fn infer(
 ) -> Response {
     let body = body_bytes(body, state.body_limit);
     let lane = lane.as_ref().map(|Extension(lane)| lane);
-    answer_inference(&state, model, lane, &headers, body).await
+    let (mut response, known) = answer_inference(&state, model, lane, &headers, body).await;
+    if let Some(model) = known {
+        response.extensions_mut().insert(ModelTag(model));
+    }
+    response
 }
 
 /// The inference route's work once the request is admitted and authorized: the model's
-/// answer (or the error), tagged with the model for metrics and audit. Shared by the router
-/// and the gateway's fast path.
+/// answer (or the error), and the model's name when it is one the gateway knows (for metrics
+/// and audit). Shared by the router and the gateway's fast path.
 pub(super) async fn answer_inference(
     state: &AppState,
     model: String,
     lane: Option<&proxy::Lane>,
     headers: &HeaderMap,
     body: Result<Bytes, ApiError>,
-) -> Response {
+) -> (Response, Option<String>) {
     let endpoint = state.directory.get(&model);
     let known = endpoint.is_some();
     let result = async {
@@ -257,7 +261,7 @@ pub(super) async fn answer_inference(
         call_endpoint(state, &model, endpoint, lane, body, request_id_str(headers)).await
     }
     .await;
-    let mut response = match result {
+    let response = match result {
         Ok(reply) => {
             let mut r = (reply.status, reply.body).into_response();
             r.headers_mut().insert(
@@ -274,10 +278,7 @@ pub(super) async fn answer_inference(
         }
         Err(e) => e.into_response(),
     };
-    if known {
-        response.extensions_mut().insert(ModelTag(model));
-    }
-    response
+    (response, known.then_some(model))
 }
 
 #[derive(Deserialize, ToSchema)]
